@@ -57,10 +57,6 @@ impl DeadLetterQueue {
         self.entries.len()
     }
 
-    pub(crate) fn dropped(&self) -> u64 {
-        self.dropped
-    }
-
     pub(crate) fn drain(&mut self) -> Vec<DeadLetter> {
         self.entries.drain(..).collect()
     }
@@ -91,7 +87,7 @@ mod tests {
         }
         let ids: Vec<_> = q.snapshot().into_iter().map(|d| d.task_id).collect();
         assert_eq!(ids, ["b", "c"]);
-        assert_eq!((q.len(), q.dropped()), (2, 1));
+        assert_eq!((q.len(), q.dropped), (2, 1));
         assert_eq!(q.drain().len(), 2);
         assert_eq!(q.len(), 0);
     }

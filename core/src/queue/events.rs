@@ -37,7 +37,7 @@ pub enum QueueEvent {
         /// The attempt number, from 1.
         attempt: u32,
     },
-    /// A task finished with a result (which may report `success: false`).
+    /// A task finished with a successful result.
     Completed {
         /// The task.
         task_id: String,
@@ -45,12 +45,11 @@ pub enum QueueEvent {
         lane: SessionLane,
         /// Its command type.
         command_type: String,
-        /// The result's `success`.
-        success: bool,
         /// Submit to completion, in milliseconds.
         latency_ms: u64,
     },
-    /// A task ended without a result: timed out, cancelled or out of retries.
+    /// A task ended unsuccessfully: its result reported `success: false` (code `ToolFailed`),
+    /// or it got none (timed out, cancelled, out of retries, session closed).
     Failed {
         /// The task.
         task_id: String,
@@ -58,7 +57,8 @@ pub enum QueueEvent {
         lane: SessionLane,
         /// Its command type.
         command_type: String,
-        /// The error code (`TaskTimedOut`, `TaskCancelled`, `RetriesExhausted`, ...).
+        /// `ToolFailed` for a failed result, else the error code (`TaskTimedOut`,
+        /// `TaskCancelled`, `RetriesExhausted`, ...).
         code: String,
         /// The error message.
         error: String,

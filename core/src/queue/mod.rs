@@ -17,6 +17,8 @@ mod events;
 mod metrics;
 pub(crate) mod scheduler;
 
+pub use scheduler::{TaskHandle, TaskHandler};
+
 pub use dlq::DeadLetter;
 pub use events::{AlertKind, EventStream, QueueEvent};
 pub use metrics::{LaneMetrics, LaneStats, QueueMetrics, QueueStats};

@@ -1,1 +1,944 @@
-//! The scheduler (in progress).
+//! The scheduler of one session: lane backlogs, slots, dispatch, external claims, timers,
+//! retries, the dead-letter queue and metrics, all behind one short-held lock.
+//!
+//! Life of a task:
+//!
+//! ```text
+//! submit ──► backlog (per lane, FIFO, bounded by max_pending)
+//!              │ a slot frees up (highest-priority lane first)
+//!              ▼
+//!           live entry, deadline armed ──► Internal/Hybrid: spawned handler
+//!              │                        └► External: claimable ──claim──► claimed
+//!              │ result / timeout / cancel / retries exhausted
+//!              ▼
+//!           terminal: reply to the submitter, slot freed, outcome remembered (late results
+//!           are refused), DLQ when it failed
+//! ```
+//!
+//! Nothing polls: submit, completion and the timer task wake exactly what they affect.
+
+use std::cmp::Reverse;
+use std::collections::{BinaryHeap, HashMap, VecDeque};
+use std::future::Future;
+use std::panic::AssertUnwindSafe;
+use std::pin::Pin;
+use std::sync::{Arc, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use futures_util::FutureExt;
+use futures_util::future::BoxFuture;
+use parking_lot::Mutex;
+use rustc_hash::FxHashMap;
+use serde_json::Value;
+use tokio::sync::{Notify, broadcast, oneshot};
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+
+use super::dlq::{DeadLetter, DeadLetterQueue};
+use super::events::{AlertKind, EventStream, QueueEvent};
+use super::metrics::{LaneStats, MetricsRecorder, QueueMetrics, QueueStats};
+use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, TaskHandlerMode};
+use crate::error::{Error, Result};
+use crate::task::{ExternalTask, ExternalTaskResult, epoch_ms};
+
+/// Runs tasks of Internal and Hybrid lanes in this process.
+///
+/// Implemented for every `Fn(ExternalTask) -> impl Future<Output = ExternalTaskResult>`, so a
+/// closure or an `async fn` can be registered with
+/// [`AgentSession::register_handler`](crate::AgentSession::register_handler).
+/// A panicking handler loses its attempt: the retry policy decides what follows.
+pub trait TaskHandler: Send + Sync + 'static {
+    /// Runs one attempt of `task`.
+    fn handle(&self, task: ExternalTask) -> BoxFuture<'static, ExternalTaskResult>;
+}
+
+impl<F, Fut> TaskHandler for F
+where
+    F: Fn(ExternalTask) -> Fut + Send + Sync + 'static,
+    Fut: Future<Output = ExternalTaskResult> + Send + 'static,
+{
+    fn handle(&self, task: ExternalTask) -> BoxFuture<'static, ExternalTaskResult> {
+        Box::pin(self(task))
+    }
+}
+
+type Reply = oneshot::Sender<Result<ExternalTaskResult>>;
+
+/// Capacity of the event channel per subscriber before the slowest one starts to lag.
+const EVENT_BUFFER: usize = 4096;
+/// Most outcomes remembered to answer late or repeated completions precisely.
+const MAX_REMEMBERED: usize = 1 << 16;
+
+/// The receiving end of a submitted task.
+///
+/// Await it (or call [`result`](Self::result)) for the task's outcome. Dropping the handle does
+/// not cancel the task; call [`cancel`](Self::cancel) for that.
+#[derive(Debug)]
+pub struct TaskHandle {
+    task_id: String,
+    rx: oneshot::Receiver<Result<ExternalTaskResult>>,
+    scheduler: Weak<Scheduler>,
+}
+
+impl TaskHandle {
+    /// The id of the task.
+    pub fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// Waits for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskTimedOut`], [`Error::TaskCancelled`], [`Error::RetriesExhausted`], or
+    /// [`Error::ShutDown`] when the session closed first. A result with `success: false` is `Ok`.
+    pub async fn result(self) -> Result<ExternalTaskResult> {
+        self.await
+    }
+
+    /// Cancels the task: it leaves the backlog, or its running attempt is aborted (a `bash`
+    /// child is killed), and [`result`](Self::result) returns [`Error::TaskCancelled`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskAlreadyCompleted`] (or the error it ended with) when it already finished,
+    /// [`Error::ShutDown`] when the session is gone.
+    pub async fn cancel(&self) -> Result<()> {
+        self.scheduler.upgrade().ok_or(Error::ShutDown)?.cancel(&self.task_id)
+    }
+}
+
+impl Future for TaskHandle {
+    type Output = Result<ExternalTaskResult>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ShutDown)))
+    }
+}
+
+/// A task waiting for a lane slot.
+struct Queued {
+    seq: u64,
+    command_type: String,
+    payload: Value,
+    reply: Option<Reply>,
+    submitted_at: Instant,
+}
+
+/// Where a live task's current attempt stands.
+enum Phase {
+    /// An internal handler runs it.
+    Running(AbortHandle),
+    /// Waiting for an external worker to claim it.
+    Claimable,
+    /// Claimed by an external worker.
+    Claimed,
+    /// Waiting for a retry.
+    Backoff(Instant),
+    /// Between attempts, for the instant the scheduler decides what follows.
+    Idle,
+}
+
+/// A task holding a lane slot.
+struct Entry {
+    lane: SessionLane,
+    mode: TaskHandlerMode,
+    command_type: String,
+    payload: Value,
+    reply: Option<Reply>,
+    submitted_at: Instant,
+    created_at: u64,
+    timeout_ms: u64,
+    deadline: Instant,
+    attempt: u32,
+    phase: Phase,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum TimerKind {
+    Deadline,
+    Retry,
+}
+
+/// How a finished task ended, remembered to answer late completions.
+#[derive(Clone, Copy)]
+enum Outcome {
+    Completed,
+    TimedOut(u64),
+    Cancelled,
+    Failed,
+}
+
+/// Outcomes of recently finished tasks, indexed by sequence number; grows up to
+/// [`MAX_REMEMBERED`] slots, then the oldest are overwritten.
+struct Remembered {
+    slots: Vec<(u64, Outcome)>,
+}
+
+impl Remembered {
+    fn new() -> Self {
+        Self { slots: vec![(u64::MAX, Outcome::Failed); 256] }
+    }
+
+    fn insert(&mut self, seq: u64, outcome: Outcome) {
+        if seq >= self.slots.len() as u64 && self.slots.len() < MAX_REMEMBERED {
+            let len = (seq as usize + 1).next_power_of_two().min(MAX_REMEMBERED);
+            let mut grown = vec![(u64::MAX, Outcome::Failed); len];
+            for &(s, o) in &self.slots {
+                if s != u64::MAX {
+                    grown[s as usize & (len - 1)] = (s, o);
+                }
+            }
+            self.slots = grown;
+        }
+        let mask = self.slots.len() - 1;
+        self.slots[seq as usize & mask] = (seq, outcome);
+    }
+
+    fn get(&self, seq: u64) -> Option<Outcome> {
+        let (s, o) = self.slots[seq as usize & (self.slots.len() - 1)];
+        (s == seq).then_some(o)
+    }
+}
+
+struct LaneState {
+    handler: LaneHandlerConfig,
+    max_concurrency: usize,
+    backlog: VecDeque<Queued>,
+    /// Tasks holding a slot.
+    active: usize,
+    /// Active tasks dispatched in External mode.
+    external: usize,
+    claimed: usize,
+    /// Sequence numbers of claimable tasks; may hold stale ones, skipped when popped.
+    claimable: VecDeque<u64>,
+    depth_alerted: bool,
+    latency_alerted: bool,
+}
+
+struct State {
+    lanes: [LaneState; 4],
+    live: FxHashMap<u64, Entry>,
+    next_seq: u64,
+    timers: BinaryHeap<Reverse<(Instant, u64, TimerKind)>>,
+    /// When the timer task plans to wake next; earlier timers must wake it.
+    timer_wake: Option<Instant>,
+    timer_task_started: bool,
+    remembered: Remembered,
+    dlq: Option<DeadLetterQueue>,
+    metrics: Option<MetricsRecorder>,
+    events: Option<broadcast::Sender<QueueEvent>>,
+    handlers: HashMap<String, Arc<dyn TaskHandler>>,
+    closed: bool,
+}
+
+impl State {
+    fn emit(&self, event: impl FnOnce() -> QueueEvent) {
+        if let Some(tx) = &self.events {
+            if tx.receiver_count() > 0 {
+                let _ = tx.send(event());
+            }
+        }
+    }
+}
+
+/// The scheduler of one session. See the module docs.
+pub(crate) struct Scheduler {
+    session_id: String,
+    /// Random tag in every task id, so ids of another session are recognised as foreign.
+    tag: u32,
+    config: SessionQueueConfig,
+    default_handler: Arc<dyn TaskHandler>,
+    state: Mutex<State>,
+    /// Wakes workers waiting in `claim` when tasks become claimable.
+    claimable: Notify,
+    /// Wakes the timer task when an earlier timer is armed, or the scheduler closes.
+    timer_notify: Arc<Notify>,
+}
+
+impl Drop for Scheduler {
+    fn drop(&mut self) {
+        self.timer_notify.notify_one();
+    }
+}
+
+impl Scheduler {
+    /// A scheduler for `config` (already validated), running internal tasks it has no
+    /// registered handler for with `default_handler`.
+    pub(crate) fn new(session_id: String, config: SessionQueueConfig, default_handler: Arc<dyn TaskHandler>) -> Arc<Self> {
+        let lanes = SessionLane::ALL.map(|lane| LaneState {
+            handler: config.lane_handler(lane),
+            max_concurrency: config.max_concurrency(lane),
+            backlog: VecDeque::new(),
+            active: 0,
+            external: 0,
+            claimed: 0,
+            claimable: VecDeque::new(),
+            depth_alerted: false,
+            latency_alerted: false,
+        });
+        let state = State {
+            lanes,
+            live: FxHashMap::default(),
+            next_seq: 0,
+            timers: BinaryHeap::new(),
+            timer_wake: None,
+            timer_task_started: false,
+            remembered: Remembered::new(),
+            dlq: config.enable_dlq.then(|| DeadLetterQueue::new(config.dlq_max_size)),
+            metrics: config.enable_metrics.then(MetricsRecorder::new),
+            events: Some(broadcast::channel(EVENT_BUFFER).0),
+            handlers: HashMap::new(),
+            closed: false,
+        };
+        Arc::new(Self {
+            session_id,
+            tag: rand_tag(),
+            config,
+            default_handler,
+            state: Mutex::new(state),
+            claimable: Notify::new(),
+            timer_notify: Arc::new(Notify::new()),
+        })
+    }
+
+    pub(crate) fn session_id(&self) -> &str {
+        &self.session_id
+    }
+
+    pub(crate) fn config(&self) -> &SessionQueueConfig {
+        &self.config
+    }
+
+    fn task_id(&self, seq: u64) -> String {
+        format!("{:08x}-{seq:x}", self.tag)
+    }
+
+    /// The sequence number of one of our task ids, or `TaskNotFound`.
+    fn seq_of(&self, task_id: &str) -> Result<u64> {
+        let not_found = || Error::TaskNotFound { task_id: task_id.to_owned() };
+        let (tag, seq) = task_id.split_once('-').ok_or_else(not_found)?;
+        if tag.len() != 8 || u32::from_str_radix(tag, 16).ok() != Some(self.tag) {
+            return Err(not_found());
+        }
+        u64::from_str_radix(seq, 16).map_err(|_| not_found())
+    }
+
+    // ----- configuration -------------------------------------------------------------------
+
+    pub(crate) fn set_lane_handler(self: &Arc<Self>, lane: SessionLane, handler: LaneHandlerConfig) -> Result<()> {
+        handler.validate()?;
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        st.lanes[lane.index()].handler = handler;
+        Ok(())
+    }
+
+    pub(crate) fn lane_handler(&self, lane: SessionLane) -> LaneHandlerConfig {
+        self.state.lock().lanes[lane.index()].handler
+    }
+
+    pub(crate) fn register_handler(&self, command_type: String, handler: Arc<dyn TaskHandler>) {
+        self.state.lock().handlers.insert(command_type, handler);
+    }
+
+    pub(crate) fn subscribe(&self) -> EventStream {
+        let st = self.state.lock();
+        match &st.events {
+            Some(tx) => EventStream::new(tx.subscribe()),
+            // Closed: a stream that ends at once.
+            None => EventStream::new(broadcast::channel(1).1),
+        }
+    }
+
+    // ----- submit and dispatch -------------------------------------------------------------
+
+    /// Queues a task. Must run inside a tokio runtime (internal handlers and timers are spawned).
+    pub(crate) fn submit(self: &Arc<Self>, lane: SessionLane, command_type: String, payload: Value) -> Result<TaskHandle> {
+        if !payload.is_object() {
+            return Err(Error::invalid_payload(format!(
+                "the payload of a {command_type:?} task must be a JSON object, not {}",
+                json_kind(&payload)
+            )));
+        }
+        let (tx, rx) = oneshot::channel();
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        if !st.timer_task_started {
+            st.timer_task_started = true;
+            self.start_timer_task();
+        }
+        let l = &mut st.lanes[lane.index()];
+        if l.backlog.len() >= self.config.max_pending {
+            return Err(Error::QueueFull { lane, max_pending: self.config.max_pending });
+        }
+        let seq = st.next_seq;
+        st.next_seq += 1;
+        let task_id = self.task_id(seq);
+        st.emit(|| QueueEvent::Submitted { task_id: task_id.clone(), lane, command_type: command_type.clone() });
+        let l = &mut st.lanes[lane.index()];
+        l.backlog.push_back(Queued { seq, command_type, payload, reply: Some(tx), submitted_at: Instant::now() });
+        let depth = l.backlog.len();
+        if self.config.enable_alerts && depth >= self.config.queue_depth_alert_threshold && !l.depth_alerted {
+            l.depth_alerted = true;
+            let threshold = self.config.queue_depth_alert_threshold as u64;
+            st.emit(|| QueueEvent::Alert { kind: AlertKind::QueueDepth, lane, value: depth as u64, threshold });
+        }
+        self.fill_slots(&mut st, lane);
+        Ok(TaskHandle { task_id, rx, scheduler: Arc::downgrade(self) })
+    }
+
+    /// Dispatches backlog tasks of `lane` into its free slots.
+    fn fill_slots(self: &Arc<Self>, st: &mut State, lane: SessionLane) {
+        loop {
+            let l = &mut st.lanes[lane.index()];
+            if l.active >= l.max_concurrency {
+                break;
+            }
+            let Some(q) = l.backlog.pop_front() else { break };
+            l.active += 1;
+            let handler = l.handler;
+            if handler.mode == TaskHandlerMode::External {
+                l.external += 1;
+            }
+            if l.depth_alerted && l.backlog.len() < self.config.queue_depth_alert_threshold / 2 {
+                l.depth_alerted = false;
+            }
+            let deadline = Instant::now() + Duration::from_millis(handler.timeout_ms);
+            st.live.insert(
+                q.seq,
+                Entry {
+                    lane,
+                    mode: handler.mode,
+                    command_type: q.command_type,
+                    payload: q.payload,
+                    reply: q.reply,
+                    submitted_at: q.submitted_at,
+                    created_at: epoch_ms(),
+                    timeout_ms: handler.timeout_ms,
+                    deadline,
+                    attempt: 1,
+                    phase: Phase::Idle,
+                },
+            );
+            self.arm_timer(st, deadline, q.seq, TimerKind::Deadline);
+            self.start_attempt(st, q.seq);
+        }
+    }
+
+    /// Starts the current attempt of a live task according to its mode.
+    fn start_attempt(self: &Arc<Self>, st: &mut State, seq: u64) {
+        let Some(e) = st.live.get(&seq) else { return };
+        let (lane, mode, attempt) = (e.lane, e.mode, e.attempt);
+        st.emit(|| QueueEvent::Started {
+            task_id: self.task_id(seq),
+            lane,
+            command_type: e.command_type.clone(),
+            mode,
+            attempt,
+        });
+        if mode == TaskHandlerMode::External {
+            st.live.get_mut(&seq).expect("checked above").phase = Phase::Claimable;
+            st.lanes[lane.index()].claimable.push_back(seq);
+            self.claimable.notify_one();
+            return;
+        }
+        let task = self.external_task(seq, e);
+        let handler = st.handlers.get(&task.command_type).cloned().unwrap_or_else(|| self.default_handler.clone());
+        let me = Arc::clone(self);
+        let join = tokio::spawn(async move {
+            let outcome = AssertUnwindSafe(handler.handle(task)).catch_unwind().await;
+            me.internal_attempt_done(seq, attempt, outcome.map_err(panic_message));
+        });
+        st.live.get_mut(&seq).expect("checked above").phase = Phase::Running(join.abort_handle());
+    }
+
+    fn external_task(&self, seq: u64, e: &Entry) -> ExternalTask {
+        ExternalTask::from_parts(
+            self.task_id(seq),
+            self.session_id.clone(),
+            e.lane,
+            e.command_type.clone(),
+            e.payload.clone(),
+            e.timeout_ms,
+            e.created_at,
+            e.attempt,
+            e.deadline,
+        )
+    }
+
+    fn internal_attempt_done(self: &Arc<Self>, seq: u64, attempt: u32, outcome: std::result::Result<ExternalTaskResult, String>) {
+        let mut st = self.state.lock();
+        match st.live.get(&seq) {
+            Some(e) if e.attempt == attempt && matches!(e.phase, Phase::Running(_)) => {}
+            _ => return, // timed out, cancelled or closed meanwhile
+        }
+        match outcome {
+            Ok(result) => self.finish(&mut st, seq, Ok(result)),
+            Err(panic) => self.attempt_lost(&mut st, seq, format!("handler panicked: {panic}")),
+        }
+    }
+
+    // ----- external claims and completions -------------------------------------------------
+
+    /// Claims up to `max` claimable tasks, highest-priority lane first; waits up to `wait` for
+    /// the first one.
+    pub(crate) async fn claim(&self, max: usize, wait: Duration) -> Result<Vec<ExternalTask>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let until = Instant::now() + wait;
+        let mut yielded = false;
+        loop {
+            let notified = self.claimable.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            {
+                let mut st = self.state.lock();
+                if st.closed {
+                    return Err(Error::ShutDown);
+                }
+                let tasks = self.take_claimable(&mut st, max);
+                if !tasks.is_empty() || wait.is_zero() || Instant::now() >= until {
+                    return Ok(tasks);
+                }
+            }
+            // A producer on this thread often submits right after we yield: catch that without
+            // arming a timer (arming one wakes the parked timer thread, a context switch).
+            if !yielded {
+                yielded = true;
+                tokio::task::yield_now().await;
+                if notified.as_mut().now_or_never().is_some() {
+                    continue;
+                }
+            }
+            tokio::select! {
+                _ = notified => {}
+                _ = tokio::time::sleep_until(until) => {}
+            }
+        }
+    }
+
+    fn take_claimable(&self, st: &mut State, max: usize) -> Vec<ExternalTask> {
+        let mut out = Vec::new();
+        for lane in SessionLane::ALL {
+            while out.len() < max {
+                let Some(seq) = st.lanes[lane.index()].claimable.pop_front() else { break };
+                let Some(e) = st.live.get_mut(&seq) else { continue };
+                if !matches!(e.phase, Phase::Claimable) {
+                    continue;
+                }
+                e.phase = Phase::Claimed;
+                let task = self.external_task(seq, e);
+                st.lanes[lane.index()].claimed += 1;
+                out.push(task);
+            }
+        }
+        // Tasks are left for other pollers: pass the wake-up on.
+        if out.len() == max && st.lanes.iter().any(|l| !l.claimable.is_empty()) {
+            self.claimable.notify_one();
+        }
+        out
+    }
+
+    /// Applies a worker's result: the first result of a live task wins.
+    pub(crate) fn complete(self: &Arc<Self>, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+        let seq = self.seq_of(task_id)?;
+        let mut st = self.state.lock();
+        self.complete_locked(&mut st, seq, task_id, result)
+    }
+
+    pub(crate) fn complete_many(self: &Arc<Self>, results: Vec<(String, ExternalTaskResult)>) -> Vec<Result<()>> {
+        let mut st = self.state.lock();
+        results
+            .into_iter()
+            .map(|(task_id, result)| {
+                let seq = self.seq_of(&task_id)?;
+                self.complete_locked(&mut st, seq, &task_id, result)
+            })
+            .collect()
+    }
+
+    fn complete_locked(self: &Arc<Self>, st: &mut State, seq: u64, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+        match st.live.get(&seq) {
+            Some(e) if e.mode == TaskHandlerMode::External => {
+                self.finish(st, seq, Ok(result));
+                Ok(())
+            }
+            _ => Err(self.refuse_completion(st, seq, task_id)),
+        }
+    }
+
+    /// A worker gives a task back without a result: the attempt is lost and the retry policy
+    /// decides whether another one follows.
+    pub(crate) fn abandon(self: &Arc<Self>, task_id: &str, reason: &str) -> Result<()> {
+        let seq = self.seq_of(task_id)?;
+        let mut st = self.state.lock();
+        match st.live.get(&seq) {
+            Some(e) if e.mode == TaskHandlerMode::External && matches!(e.phase, Phase::Claimed | Phase::Claimable) => {
+                self.attempt_lost(&mut st, seq, reason.to_owned());
+                Ok(())
+            }
+            _ => Err(self.refuse_completion(&mut st, seq, task_id)),
+        }
+    }
+
+    /// The error for an operation on a task that is not live: how it ended, if remembered.
+    fn refusal(&self, st: &State, seq: u64, task_id: &str) -> Error {
+        let task_id = task_id.to_owned();
+        match st.remembered.get(seq) {
+            Some(Outcome::Completed | Outcome::Failed) => Error::TaskAlreadyCompleted { task_id },
+            Some(Outcome::TimedOut(timeout_ms)) => Error::TaskTimedOut { task_id, timeout_ms },
+            Some(Outcome::Cancelled) => Error::TaskCancelled { task_id },
+            None => Error::TaskNotFound { task_id },
+        }
+    }
+
+    /// [`refusal`](Self::refusal) of a result, counted when the task had already ended.
+    fn refuse_completion(&self, st: &mut State, seq: u64, task_id: &str) -> Error {
+        let err = self.refusal(st, seq, task_id);
+        if let (Some(m), false) = (&mut st.metrics, matches!(err, Error::TaskNotFound { .. })) {
+            m.rejected_completion();
+        }
+        err
+    }
+
+    // ----- failure paths -------------------------------------------------------------------
+
+    /// An attempt ended without a result: retry with backoff, or fail the task.
+    fn attempt_lost(self: &Arc<Self>, st: &mut State, seq: u64, reason: String) {
+        let policy = self.config.retry_policy;
+        let e = st.live.get_mut(&seq).expect("caller checked the task is live");
+        if let Phase::Claimed = std::mem::replace(&mut e.phase, Phase::Idle) {
+            st.lanes[e.lane.index()].claimed -= 1;
+        }
+        let now = Instant::now();
+        if e.attempt >= policy.max_attempts() || now >= e.deadline {
+            let task_id = self.task_id(seq);
+            let attempts = e.attempt;
+            return self.finish(st, seq, Err(Error::RetriesExhausted { task_id, attempts, reason }));
+        }
+        let delay = policy.delay_before_retry(e.attempt);
+        e.attempt += 1;
+        let (lane, next_attempt) = (e.lane, e.attempt);
+        if let Some(m) = &mut st.metrics {
+            m.retried(lane);
+        }
+        st.emit(|| QueueEvent::Retrying {
+            task_id: self.task_id(seq),
+            lane,
+            next_attempt,
+            delay_ms: delay.as_millis() as u64,
+            reason,
+        });
+        if delay.is_zero() {
+            self.start_attempt(st, seq);
+        } else {
+            let at = now + delay;
+            st.live.get_mut(&seq).expect("live").phase = Phase::Backoff(at);
+            self.arm_timer(st, at, seq, TimerKind::Retry);
+        }
+    }
+
+    /// Ends a live task: replies to the submitter, frees its slot, records the outcome.
+    fn finish(self: &Arc<Self>, st: &mut State, seq: u64, outcome: Result<ExternalTaskResult>) {
+        let Some(mut e) = st.live.remove(&seq) else { return };
+        let lane = e.lane;
+        {
+            let l = &mut st.lanes[lane.index()];
+            l.active -= 1;
+            if e.mode == TaskHandlerMode::External {
+                l.external -= 1;
+            }
+            match &e.phase {
+                Phase::Claimed => l.claimed -= 1,
+                Phase::Running(abort) => abort.abort(),
+                Phase::Claimable | Phase::Backoff(_) | Phase::Idle => {}
+            }
+        }
+        let task_id = || self.task_id(seq);
+        let remembered = match &outcome {
+            Ok(result) => {
+                let latency = e.submitted_at.elapsed();
+                let success = result.success;
+                if let Some(m) = &mut st.metrics {
+                    m.completed(lane, success, latency);
+                }
+                self.latency_alert(st, lane, latency);
+                st.emit(|| match success {
+                    true => QueueEvent::Completed {
+                        task_id: task_id(),
+                        lane,
+                        command_type: e.command_type.clone(),
+                        latency_ms: latency.as_millis() as u64,
+                    },
+                    false => QueueEvent::Failed {
+                        task_id: task_id(),
+                        lane,
+                        command_type: e.command_type.clone(),
+                        code: "ToolFailed".to_owned(),
+                        error: result.error.clone().unwrap_or_default(),
+                    },
+                });
+                Outcome::Completed
+            }
+            Err(err) => {
+                let remembered = match err {
+                    Error::TaskTimedOut { timeout_ms, .. } => Outcome::TimedOut(*timeout_ms),
+                    Error::TaskCancelled { .. } => Outcome::Cancelled,
+                    _ => Outcome::Failed,
+                };
+                if let Some(m) = &mut st.metrics {
+                    match remembered {
+                        Outcome::TimedOut(_) => m.timed_out(lane),
+                        Outcome::Cancelled => m.cancelled(lane),
+                        _ => m.failed(lane),
+                    }
+                }
+                st.emit(|| QueueEvent::Failed {
+                    task_id: task_id(),
+                    lane,
+                    command_type: e.command_type.clone(),
+                    code: err.code().to_owned(),
+                    error: err.to_string(),
+                });
+                let dead = !matches!(remembered, Outcome::Cancelled) && !matches!(err, Error::ShutDown);
+                if dead && st.dlq.is_some() {
+                    let letter = DeadLetter {
+                        task_id: task_id(),
+                        lane,
+                        command_type: std::mem::take(&mut e.command_type),
+                        payload: std::mem::take(&mut e.payload),
+                        error_code: err.code().to_owned(),
+                        error: err.to_string(),
+                        attempts: e.attempt,
+                        dead_lettered_at: epoch_ms(),
+                    };
+                    st.dlq.as_mut().expect("checked").push(letter);
+                    if let Some(m) = &mut st.metrics {
+                        m.dead_lettered(lane);
+                    }
+                    st.emit(|| QueueEvent::DeadLettered { task_id: task_id(), lane, reason: err.to_string() });
+                }
+                remembered
+            }
+        };
+        st.remembered.insert(seq, remembered);
+        if let Some(reply) = e.reply.take() {
+            let _ = reply.send(outcome);
+        }
+        if !st.closed {
+            self.fill_slots(st, lane);
+        }
+    }
+
+    fn latency_alert(&self, st: &mut State, lane: SessionLane, latency: Duration) {
+        if !self.config.enable_alerts {
+            return;
+        }
+        let threshold = self.config.latency_alert_threshold_ms;
+        let over = latency.as_millis() as u64 > threshold;
+        let l = &mut st.lanes[lane.index()];
+        if over && !l.latency_alerted {
+            l.latency_alerted = true;
+            let value = latency.as_millis() as u64;
+            st.emit(|| QueueEvent::Alert { kind: AlertKind::Latency, lane, value, threshold });
+        } else if !over {
+            l.latency_alerted = false;
+        }
+    }
+
+    /// Cancels a queued or live task.
+    pub(crate) fn cancel(self: &Arc<Self>, task_id: &str) -> Result<()> {
+        let seq = self.seq_of(task_id)?;
+        let mut st = self.state.lock();
+        let cancelled = || Err(Error::TaskCancelled { task_id: task_id.to_owned() });
+        if st.live.contains_key(&seq) {
+            self.finish(&mut st, seq, cancelled());
+            return Ok(());
+        }
+        for lane in SessionLane::ALL {
+            let backlog = &mut st.lanes[lane.index()].backlog;
+            if let Some(pos) = backlog.iter().position(|q| q.seq == seq) {
+                let mut q = backlog.remove(pos).expect("position is in range");
+                st.remembered.insert(seq, Outcome::Cancelled);
+                if let Some(m) = &mut st.metrics {
+                    m.cancelled(lane);
+                }
+                st.emit(|| QueueEvent::Failed {
+                    task_id: task_id.to_owned(),
+                    lane,
+                    command_type: q.command_type.clone(),
+                    code: "TaskCancelled".into(),
+                    error: format!("task {task_id} was cancelled"),
+                });
+                if let Some(reply) = q.reply.take() {
+                    let _ = reply.send(cancelled());
+                }
+                return Ok(());
+            }
+        }
+        Err(self.refusal(&st, seq, task_id))
+    }
+
+    // ----- timers --------------------------------------------------------------------------
+
+    fn arm_timer(&self, st: &mut State, at: Instant, seq: u64, kind: TimerKind) {
+        st.timers.push(Reverse((at, seq, kind)));
+        if st.timer_wake.is_none_or(|wake| at < wake) {
+            st.timer_wake = Some(at);
+            self.timer_notify.notify_one();
+        }
+        // Timers of finished tasks stay in the heap until they fire; drop them in bulk when
+        // they outnumber the live tasks.
+        if st.timers.len() > 2 * st.live.len() + 1024 {
+            let live = &st.live;
+            st.timers.retain(|Reverse((_, seq, _))| live.contains_key(seq));
+        }
+    }
+
+    fn start_timer_task(self: &Arc<Self>) {
+        let weak = Arc::downgrade(self);
+        let notify = Arc::clone(&self.timer_notify);
+        tokio::spawn(async move {
+            loop {
+                let next = match weak.upgrade() {
+                    Some(me) if !me.state.lock().closed => me.fire_timers(),
+                    _ => return,
+                };
+                match next {
+                    Some(at) => {
+                        tokio::select! {
+                            _ = tokio::time::sleep_until(at) => {}
+                            _ = notify.notified() => {}
+                        }
+                    }
+                    None => notify.notified().await,
+                }
+            }
+        });
+    }
+
+    /// Fires due timers; returns when the next one is due.
+    fn fire_timers(self: &Arc<Self>) -> Option<Instant> {
+        let mut st = self.state.lock();
+        let now = Instant::now();
+        while let Some(&Reverse((at, seq, kind))) = st.timers.peek() {
+            if at > now {
+                break;
+            }
+            st.timers.pop();
+            let Some(e) = st.live.get(&seq) else { continue };
+            match kind {
+                TimerKind::Deadline if e.deadline == at => {
+                    let err = Error::TaskTimedOut { task_id: self.task_id(seq), timeout_ms: e.timeout_ms };
+                    self.finish(&mut st, seq, Err(err));
+                }
+                TimerKind::Retry if matches!(e.phase, Phase::Backoff(t) if t == at) => self.start_attempt(&mut st, seq),
+                _ => {}
+            }
+        }
+        let next = st.timers.peek().map(|Reverse((at, _, _))| *at);
+        st.timer_wake = next;
+        next
+    }
+
+    // ----- observation ---------------------------------------------------------------------
+
+    pub(crate) fn stats(&self) -> QueueStats {
+        let st = self.state.lock();
+        let now = Instant::now();
+        let mut stats = QueueStats::default();
+        for lane in SessionLane::ALL {
+            let l = &st.lanes[lane.index()];
+            let ls = LaneStats {
+                pending_count: l.backlog.len(),
+                active_count: l.active,
+                external_count: l.external,
+                claimed_count: l.claimed,
+                max_concurrency: l.max_concurrency,
+                mode: l.handler.mode,
+                timeout_ms: l.handler.timeout_ms,
+                oldest_pending_ms: l.backlog.front().map_or(0, |q| now.duration_since(q.submitted_at).as_millis() as u64),
+            };
+            stats.pending_count += ls.pending_count;
+            stats.active_count += ls.active_count;
+            stats.external_count += ls.external_count;
+            stats.per_lane.insert(lane, ls);
+        }
+        stats
+    }
+
+    pub(crate) fn metrics(&self) -> Option<QueueMetrics> {
+        let st = self.state.lock();
+        let depth = st.dlq.as_ref().map_or(0, DeadLetterQueue::len);
+        st.metrics.as_ref().map(|m| m.snapshot(depth))
+    }
+
+    pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.state.lock().dlq.as_ref().map(DeadLetterQueue::snapshot).unwrap_or_default()
+    }
+
+    pub(crate) fn drain_dead_letters(&self) -> Vec<DeadLetter> {
+        self.state.lock().dlq.as_mut().map(DeadLetterQueue::drain).unwrap_or_default()
+    }
+
+    pub(crate) fn is_closed(&self) -> bool {
+        self.state.lock().closed
+    }
+
+    /// Fails every queued and live task with [`Error::ShutDown`], aborts internal handlers and
+    /// wakes every waiter. Idempotent.
+    pub(crate) fn close(self: &Arc<Self>) {
+        let mut st = self.state.lock();
+        if st.closed {
+            return;
+        }
+        st.closed = true;
+        for lane in SessionLane::ALL {
+            for mut q in std::mem::take(&mut st.lanes[lane.index()].backlog) {
+                if let Some(reply) = q.reply.take() {
+                    let _ = reply.send(Err(Error::ShutDown));
+                }
+            }
+        }
+        let live: Vec<u64> = st.live.keys().copied().collect();
+        for seq in live {
+            self.finish(&mut st, seq, Err(Error::ShutDown));
+        }
+        st.timers.clear();
+        st.events = None;
+        drop(st);
+        self.claimable.notify_waiters();
+        self.timer_notify.notify_one();
+    }
+}
+
+fn rand_tag() -> u32 {
+    let bytes = uuid::Uuid::new_v4().into_bytes();
+    u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+fn json_kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+fn panic_message(panic: Box<dyn std::any::Any + Send>) -> String {
+    panic
+        .downcast_ref::<&str>()
+        .map(|s| (*s).to_owned())
+        .or_else(|| panic.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".to_owned())
+}

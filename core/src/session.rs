@@ -1,0 +1,355 @@
+//! [`AgentSession`]: one agent conversation with its own lane queue and workspace.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::agent::AgentConfig;
+use crate::error::{Error, Result};
+use crate::queue::scheduler::Scheduler;
+use crate::queue::{
+    DeadLetter, EventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane, SessionQueueConfig,
+};
+use crate::task::{ExternalTask, ExternalTaskResult};
+use crate::tools::{Workspace, execute_builtin};
+
+use crate::queue::scheduler::{TaskHandle, TaskHandler};
+
+/// Options of a new session.
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::{SessionOptions, SessionQueueConfig};
+/// let opts = SessionOptions::new()
+///     .with_queue_config(SessionQueueConfig { query_max_concurrency: 20, ..Default::default() })
+///     .with_session_id("build-42");
+/// assert_eq!(opts.session_id.as_deref(), Some("build-42"));
+/// ```
+#[derive(Debug, Clone, Default)]
+pub struct SessionOptions {
+    /// The queue configuration; `None` takes the agent's `queue { }` block, else the defaults.
+    pub queue_config: Option<SessionQueueConfig>,
+    /// The session id; `None` generates a random UUID v4 (unguessable, as remote workers
+    /// address sessions by id). Letters, digits, `-` and `_` only.
+    pub session_id: Option<String>,
+    /// Whether the built-in `bash` tool may run in this process (default true).
+    pub allow_bash: Option<bool>,
+}
+
+impl SessionOptions {
+    /// Default options.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Sets the queue configuration.
+    pub fn with_queue_config(mut self, config: SessionQueueConfig) -> Self {
+        self.queue_config = Some(config);
+        self
+    }
+
+    /// Sets the session id (workers use it to find the session's tasks).
+    pub fn with_session_id(mut self, id: impl Into<String>) -> Self {
+        self.session_id = Some(id.into());
+        self
+    }
+
+    /// Allows or forbids the built-in `bash` tool on Internal and Hybrid lanes.
+    pub fn with_bash(mut self, allowed: bool) -> Self {
+        self.allow_bash = Some(allowed);
+        self
+    }
+}
+
+/// A session: a lane queue, a workspace and (with a model) a conversation.
+///
+/// Cloning is cheap and every clone drives the same session; it closes when the last clone is
+/// dropped, or on [`close`](Self::close). All methods are safe to call concurrently from any
+/// task. Methods that queue work must run inside a tokio runtime.
+///
+/// # Examples
+///
+/// A Query lane handed to an in-process worker:
+///
+/// ```
+/// use std::time::Duration;
+/// use a3s_code_core::{Agent, AgentConfig, ExternalTaskResult};
+/// use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+///
+/// # #[tokio::main(flavor = "current_thread")] async fn main() -> a3s_code_core::Result<()> {
+/// let agent = Agent::from_config(AgentConfig::default());
+/// let session = agent.session(".", None)?;
+/// session
+///     .set_lane_handler(SessionLane::Query, LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 5_000 })
+///     .await?;
+///
+/// let worker = session.clone();
+/// tokio::spawn(async move {
+///     for task in worker.claim_external_tasks(16, Duration::from_secs(1)).await.unwrap() {
+///         let result = ExternalTaskResult::ok(serde_json::json!({"content": "hello"}));
+///         worker.complete_external_task(&task.task_id, result).await.unwrap();
+///     }
+/// });
+///
+/// let out = session.tool("read", serde_json::json!({"path": "README.md"})).await?;
+/// assert_eq!(out.result["content"], "hello");
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct AgentSession {
+    inner: Arc<SessionInner>,
+}
+
+struct SessionInner {
+    scheduler: Arc<Scheduler>,
+    workspace: Workspace,
+    agent: Arc<AgentConfig>,
+}
+
+impl Drop for SessionInner {
+    fn drop(&mut self) {
+        self.scheduler.close();
+    }
+}
+
+impl std::fmt::Debug for AgentSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AgentSession")
+            .field("id", &self.id())
+            .field("workspace", &self.inner.workspace.root())
+            .finish_non_exhaustive()
+    }
+}
+
+impl AgentSession {
+    pub(crate) fn open(agent: Arc<AgentConfig>, workspace: &Path, options: SessionOptions) -> Result<Self> {
+        let config = options.queue_config.unwrap_or_else(|| agent.queue.clone());
+        config.validate()?;
+        let id = match options.session_id {
+            Some(id) => validate_session_id(id)?,
+            None => uuid::Uuid::new_v4().to_string(),
+        };
+        let workspace = Workspace::new(workspace)?.with_bash(options.allow_bash.unwrap_or(true));
+        let ws = workspace.clone();
+        let builtin = move |task: ExternalTask| {
+            let ws = ws.clone();
+            async move { execute_builtin(&task, &ws).await }
+        };
+        let scheduler = Scheduler::new(id, config, Arc::new(builtin));
+        Ok(Self { inner: Arc::new(SessionInner { scheduler, workspace, agent }) })
+    }
+
+    /// The session id, which remote workers use to find its tasks.
+    pub fn id(&self) -> &str {
+        self.inner.scheduler.session_id()
+    }
+
+    /// The workspace every built-in tool of this session is confined to.
+    pub fn workspace(&self) -> &Workspace {
+        &self.inner.workspace
+    }
+
+    /// The queue configuration the session was created with.
+    pub fn queue_config(&self) -> &SessionQueueConfig {
+        self.inner.scheduler.config()
+    }
+
+    /// The agent configuration the session was opened from.
+    pub fn agent_config(&self) -> &AgentConfig {
+        &self.inner.agent
+    }
+
+    /// Sets how a lane handles the tasks it dispatches from now on (tasks already running keep
+    /// their mode and deadline).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a zero timeout, [`Error::ShutDown`] after `close()`.
+    pub async fn set_lane_handler(&self, lane: SessionLane, config: LaneHandlerConfig) -> Result<()> {
+        self.inner.scheduler.set_lane_handler(lane, config)
+    }
+
+    /// The current handler of a lane.
+    pub fn lane_handler(&self, lane: SessionLane) -> LaneHandlerConfig {
+        self.inner.scheduler.lane_handler(lane)
+    }
+
+    /// Registers the handler of a custom command type for Internal and Hybrid lanes (it also
+    /// replaces a built-in tool of that name).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # use a3s_code_core::{Agent, AgentConfig, ExternalTask, ExternalTaskResult, queue::SessionLane};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> a3s_code_core::Result<()> {
+    /// # let session = Agent::from_config(AgentConfig::default()).session(".", None)?;
+    /// session.register_handler("double", |task: ExternalTask| async move {
+    ///     let n = task.payload["n"].as_i64().unwrap_or(0);
+    ///     ExternalTaskResult::ok(serde_json::json!({ "n": n * 2 }))
+    /// });
+    /// let out = session.submit(SessionLane::Execute, "double", serde_json::json!({"n": 21})).await?.await?;
+    /// assert_eq!(out.result["n"], 42);
+    /// # Ok(()) }
+    /// ```
+    pub fn register_handler(&self, command_type: impl Into<String>, handler: impl TaskHandler) {
+        self.inner.scheduler.register_handler(command_type.into(), Arc::new(handler));
+    }
+
+    /// Queues a task in `lane` and returns its handle at once.
+    ///
+    /// The task runs by the lane's handler mode when a slot frees up: an External lane hands it
+    /// to workers, Internal and Hybrid lanes run a registered handler or the built-in tool of
+    /// that name. Await the handle for the outcome.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidPayload`] when `payload` is not a JSON object, [`Error::QueueFull`] when
+    /// the lane's backlog holds `max_pending` tasks, [`Error::ShutDown`] after `close()`.
+    pub async fn submit(&self, lane: SessionLane, command_type: impl Into<String>, payload: Value) -> Result<TaskHandle> {
+        self.inner.scheduler.submit(lane, command_type.into(), payload)
+    }
+
+    /// Runs a built-in tool through its lane (`read`, `grep`, `glob`, `ls` → Query; `bash`,
+    /// `write`, `edit` → Execute) and waits for its result.
+    ///
+    /// Returns `Ok` whatever the tool or worker reported, `success: false` included.
+    ///
+    /// # Errors
+    ///
+    /// Only queue-level failures: [`Error::UnknownTool`], [`Error::InvalidPayload`],
+    /// [`Error::QueueFull`], [`Error::TaskTimedOut`], [`Error::TaskCancelled`],
+    /// [`Error::RetriesExhausted`], [`Error::ShutDown`].
+    pub async fn tool(&self, name: &str, args: Value) -> Result<ExternalTaskResult> {
+        let lane = SessionLane::for_tool(name).ok_or_else(|| Error::UnknownTool { name: name.to_owned() })?;
+        self.submit(lane, name, args).await?.await
+    }
+
+    /// Claims every task waiting for an external worker, highest-priority lane first.
+    ///
+    /// Each task goes to exactly one caller, however many poll concurrently. Returns an empty
+    /// list when there is none (or the session is closed). Prefer
+    /// [`claim_external_tasks`](Self::claim_external_tasks) in loops: it waits without polling.
+    pub async fn pending_external_tasks(&self) -> Vec<ExternalTask> {
+        self.inner.scheduler.claim(usize::MAX, Duration::ZERO).await.unwrap_or_default()
+    }
+
+    /// Claims at most `max` tasks, waiting up to `wait` for the first one (a long poll).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutDown`] once the session is closed, so worker loops can stop.
+    pub async fn claim_external_tasks(&self, max: usize, wait: Duration) -> Result<Vec<ExternalTask>> {
+        self.inner.scheduler.claim(max, wait).await
+    }
+
+    /// Reports the result of an external task. The first completion of a live task wins.
+    ///
+    /// # Errors
+    ///
+    /// Nothing changes on error: [`Error::TaskNotFound`] for an unknown id (or one this session
+    /// no longer remembers), [`Error::TaskAlreadyCompleted`] for a second completion,
+    /// [`Error::TaskTimedOut`] / [`Error::TaskCancelled`] for a result that came too late.
+    pub async fn complete_external_task(&self, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+        self.inner.scheduler.complete(task_id, result)
+    }
+
+    /// Reports many results in one call; returns one outcome per result, in order.
+    pub async fn complete_external_tasks(
+        &self,
+        results: impl IntoIterator<Item = (String, ExternalTaskResult)>,
+    ) -> Vec<Result<()>> {
+        self.inner.scheduler.complete_many(results.into_iter().collect())
+    }
+
+    /// Gives a claimed task back without a result (the worker could not run it): the attempt
+    /// counts as lost, and the retry policy decides whether another attempt follows.
+    ///
+    /// # Errors
+    ///
+    /// As [`complete_external_task`](Self::complete_external_task).
+    pub async fn abandon_external_task(&self, task_id: &str, reason: &str) -> Result<()> {
+        self.inner.scheduler.abandon(task_id, reason)
+    }
+
+    /// Cancels a queued or running task; its submitter gets [`Error::TaskCancelled`].
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`], or how the task already ended ([`Error::TaskAlreadyCompleted`],
+    /// [`Error::TaskTimedOut`], ...).
+    pub async fn cancel(&self, task_id: &str) -> Result<()> {
+        self.inner.scheduler.cancel(task_id)
+    }
+
+    /// What is in the queue now.
+    pub async fn queue_stats(&self) -> QueueStats {
+        self.inner.scheduler.stats()
+    }
+
+    /// Counters and latency percentiles, or `None` unless `enable_metrics` is set.
+    pub async fn queue_metrics(&self) -> Option<QueueMetrics> {
+        self.inner.scheduler.metrics()
+    }
+
+    /// The dead-letter queue's content, oldest first (empty unless `enable_dlq` is set).
+    pub async fn dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.scheduler.dead_letters()
+    }
+
+    /// Removes and returns every dead letter.
+    pub async fn drain_dead_letters(&self) -> Vec<DeadLetter> {
+        self.inner.scheduler.drain_dead_letters()
+    }
+
+    /// Subscribes to the queue's events (lifecycle, retries, dead letters, alerts).
+    pub fn subscribe_events(&self) -> EventStream {
+        self.inner.scheduler.subscribe()
+    }
+
+    /// Whether [`close`](Self::close) was called.
+    pub fn is_closed(&self) -> bool {
+        self.inner.scheduler.is_closed()
+    }
+
+    /// Closes the session: queued and running tasks fail with [`Error::ShutDown`], internal
+    /// handlers are aborted, waiting workers return. Idempotent.
+    pub async fn close(&self) {
+        self.inner.scheduler.close();
+    }
+}
+
+fn validate_session_id(id: String) -> Result<String> {
+    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    if ok {
+        Ok(id)
+    } else {
+        Err(Error::invalid_config(format!(
+            "session_id {id:?} must be 1 to 128 letters, digits, '-' or '_' (it becomes a NATS subject token)"
+        )))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn assert_send_sync<T: Send + Sync>() {}
+
+    #[test]
+    fn handles_are_send_and_sync() {
+        assert_send_sync::<AgentSession>();
+        assert_send_sync::<TaskHandle>();
+        assert_send_sync::<crate::Agent>();
+    }
+
+    #[test]
+    fn session_ids_are_checked() {
+        assert!(validate_session_id("abc-123_X".into()).is_ok());
+        for bad in ["", "a.b", "a*", "a b", ">"] {
+            assert_eq!(validate_session_id(bad.into()).unwrap_err().code(), "InvalidConfig");
+        }
+    }
+}
