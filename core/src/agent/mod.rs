@@ -1,1 +1,5 @@
 //! Agent and agent.hcl.
+
+mod config;
+
+pub use config::{AgentConfig, DistributionConfig, ModelConfig, ProviderConfig};
