@@ -1,1 +1,31 @@
-fn main() {}
+//! `a3s-code`: run the lane queue and its workers from the command line.
+
+use clap::{Parser, Subcommand};
+
+mod demo;
+
+/// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
+/// workers in process or on other machines.
+#[derive(Parser)]
+#[command(name = "a3s-code", version, about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Search a directory with in-process External workers (no broker needed) and show the
+    /// queue's stats and metrics.
+    Demo(demo::DemoArgs),
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    runtime.block_on(async {
+        match cli.command {
+            Command::Demo(args) => demo::run(args).await,
+        }
+    })
+}

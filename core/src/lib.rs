@@ -58,6 +58,7 @@ pub mod queue;
 mod session;
 pub mod task;
 pub mod tools;
+pub mod worker;
 
 pub use agent::{Agent, AgentConfig};
 pub use error::{Error, Result};

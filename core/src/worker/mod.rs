@@ -1,0 +1,270 @@
+//! A ready-made worker loop: claim as many tasks as there are free slots, run them, report the
+//! results in batches. It drives any [`TaskSource`]: an in-process [`AgentSession`] or a remote
+//! one.
+//!
+//! Writing your own loop with `pending_external_tasks()` / `complete_external_task()` is just as
+//! valid; this one adds long polling, a concurrency bound, batching and a graceful shutdown.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinHandle;
+
+use crate::error::{Error, Result};
+use crate::queue::scheduler::TaskHandler;
+use crate::session::AgentSession;
+use crate::task::{ExternalTask, ExternalTaskResult};
+use crate::tools::{Workspace, execute_builtin};
+
+/// Where a worker claims tasks and reports results.
+pub trait TaskSource: Send + Sync + 'static {
+    /// Claims up to `max` tasks, waiting up to `wait` for the first.
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>>;
+    /// Reports results; one outcome per result.
+    fn complete(&self, results: Vec<(String, ExternalTaskResult)>) -> BoxFuture<'_, Result<Vec<Result<()>>>>;
+}
+
+impl TaskSource for AgentSession {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
+        Box::pin(self.claim_external_tasks(max, wait))
+    }
+
+    fn complete(&self, results: Vec<(String, ExternalTaskResult)>) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
+        Box::pin(async move { Ok(self.complete_external_tasks(results).await) })
+    }
+}
+
+/// The built-in tools as a handler: what `a3s-code worker` runs.
+///
+/// # Examples
+///
+/// ```
+/// # use a3s_code_core::{tools::Workspace, worker::builtin_handler};
+/// let handler = builtin_handler(Workspace::new(".").unwrap().with_bash(false));
+/// # let _ = handler;
+/// ```
+pub fn builtin_handler(workspace: Workspace) -> impl TaskHandler {
+    move |task: ExternalTask| {
+        let ws = workspace.clone();
+        async move { execute_builtin(&task, &ws).await }
+    }
+}
+
+/// Settings of a [`Worker`].
+#[derive(Debug, Clone)]
+pub struct WorkerConfig {
+    /// Tasks run at once (default 8).
+    pub concurrency: usize,
+    /// How long one claim waits for work before asking again (default 1 s).
+    pub poll_wait: Duration,
+    /// Wait after a failed claim (broker down) before trying again (default 500 ms).
+    pub retry_delay: Duration,
+}
+
+impl Default for WorkerConfig {
+    fn default() -> Self {
+        Self { concurrency: 8, poll_wait: Duration::from_secs(1), retry_delay: Duration::from_millis(500) }
+    }
+}
+
+/// Counters of a running worker.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Results accepted by the session, `success: true`.
+    pub succeeded: u64,
+    /// Results accepted by the session, `success: false`.
+    pub failed: u64,
+    /// Tasks not run because their deadline had passed.
+    pub skipped_expired: u64,
+    /// Results the session refused (the task had timed out, was cancelled or completed elsewhere).
+    pub rejected: u64,
+    /// Tasks running now.
+    pub busy: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    claimed: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    skipped_expired: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl Counters {
+    fn snapshot(&self, busy: u64) -> WorkerStats {
+        WorkerStats {
+            claimed: self.claimed.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            skipped_expired: self.skipped_expired.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            busy,
+        }
+    }
+}
+
+/// A running worker loop. See the [module docs](self).
+///
+/// # Examples
+///
+/// ```
+/// use std::sync::Arc;
+/// use a3s_code_core::{Agent, AgentConfig, tools::Workspace};
+/// use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+/// use a3s_code_core::worker::{Worker, WorkerConfig, builtin_handler};
+///
+/// # #[tokio::main] async fn main() -> a3s_code_core::Result<()> {
+/// let session = Agent::from_config(AgentConfig::default()).session(".", None)?;
+/// session.set_lane_handler(SessionLane::Query,
+///     LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 30_000 }).await?;
+/// let worker = Worker::spawn(Arc::new(session.clone()), builtin_handler(Workspace::new(".")?), WorkerConfig::default());
+///
+/// let out = session.tool("ls", serde_json::json!({})).await?;
+/// assert!(out.success);
+/// let stats = worker.shutdown().await;
+/// assert_eq!((stats.claimed, stats.succeeded), (1, 1));
+/// # Ok(()) }
+/// ```
+pub struct Worker {
+    stop: watch::Sender<bool>,
+    join: JoinHandle<()>,
+    counters: Arc<Counters>,
+    slots: Arc<Semaphore>,
+    concurrency: usize,
+}
+
+impl std::fmt::Debug for Worker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Worker").field("stats", &self.stats()).finish_non_exhaustive()
+    }
+}
+
+impl Worker {
+    /// Starts the loop on the current tokio runtime.
+    pub fn spawn(source: Arc<dyn TaskSource>, handler: impl TaskHandler, config: WorkerConfig) -> Self {
+        let concurrency = config.concurrency.max(1);
+        let (stop, stop_rx) = watch::channel(false);
+        let counters = Arc::new(Counters::default());
+        let slots = Arc::new(Semaphore::new(concurrency));
+        let join = tokio::spawn(run(source, Arc::new(handler), config, stop_rx, counters.clone(), slots.clone()));
+        Self { stop, join, counters, slots, concurrency }
+    }
+
+    /// The worker's counters now.
+    pub fn stats(&self) -> WorkerStats {
+        let busy = self.concurrency - self.slots.available_permits().min(self.concurrency);
+        self.counters.snapshot(busy as u64)
+    }
+
+    /// Stops claiming new tasks; running ones finish and are reported.
+    pub fn initiate_shutdown(&self) {
+        let _ = self.stop.send(true);
+    }
+
+    /// Stops claiming, waits for running tasks to be reported, and returns the final counters.
+    pub async fn shutdown(self) -> WorkerStats {
+        self.initiate_shutdown();
+        let _ = self.join.await;
+        self.counters.snapshot(0)
+    }
+
+    /// Waits until the loop ends by itself (its source shut down), then returns the counters.
+    pub async fn join(self) -> WorkerStats {
+        let _ = self.join.await;
+        self.counters.snapshot(0)
+    }
+}
+
+async fn run(
+    source: Arc<dyn TaskSource>,
+    handler: Arc<dyn TaskHandler>,
+    config: WorkerConfig,
+    mut stop: watch::Receiver<bool>,
+    counters: Arc<Counters>,
+    slots: Arc<Semaphore>,
+) {
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<(String, ExternalTaskResult)>();
+    let reporter = tokio::spawn(report(source.clone(), done_rx, counters.clone()));
+    loop {
+        // Claim only what we have room for: wait for at least one free slot first.
+        let first = tokio::select! {
+            p = slots.clone().acquire_owned() => p.expect("the semaphore is never closed"),
+            _ = stop.changed() => break,
+        };
+        let free = slots.available_permits() + 1;
+        let claimed = tokio::select! {
+            r = source.claim(free, config.poll_wait) => r,
+            _ = stop.changed() => break,
+        };
+        let tasks = match claimed {
+            Ok(tasks) => tasks,
+            Err(Error::ShutDown) => break,
+            Err(err) => {
+                tracing::warn!(error = %err, "claiming tasks failed; retrying");
+                drop(first);
+                tokio::select! {
+                    _ = tokio::time::sleep(config.retry_delay) => continue,
+                    _ = stop.changed() => break,
+                }
+            }
+        };
+        counters.claimed.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        let mut first = Some(first);
+        for task in tasks {
+            let permit = match first.take() {
+                Some(p) => p,
+                None => slots.clone().acquire_owned().await.expect("never closed"),
+            };
+            if task.is_timed_out() {
+                counters.skipped_expired.fetch_add(1, Ordering::Relaxed);
+                continue;
+            }
+            let (handler, done) = (handler.clone(), done_tx.clone());
+            tokio::spawn(async move {
+                let _permit = permit;
+                let deadline = task.deadline();
+                let id = task.task_id.clone();
+                // Past the deadline the session has already failed the task: drop the attempt.
+                if let Ok(result) = tokio::time::timeout_at(deadline, handler.handle(task)).await {
+                    let _ = done.send((id, result));
+                }
+            });
+        }
+    }
+    // Graceful: wait for running tasks, then flush their results.
+    drop(done_tx);
+    let _ = reporter.await;
+}
+
+async fn report(
+    source: Arc<dyn TaskSource>,
+    mut done: mpsc::UnboundedReceiver<(String, ExternalTaskResult)>,
+    counters: Arc<Counters>,
+) {
+    let mut batch = Vec::with_capacity(256);
+    while done.recv_many(&mut batch, 256).await > 0 {
+        let successes: Vec<bool> = batch.iter().map(|(_, r)| r.success).collect();
+        match source.complete(std::mem::take(&mut batch)).await {
+            Ok(outcomes) => {
+                for (outcome, success) in outcomes.into_iter().zip(successes) {
+                    let counter = match (outcome, success) {
+                        (Ok(()), true) => &counters.succeeded,
+                        (Ok(()), false) => &counters.failed,
+                        (Err(_), _) => &counters.rejected,
+                    };
+                    counter.fetch_add(1, Ordering::Relaxed);
+                }
+            }
+            Err(err) => {
+                tracing::warn!(error = %err, lost = successes.len(), "reporting results failed");
+                counters.rejected.fetch_add(successes.len() as u64, Ordering::Relaxed);
+            }
+        }
+    }
+}
