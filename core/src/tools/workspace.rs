@@ -102,9 +102,11 @@ impl Workspace {
     ///
     /// The rules, in order:
     /// 1. a NUL byte is refused;
-    /// 2. `.` and `..` are resolved lexically, and a path that climbs above the root at any
-    ///    point is refused (even `../root-name/x`, which would come back inside);
-    /// 3. an absolute path outside the root is refused;
+    /// 2. an absolute path must start with the root (as canonicalized, or as given to
+    ///    [`new`](Self::new)), and is then taken relative to it;
+    /// 3. `.` and `..` are resolved lexically, and a path that climbs above the root at any
+    ///    point is refused (even `../root-name/x` or `/path/to/root/../root/x`, which would come
+    ///    back inside);
     /// 4. the existing part is resolved component by component, following symbolic links
     ///    (dangling ones too), and the final path must be inside the canonical root.
     ///
@@ -118,17 +120,16 @@ impl Workspace {
         }
         let escape = || Error::PathEscapesWorkspace { path: path.to_string(), root: self.root.clone() };
         let given = Path::new(path);
-        let relative: Vec<OsString> = if given.is_absolute() {
-            let abs = normalize_absolute(given).ok_or_else(escape)?;
-            let rest = abs
+        let relative = if given.is_absolute() {
+            given
                 .strip_prefix(&self.root)
                 .ok()
-                .or_else(|| self.alias.as_deref().and_then(|alias| abs.strip_prefix(alias).ok()))
-                .ok_or_else(escape)?;
-            rest.components().map(|c| c.as_os_str().to_os_string()).collect()
+                .or_else(|| self.alias.as_deref().and_then(|alias| given.strip_prefix(alias).ok()))
+                .ok_or_else(escape)?
         } else {
-            normalize_relative(given).ok_or_else(escape)?
+            given
         };
+        let relative = normalize_relative(relative).ok_or_else(escape)?;
         let resolved = self.follow(path, relative)?;
         if resolved.starts_with(&self.root) { Ok(resolved) } else { Err(escape()) }
     }
@@ -296,6 +297,11 @@ mod tests {
         assert_eq!(ws.resolve(ws.root().to_str().unwrap()).unwrap(), ws.root());
         let sneaky = format!("{}/../x", ws.root().display());
         assert!(is_escape(ws.resolve(&sneaky)));
+        let name = ws.root().file_name().unwrap().to_str().unwrap();
+        let back_in = format!("{}/../{name}/x", ws.root().display());
+        assert!(is_escape(ws.resolve(&back_in)));
+        let dotted = format!("{}/./a/../b", ws.root().display());
+        assert_eq!(ws.resolve(&dotted).unwrap(), ws.root().join("b"));
     }
 
     #[test]
