@@ -5,7 +5,9 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use a3s_code_core::queue::{LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::{
+    LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane, TaskHandlerMode,
+};
 use a3s_code_core::tools::Workspace;
 use a3s_code_core::worker::{Worker, WorkerConfig, builtin_handler};
 use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
@@ -26,7 +28,10 @@ pub(crate) struct DemoArgs {
     #[arg(long, default_value_t = 8)]
     worker_concurrency: usize,
     /// The regex to search for.
-    #[arg(long, default_value = r"\b(fn|def|function|class|struct|trait|impl|interface)\s+[A-Za-z_]\w*")]
+    #[arg(
+        long,
+        default_value = r"\b(fn|def|function|class|struct|trait|impl|interface)\s+[A-Za-z_]\w*"
+    )]
     pattern: String,
     /// Which files to search (.gitignore is honoured).
     #[arg(long, default_value = "**/*")]
@@ -45,31 +50,58 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         query_max_concurrency: args.query_concurrency,
         enable_metrics: true,
         enable_dlq: true,
-        lane_handlers: [(SessionLane::Query, LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 30_000 })]
-            .into(),
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 30_000,
+            },
+        )]
+        .into(),
         ..Default::default()
     };
     let session = Agent::from_config(AgentConfig::default())
-        .session(&args.dir, Some(SessionOptions::new().with_queue_config(config).with_bash(false)))
+        .session(
+            &args.dir,
+            Some(
+                SessionOptions::new()
+                    .with_queue_config(config)
+                    .with_bash(false),
+            ),
+        )
         .with_context(|| format!("opening a session on {}", args.dir.display()))?;
     let root = session.workspace().root().to_owned();
     println!("session {} on {}", session.id(), root.display());
-    println!("Query lane: External, {} in-process workers x {} slots\n", args.workers, args.worker_concurrency);
+    println!(
+        "Query lane: External, {} in-process workers x {} slots\n",
+        args.workers, args.worker_concurrency
+    );
 
     let workers: Vec<Worker> = (0..args.workers.max(1))
         .map(|_| {
             Worker::spawn(
                 Arc::new(session.clone()),
-                builtin_handler(Workspace::new(&root).expect("the session's root is a directory").with_bash(false)),
-                WorkerConfig { concurrency: args.worker_concurrency.max(1), ..Default::default() },
+                builtin_handler(
+                    Workspace::new(&root)
+                        .expect("the session's root is a directory")
+                        .with_bash(false),
+                ),
+                WorkerConfig {
+                    concurrency: args.worker_concurrency.max(1),
+                    ..Default::default()
+                },
             )
         })
         .collect();
 
     // 1. glob: which files to search.
     let listed = tool(&session, "glob", json!({ "pattern": args.glob })).await?;
-    let files: Vec<String> =
-        listed["paths"].as_array().into_iter().flatten().filter_map(|p| p.as_str().map(str::to_owned)).collect();
+    let files: Vec<String> = listed["paths"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|p| p.as_str().map(str::to_owned))
+        .collect();
     if listed["truncated"] == true {
         println!("(glob result truncated to {} files)", files.len());
     }
@@ -87,7 +119,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
             let session = session.clone();
             let pattern = args.pattern.clone();
             async move {
-                let out = session.tool("grep", json!({ "pattern": pattern, "path": path, "max_results": 50 })).await;
+                let out = session
+                    .tool(
+                        "grep",
+                        json!({ "pattern": pattern, "path": path, "max_results": 50 }),
+                    )
+                    .await;
                 (path, out)
             }
         })
@@ -121,10 +158,20 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     let mut ranked: Vec<(&String, &Vec<(u64, String)>)> = hits.iter().collect();
     ranked.sort_by(|a, b| b.1.len().cmp(&a.1.len()).then(a.0.cmp(b.0)));
     let total: usize = hits.values().map(Vec::len).sum();
-    println!("{} matches of /{}/ in {} of {} files", total, args.pattern, hits.len(), files.len());
+    println!(
+        "{} matches of /{}/ in {} of {} files",
+        total,
+        args.pattern,
+        hits.len(),
+        files.len()
+    );
     for (path, lines) in ranked.iter().take(args.top) {
         let read = tool(&session, "read", json!({ "path": path, "limit": 1 })).await?;
-        println!("\n{path}  ({} matches, {} lines)", lines.len(), read["total_lines"]);
+        println!(
+            "\n{path}  ({} matches, {} lines)",
+            lines.len(),
+            read["total_lines"]
+        );
         for (line, text) in lines.iter().take(3) {
             println!("  {line:>5}: {}", truncate(text, 100));
         }
@@ -141,7 +188,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         worker_totals.0 += s.claimed;
         worker_totals.1 += s.succeeded + s.failed;
     }
-    println!("\nworkers: {} tasks claimed, {} completed", worker_totals.0, worker_totals.1);
+    println!(
+        "\nworkers: {} tasks claimed, {} completed",
+        worker_totals.0, worker_totals.1
+    );
     print_stats(&stats);
     if let Some(m) = metrics {
         print_metrics(&m);
@@ -152,7 +202,10 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
 }
 
 async fn tool(session: &AgentSession, name: &str, args: Value) -> anyhow::Result<Value> {
-    let out = session.tool(name, args).await.with_context(|| format!("{name} task"))?;
+    let out = session
+        .tool(name, args)
+        .await
+        .with_context(|| format!("{name} task"))?;
     if !out.success {
         bail!("{name} failed: {}", out.error.unwrap_or_default());
     }
@@ -195,7 +248,10 @@ fn print_metrics(m: &QueueMetrics) {
         m.avg_latency, m.p50_latency, m.p95_latency, m.p99_latency
     );
     for (lane, l) in m.per_lane.iter().filter(|(_, l)| l.total_processed > 0) {
-        println!("  {lane:<8} {:>6} processed  p50 {:?}  p99 {:?}", l.total_processed, l.p50_latency, l.p99_latency);
+        println!(
+            "  {lane:<8} {:>6} processed  p50 {:?}  p99 {:?}",
+            l.total_processed, l.p50_latency, l.p99_latency
+        );
     }
     if m.dlq_depth > 0 {
         println!("  dead letters: {}", m.dlq_depth);

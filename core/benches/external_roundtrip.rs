@@ -58,7 +58,12 @@ where
     for j in joins {
         latency_ns.add(j.await.unwrap()).unwrap();
     }
-    Run { name: name.to_owned(), tasks: per * in_flight, elapsed: start.elapsed(), latency_ns }
+    Run {
+        name: name.to_owned(),
+        tasks: per * in_flight,
+        elapsed: start.elapsed(),
+        latency_ns,
+    }
 }
 
 async fn bare(tasks: u64, in_flight: u64) -> Run {
@@ -68,14 +73,19 @@ async fn bare(tasks: u64, in_flight: u64) -> Run {
             let _ = reply.send(payload);
         }
     });
-    let run = drive(&format!("bare tokio mpsc + oneshot, {in_flight} in flight"), tasks, in_flight, move |i| {
-        let tx = tx.clone();
-        async move {
-            let (rtx, rrx) = oneshot::channel();
-            tx.send((json!({"i": i}), rtx)).await.unwrap();
-            rrx.await.unwrap();
-        }
-    })
+    let run = drive(
+        &format!("bare tokio mpsc + oneshot, {in_flight} in flight"),
+        tasks,
+        in_flight,
+        move |i| {
+            let tx = tx.clone();
+            async move {
+                let (rtx, rrx) = oneshot::channel();
+                tx.send((json!({"i": i}), rtx)).await.unwrap();
+                rrx.await.unwrap();
+            }
+        },
+    )
     .await;
     worker.abort();
     run
@@ -84,7 +94,14 @@ async fn bare(tasks: u64, in_flight: u64) -> Run {
 async fn session_roundtrip(tasks: u64, in_flight: u64) -> Run {
     let config = SessionQueueConfig {
         query_max_concurrency: 64,
-        lane_handlers: [(SessionLane::Query, LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 60_000 })].into(),
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 60_000,
+            },
+        )]
+        .into(),
         ..Default::default()
     };
     let session = Agent::from_config(AgentConfig::default())
@@ -93,20 +110,32 @@ async fn session_roundtrip(tasks: u64, in_flight: u64) -> Run {
     let w = session.clone();
     let worker = tokio::spawn(async move {
         while let Ok(batch) = w.claim_external_tasks(64, Duration::from_secs(1)).await {
-            let results = batch.into_iter().map(|t| (t.task_id, ExternalTaskResult::ok(t.payload)));
+            let results = batch
+                .into_iter()
+                .map(|t| (t.task_id, ExternalTaskResult::ok(t.payload)));
             for r in w.complete_external_tasks(results).await {
                 r.unwrap();
             }
         }
     });
     let s = session.clone();
-    let run = drive(&format!("a3s session External round trip, {in_flight} in flight"), tasks, in_flight, move |i| {
-        let s = s.clone();
-        async move {
-            let out = s.submit(SessionLane::Query, "noop", json!({"i": i})).await.unwrap().await.unwrap();
-            debug_assert!(out.success);
-        }
-    })
+    let run = drive(
+        &format!("a3s session External round trip, {in_flight} in flight"),
+        tasks,
+        in_flight,
+        move |i| {
+            let s = s.clone();
+            async move {
+                let out = s
+                    .submit(SessionLane::Query, "noop", json!({"i": i}))
+                    .await
+                    .unwrap()
+                    .await
+                    .unwrap();
+                debug_assert!(out.success);
+            }
+        },
+    )
     .await;
     session.close().await;
     worker.await.unwrap();
@@ -115,32 +144,56 @@ async fn session_roundtrip(tasks: u64, in_flight: u64) -> Run {
 
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
-    let tasks: u64 = args.iter().find_map(|a| a.parse().ok()).unwrap_or(1_000_000);
+    let tasks: u64 = args
+        .iter()
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(1_000_000);
     // Optional filters: `bare`, `session`, `1`, `4` (for profiling one configuration).
-    let only = |what: &str| !args.iter().any(|a| a == "bare" || a == "session") || args.iter().any(|a| a == what);
-    let flights: Vec<u64> = match args.iter().find_map(|a| a.strip_prefix("inflight=")).and_then(|k| k.parse().ok()) {
+    let only = |what: &str| {
+        !args.iter().any(|a| a == "bare" || a == "session") || args.iter().any(|a| a == what)
+    };
+    let flights: Vec<u64> = match args
+        .iter()
+        .find_map(|a| a.strip_prefix("inflight="))
+        .and_then(|k| k.parse().ok())
+    {
         Some(k) => vec![k],
         None => vec![1, 4],
     };
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         println!("| round trip | tasks | tasks/s | p50 µs | p99 µs | p99.9 µs |");
         println!("|---|---|---|---|---|---|");
         let mut ratios = Vec::new();
         for in_flight in flights {
-            let b = if only("bare") { Some(bare(tasks, in_flight).await) } else { None };
-            let s = if only("session") { Some(session_roundtrip(tasks, in_flight).await) } else { None };
+            let b = if only("bare") {
+                Some(bare(tasks, in_flight).await)
+            } else {
+                None
+            };
+            let s = if only("session") {
+                Some(session_roundtrip(tasks, in_flight).await)
+            } else {
+                None
+            };
             for run in b.iter().chain(s.iter()) {
                 println!("{}", run.row());
             }
             if let (Some(b), Some(s)) = (b, s) {
-                let tput = (s.tasks as f64 / s.elapsed.as_secs_f64()) / (b.tasks as f64 / b.elapsed.as_secs_f64());
+                let tput = (s.tasks as f64 / s.elapsed.as_secs_f64())
+                    / (b.tasks as f64 / b.elapsed.as_secs_f64());
                 ratios.push((in_flight, tput));
             }
         }
         println!();
         for (k, r) in ratios {
-            println!("{k} in flight: session throughput = {:.0}% of bare channels (target ≥ 25%)", r * 100.0);
+            println!(
+                "{k} in flight: session throughput = {:.0}% of bare channels (target ≥ 25%)",
+                r * 100.0
+            );
         }
     });
 }

@@ -203,11 +203,15 @@ impl Error {
     ];
 
     pub(crate) fn invalid_config(reason: impl Into<String>) -> Self {
-        Error::InvalidConfig { reason: reason.into() }
+        Error::InvalidConfig {
+            reason: reason.into(),
+        }
     }
 
     pub(crate) fn invalid_payload(reason: impl Into<String>) -> Self {
-        Error::InvalidPayload { reason: reason.into() }
+        Error::InvalidPayload {
+            reason: reason.into(),
+        }
     }
 }
 

@@ -10,7 +10,8 @@ use crate::agent::AgentConfig;
 use crate::error::{Error, Result};
 use crate::queue::scheduler::Scheduler;
 use crate::queue::{
-    DeadLetter, EventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane, SessionQueueConfig,
+    DeadLetter, EventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
+    SessionQueueConfig,
 };
 use crate::task::{ExternalTask, ExternalTaskResult};
 use crate::tools::{Workspace, execute_builtin};
@@ -125,7 +126,11 @@ impl std::fmt::Debug for AgentSession {
 }
 
 impl AgentSession {
-    pub(crate) fn open(agent: Arc<AgentConfig>, workspace: &Path, options: SessionOptions) -> Result<Self> {
+    pub(crate) fn open(
+        agent: Arc<AgentConfig>,
+        workspace: &Path,
+        options: SessionOptions,
+    ) -> Result<Self> {
         let config = options.queue_config.unwrap_or_else(|| agent.queue.clone());
         config.validate()?;
         let id = match options.session_id {
@@ -139,7 +144,13 @@ impl AgentSession {
             async move { execute_builtin(&task, &ws).await }
         };
         let scheduler = Scheduler::new(id, config, Arc::new(builtin));
-        Ok(Self { inner: Arc::new(SessionInner { scheduler, workspace, agent }) })
+        Ok(Self {
+            inner: Arc::new(SessionInner {
+                scheduler,
+                workspace,
+                agent,
+            }),
+        })
     }
 
     /// The session id, which remote workers use to find its tasks.
@@ -168,7 +179,11 @@ impl AgentSession {
     /// # Errors
     ///
     /// [`Error::InvalidConfig`] for a zero timeout, [`Error::ShutDown`] after `close()`.
-    pub async fn set_lane_handler(&self, lane: SessionLane, config: LaneHandlerConfig) -> Result<()> {
+    pub async fn set_lane_handler(
+        &self,
+        lane: SessionLane,
+        config: LaneHandlerConfig,
+    ) -> Result<()> {
         self.inner.scheduler.set_lane_handler(lane, config)
     }
 
@@ -195,7 +210,9 @@ impl AgentSession {
     /// # Ok(()) }
     /// ```
     pub fn register_handler(&self, command_type: impl Into<String>, handler: impl TaskHandler) {
-        self.inner.scheduler.register_handler(command_type.into(), Arc::new(handler));
+        self.inner
+            .scheduler
+            .register_handler(command_type.into(), Arc::new(handler));
     }
 
     /// Queues a task in `lane` and returns its handle at once.
@@ -208,8 +225,15 @@ impl AgentSession {
     ///
     /// [`Error::InvalidPayload`] when `payload` is not a JSON object, [`Error::QueueFull`] when
     /// the lane's backlog holds `max_pending` tasks, [`Error::ShutDown`] after `close()`.
-    pub async fn submit(&self, lane: SessionLane, command_type: impl Into<String>, payload: Value) -> Result<TaskHandle> {
-        self.inner.scheduler.submit(lane, command_type.into(), payload)
+    pub async fn submit(
+        &self,
+        lane: SessionLane,
+        command_type: impl AsRef<str>,
+        payload: Value,
+    ) -> Result<TaskHandle> {
+        self.inner
+            .scheduler
+            .submit(lane, command_type.as_ref(), payload)
     }
 
     /// Runs a built-in tool through its lane (`read`, `grep`, `glob`, `ls` → Query; `bash`,
@@ -223,7 +247,9 @@ impl AgentSession {
     /// [`Error::QueueFull`], [`Error::TaskTimedOut`], [`Error::TaskCancelled`],
     /// [`Error::RetriesExhausted`], [`Error::ShutDown`].
     pub async fn tool(&self, name: &str, args: Value) -> Result<ExternalTaskResult> {
-        let lane = SessionLane::for_tool(name).ok_or_else(|| Error::UnknownTool { name: name.to_owned() })?;
+        let lane = SessionLane::for_tool(name).ok_or_else(|| Error::UnknownTool {
+            name: name.to_owned(),
+        })?;
         self.submit(lane, name, args).await?.await
     }
 
@@ -233,7 +259,11 @@ impl AgentSession {
     /// list when there is none (or the session is closed). Prefer
     /// [`claim_external_tasks`](Self::claim_external_tasks) in loops: it waits without polling.
     pub async fn pending_external_tasks(&self) -> Vec<ExternalTask> {
-        self.inner.scheduler.claim(usize::MAX, Duration::ZERO).await.unwrap_or_default()
+        self.inner
+            .scheduler
+            .claim(usize::MAX, Duration::ZERO)
+            .await
+            .unwrap_or_default()
     }
 
     /// Claims at most `max` tasks, waiting up to `wait` for the first one (a long poll).
@@ -241,7 +271,11 @@ impl AgentSession {
     /// # Errors
     ///
     /// [`Error::ShutDown`] once the session is closed, so worker loops can stop.
-    pub async fn claim_external_tasks(&self, max: usize, wait: Duration) -> Result<Vec<ExternalTask>> {
+    pub async fn claim_external_tasks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ExternalTask>> {
         self.inner.scheduler.claim(max, wait).await
     }
 
@@ -252,7 +286,11 @@ impl AgentSession {
     /// Nothing changes on error: [`Error::TaskNotFound`] for an unknown id (or one this session
     /// no longer remembers), [`Error::TaskAlreadyCompleted`] for a second completion,
     /// [`Error::TaskTimedOut`] / [`Error::TaskCancelled`] for a result that came too late.
-    pub async fn complete_external_task(&self, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+    pub async fn complete_external_task(
+        &self,
+        task_id: &str,
+        result: ExternalTaskResult,
+    ) -> Result<()> {
         self.inner.scheduler.complete(task_id, result)
     }
 
@@ -261,7 +299,9 @@ impl AgentSession {
         &self,
         results: impl IntoIterator<Item = (String, ExternalTaskResult)>,
     ) -> Vec<Result<()>> {
-        self.inner.scheduler.complete_many(results.into_iter().collect())
+        self.inner
+            .scheduler
+            .complete_many(results.into_iter().collect())
     }
 
     /// Gives a claimed task back without a result (the worker could not run it): the attempt
@@ -322,7 +362,11 @@ impl AgentSession {
 }
 
 fn validate_session_id(id: String) -> Result<String> {
-    let ok = !id.is_empty() && id.len() <= 128 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
+    let ok = !id.is_empty()
+        && id.len() <= 128
+        && id
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_');
     if ok {
         Ok(id)
     } else {
@@ -349,7 +393,10 @@ mod tests {
     fn session_ids_are_checked() {
         assert!(validate_session_id("abc-123_X".into()).is_ok());
         for bad in ["", "a.b", "a*", "a b", ">"] {
-            assert_eq!(validate_session_id(bad.into()).unwrap_err().code(), "InvalidConfig");
+            assert_eq!(
+                validate_session_id(bad.into()).unwrap_err().code(),
+                "InvalidConfig"
+            );
         }
     }
 }

@@ -88,7 +88,17 @@ impl ExternalTask {
         attempt: u32,
         deadline: Instant,
     ) -> Self {
-        Self { task_id, session_id, lane, command_type, payload, timeout_ms, created_at, attempt, deadline }
+        Self {
+            task_id,
+            session_id,
+            lane,
+            command_type,
+            payload,
+            timeout_ms,
+            created_at,
+            attempt,
+            deadline,
+        }
     }
 
     /// Whether the task's deadline has passed: a worker should not start it.
@@ -162,7 +172,10 @@ impl Serialize for ExternalTask {
 impl<'de> Deserialize<'de> for ExternalTask {
     fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
         let repr = TaskRepr::<Value>::deserialize(deserializer)?;
-        let remaining = repr.remaining_ms.unwrap_or(repr.timeout_ms).min(repr.timeout_ms);
+        let remaining = repr
+            .remaining_ms
+            .unwrap_or(repr.timeout_ms)
+            .min(repr.timeout_ms);
         Ok(Self {
             task_id: repr.task_id,
             session_id: repr.session_id,
@@ -205,12 +218,20 @@ pub struct ExternalTaskResult {
 impl ExternalTaskResult {
     /// A successful result.
     pub fn ok(result: Value) -> Self {
-        Self { success: true, result, error: None }
+        Self {
+            success: true,
+            result,
+            error: None,
+        }
     }
 
     /// A failed result with an empty object as `result`.
     pub fn err(error: impl Into<String>) -> Self {
-        Self { success: false, result: Value::Object(Default::default()), error: Some(error.into()) }
+        Self {
+            success: false,
+            result: Value::Object(Default::default()),
+            error: Some(error.into()),
+        }
     }
 }
 
@@ -228,7 +249,14 @@ mod tests {
 
     #[tokio::test(start_paused = true)]
     async fn deadline_survives_a_round_trip_and_counts_from_receipt() {
-        let task = ExternalTask::new("t", "s", SessionLane::Query, "read", json!({"path": "a"}), 1_000);
+        let task = ExternalTask::new(
+            "t",
+            "s",
+            SessionLane::Query,
+            "read",
+            json!({"path": "a"}),
+            1_000,
+        );
         tokio::time::advance(Duration::from_millis(400)).await;
         let wire = serde_json::to_value(&task).unwrap();
         assert_eq!(wire["remaining_ms"], 600);
@@ -252,7 +280,14 @@ mod tests {
         assert_eq!(t.attempt, 1);
         assert!(t.remaining_ms() <= 50);
         let r: ExternalTaskResult = serde_json::from_value(json!({"success": true})).unwrap();
-        assert_eq!(r, ExternalTaskResult { success: true, result: Value::Null, error: None });
+        assert_eq!(
+            r,
+            ExternalTaskResult {
+                success: true,
+                result: Value::Null,
+                error: None
+            }
+        );
     }
 
     #[test]

@@ -6,11 +6,15 @@ use std::path::Path;
 use a3s_code_core::Error;
 use a3s_code_core::SessionQueueConfig;
 use a3s_code_core::agent::{AgentConfig, DistributionConfig, ModelConfig, ProviderConfig};
-use a3s_code_core::queue::{LaneHandlerConfig, RetryPolicy, RetryStrategy, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::{
+    LaneHandlerConfig, RetryPolicy, RetryStrategy, SessionLane, TaskHandlerMode,
+};
 use serde_json::json;
 
 fn fixture(name: &str) -> std::path::PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(name)
 }
 
 /// Line and reason of a `ConfigFile` error, after checking the code and the path.
@@ -45,7 +49,11 @@ fn the_documented_example_parses_to_the_expected_values() {
     assert_eq!(openai.base_url.as_deref(), Some("http://127.0.0.1:8080/v1"));
     assert_eq!(
         openai.models,
-        [ModelConfig { id: "gpt-4o".into(), name: Some("GPT-4o".into()), extra: Default::default() }]
+        [ModelConfig {
+            id: "gpt-4o".into(),
+            name: Some("GPT-4o".into()),
+            extra: Default::default()
+        }]
     );
     assert!(openai.extra.is_empty());
 
@@ -63,7 +71,10 @@ fn the_documented_example_parses_to_the_expected_values() {
             },
             lane_handlers: [(
                 SessionLane::Query,
-                LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 30_000 }
+                LaneHandlerConfig {
+                    mode: TaskHandlerMode::External,
+                    timeout_ms: 30_000
+                }
             )]
             .into(),
             ..Default::default()
@@ -73,7 +84,10 @@ fn the_documented_example_parses_to_the_expected_values() {
 
     assert_eq!(
         cfg.distribution,
-        DistributionConfig { nats_url: Some("nats://127.0.0.1:4222".into()), ..Default::default() }
+        DistributionConfig {
+            nats_url: Some("nats://127.0.0.1:4222".into()),
+            ..Default::default()
+        }
     );
 
     // parse() gives the same configuration, without a source.
@@ -115,12 +129,25 @@ providers {
 
     let names: Vec<&str> = cfg.providers.iter().map(|p| p.name.as_str()).collect();
     assert_eq!(names, ["openai", "anthropic", "local"]);
-    let ids: Vec<&str> = cfg.providers[0].models.iter().map(|m| m.id.as_str()).collect();
+    let ids: Vec<&str> = cfg.providers[0]
+        .models
+        .iter()
+        .map(|m| m.id.as_str())
+        .collect();
     assert_eq!(ids, ["gpt-4o", "gpt-4o-mini"]);
-    assert_eq!(cfg.providers[0].models[1].name.as_deref(), Some("GPT-4o mini"));
+    assert_eq!(
+        cfg.providers[0].models[1].name.as_deref(),
+        Some("GPT-4o mini")
+    );
     assert_eq!(cfg.providers[0].models[1].extra["context_window"], 128000);
-    assert_eq!(cfg.provider("anthropic").unwrap().api_key.as_deref(), Some("sk-ant-test"));
-    assert_eq!(cfg.provider("anthropic").unwrap().models[0].id, "claude-sonnet-4");
+    assert_eq!(
+        cfg.provider("anthropic").unwrap().api_key.as_deref(),
+        Some("sk-ant-test")
+    );
+    assert_eq!(
+        cfg.provider("anthropic").unwrap().models[0].id,
+        "claude-sonnet-4"
+    );
     assert!(cfg.provider("local").unwrap().models.is_empty());
     assert!(cfg.provider("mistral").is_none());
 }
@@ -195,7 +222,17 @@ distribution {
     );
     // Key order follows the file.
     let keys: Vec<&str> = cfg.extra.keys().map(String::as_str).collect();
-    assert_eq!(keys, ["theme", "max_cost_usd", "allowed_tools", "limits", "memory", "mcp_server"]);
+    assert_eq!(
+        keys,
+        [
+            "theme",
+            "max_cost_usd",
+            "allowed_tools",
+            "limits",
+            "memory",
+            "mcp_server"
+        ]
+    );
     assert_eq!(cfg.default_model.as_deref(), Some("openai/gpt-4o"));
     assert_eq!(cfg.distribution.extra["stream_replicas"], 3);
 }
@@ -206,19 +243,37 @@ fn a_missing_file_is_a_config_file_error_without_line() {
     let path = dir.path().join("agent.hcl");
     let err = AgentConfig::from_file(&path).unwrap_err();
     assert_eq!(err.code(), "ConfigFile");
-    let Error::ConfigFile { path: p, line, reason } = &err else { panic!("{err:?}") };
+    let Error::ConfigFile {
+        path: p,
+        line,
+        reason,
+    } = &err
+    else {
+        panic!("{err:?}")
+    };
     assert_eq!(p, &path);
     assert_eq!(*line, None);
-    assert!(reason.starts_with(&format!("cannot read {}: ", path.display())), "{reason}");
-    assert!(err.to_string().starts_with(&format!("{}: cannot read", path.display())), "{err}");
+    assert!(
+        reason.starts_with(&format!("cannot read {}: ", path.display())),
+        "{reason}"
+    );
+    assert!(
+        err.to_string()
+            .starts_with(&format!("{}: cannot read", path.display())),
+        "{err}"
+    );
 }
 
 #[test]
 fn a_syntax_error_reports_the_parser_line() {
-    let (line, reason, display) = config_error("default_model = \"a/b\"\n\nqueue {\n  enable_dlq = = true\n}\n");
+    let (line, reason, display) =
+        config_error("default_model = \"a/b\"\n\nqueue {\n  enable_dlq = = true\n}\n");
     assert_eq!(line, Some(4));
     assert!(reason.starts_with("syntax error at column "), "{reason}");
-    assert!(display.starts_with("agent.hcl:4: syntax error"), "{display}");
+    assert!(
+        display.starts_with("agent.hcl:4: syntax error"),
+        "{display}"
+    );
 }
 
 #[test]
@@ -234,8 +289,9 @@ fn an_unknown_lane_is_named_with_its_line() {
 
 #[test]
 fn an_unknown_mode_is_named_with_its_line() {
-    let (line, _, display) =
-        config_error("queue {\n  lane_handlers {\n    execute {\n      mode = \"remote\"\n    }\n  }\n}\n");
+    let (line, _, display) = config_error(
+        "queue {\n  lane_handlers {\n    execute {\n      mode = \"remote\"\n    }\n  }\n}\n",
+    );
     assert_eq!(line, Some(4));
     assert_eq!(
         display,
@@ -246,8 +302,9 @@ fn an_unknown_mode_is_named_with_its_line() {
 
 #[test]
 fn an_unknown_strategy_is_named_with_its_line() {
-    let (line, _, display) =
-        config_error("queue {\n  retry_policy {\n    max_retries = 2\n    strategy = \"linear\"\n  }\n}\n");
+    let (line, _, display) = config_error(
+        "queue {\n  retry_policy {\n    max_retries = 2\n    strategy = \"linear\"\n  }\n}\n",
+    );
     assert_eq!(line, Some(4));
     assert_eq!(
         display,
@@ -260,7 +317,10 @@ fn an_unknown_strategy_is_named_with_its_line() {
 fn an_unknown_queue_key_is_named_with_its_line() {
     let (line, reason, _) = config_error("queue {\n  enable_dlq = true\n  enable_dql = true\n}\n");
     assert_eq!(line, Some(3));
-    assert_eq!(reason, "unknown key \"enable_dql\" in queue (did you mean \"enable_dlq\"?)");
+    assert_eq!(
+        reason,
+        "unknown key \"enable_dql\" in queue (did you mean \"enable_dlq\"?)"
+    );
 }
 
 #[test]
@@ -276,37 +336,72 @@ fn wrong_value_types_are_named_with_their_line() {
             3,
             "queue.max_pending must not be negative, found -5",
         ),
-        ("queue {\n\n  default_timeout_ms = 2.5\n}\n", 3, "queue.default_timeout_ms must be an integer, found 2.5"),
-        ("queue {\n  enable_alerts = 1\n}\n", 2, "queue.enable_alerts must be true or false, found 1"),
+        (
+            "queue {\n\n  default_timeout_ms = 2.5\n}\n",
+            3,
+            "queue.default_timeout_ms must be an integer, found 2.5",
+        ),
+        (
+            "queue {\n  enable_alerts = 1\n}\n",
+            2,
+            "queue.enable_alerts must be true or false, found 1",
+        ),
         (
             "queue {\n  lane_handlers {\n    query {\n      timeout_ms = \"30s\"\n    }\n  }\n}\n",
             4,
             "queue.lane_handlers.query.timeout_ms must be a non-negative integer, found a string",
         ),
-        ("max_tool_rounds = \"20\"\n", 1, "max_tool_rounds must be a non-negative integer, found a string"),
-        ("\ndefault_model = 4\n", 2, "default_model must be a string, found 4"),
-        ("distribution {\n  nats_url = [\"nats://a\"]\n}\n", 2, "distribution.nats_url must be a string, found a list"),
+        (
+            "max_tool_rounds = \"20\"\n",
+            1,
+            "max_tool_rounds must be a non-negative integer, found a string",
+        ),
+        (
+            "\ndefault_model = 4\n",
+            2,
+            "default_model must be a string, found 4",
+        ),
+        (
+            "distribution {\n  nats_url = [\"nats://a\"]\n}\n",
+            2,
+            "distribution.nats_url must be a string, found a list",
+        ),
     ];
     for (src, want_line, want_reason) in cases {
         let (line, reason, _) = config_error(src);
-        assert_eq!((line, reason.as_str()), (Some(want_line), want_reason), "for {src:?}");
+        assert_eq!(
+            (line, reason.as_str()),
+            (Some(want_line), want_reason),
+            "for {src:?}"
+        );
     }
 }
 
 #[test]
 fn zero_concurrency_fails_validation_at_its_line() {
-    let (line, reason, display) =
-        config_error("default_model = \"a/b\"\n\nqueue {\n  enable_dlq = true\n  execute_max_concurrency = 0\n}\n");
+    let (line, reason, display) = config_error(
+        "default_model = \"a/b\"\n\nqueue {\n  enable_dlq = true\n  execute_max_concurrency = 0\n}\n",
+    );
     assert_eq!(line, Some(5));
-    assert_eq!(reason, "queue.execute_max_concurrency must be greater than 0");
-    assert_eq!(display, "agent.hcl:5: queue.execute_max_concurrency must be greater than 0");
+    assert_eq!(
+        reason,
+        "queue.execute_max_concurrency must be greater than 0"
+    );
+    assert_eq!(
+        display,
+        "agent.hcl:5: queue.execute_max_concurrency must be greater than 0"
+    );
 }
 
 #[test]
 fn an_unknown_function_is_an_error_with_line() {
-    let (line, reason, _) = config_error("providers {\n  name = \"openai\"\n  api_key = file(\"~/.key\")\n}\n");
+    let (line, reason, _) =
+        config_error("providers {\n  name = \"openai\"\n  api_key = file(\"~/.key\")\n}\n");
     assert_eq!(line, Some(3));
-    assert_eq!(reason, "unknown function file() (the only function is env(\"NAME\"))");
+    assert_eq!(
+        reason,
+        "unknown function file() (the only function is env(\"NAME\"))"
+    );
 }
 
 #[test]
@@ -316,12 +411,19 @@ fn debug_output_redacts_the_api_key() {
         "agent.hcl",
     )
     .unwrap();
-    for debug in [format!("{cfg:?}"), format!("{cfg:#?}"), format!("{:?}", cfg.providers[0])] {
+    for debug in [
+        format!("{cfg:?}"),
+        format!("{cfg:#?}"),
+        format!("{:?}", cfg.providers[0]),
+    ] {
         assert!(!debug.contains("sk-live-0123456789abcdef"), "{debug}");
         assert!(debug.contains("openai"), "{debug}");
     }
     // The value is still there for the code that needs it.
-    assert_eq!(cfg.providers[0].api_key.as_deref(), Some("sk-live-0123456789abcdef"));
+    assert_eq!(
+        cfg.providers[0].api_key.as_deref(),
+        Some("sk-live-0123456789abcdef")
+    );
 }
 
 #[test]

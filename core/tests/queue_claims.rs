@@ -15,7 +15,10 @@ use serde_json::json;
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn eight_concurrent_pollers_never_get_the_same_task() {
     const TASKS: usize = 5_000;
-    let cfg = SessionQueueConfig { query_max_concurrency: 64, ..Default::default() };
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: 64,
+        ..Default::default()
+    };
     let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 60_000);
     let claimed = Arc::new(Mutex::new(Vec::new()));
 
@@ -28,7 +31,10 @@ async fn eight_concurrent_pollers_never_get_the_same_task() {
                 let tasks = if worker % 2 == 0 {
                     session.pending_external_tasks().await
                 } else {
-                    match session.claim_external_tasks(7, Duration::from_millis(20)).await {
+                    match session
+                        .claim_external_tasks(7, Duration::from_millis(20))
+                        .await
+                    {
                         Ok(t) => t,
                         Err(_) => return,
                     }
@@ -43,7 +49,10 @@ async fn eight_concurrent_pollers_never_get_the_same_task() {
                 let mut results = Vec::new();
                 for task in tasks {
                     claimed.lock().unwrap().push(task.task_id.clone());
-                    results.push((task.task_id.clone(), ExternalTaskResult::ok(json!({"by": worker}))));
+                    results.push((
+                        task.task_id.clone(),
+                        ExternalTaskResult::ok(json!({"by": worker})),
+                    ));
                 }
                 for r in session.complete_external_tasks(results).await {
                     r.expect("a claimed task completes once");
@@ -54,7 +63,12 @@ async fn eight_concurrent_pollers_never_get_the_same_task() {
 
     let mut handles = Vec::new();
     for i in 0..TASKS {
-        handles.push(session.submit(SessionLane::Query, "read", json!({"i": i})).await.unwrap());
+        handles.push(
+            session
+                .submit(SessionLane::Query, "read", json!({"i": i}))
+                .await
+                .unwrap(),
+        );
     }
     let mut ids = HashSet::new();
     for h in handles {
@@ -74,14 +88,26 @@ async fn eight_concurrent_pollers_never_get_the_same_task() {
 
 #[tokio::test]
 async fn long_poll_wakes_when_a_task_arrives() {
-    let (session, _dir) = common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
+    let (session, _dir) =
+        common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
     let poller = {
         let session = session.clone();
-        tokio::spawn(async move { session.claim_external_tasks(10, Duration::from_secs(30)).await })
+        tokio::spawn(async move {
+            session
+                .claim_external_tasks(10, Duration::from_secs(30))
+                .await
+        })
     };
     tokio::task::yield_now().await;
-    let handle = session.submit(SessionLane::Query, "read", json!({"path": "a"})).await.unwrap();
-    let tasks = tokio::time::timeout(Duration::from_secs(10), poller).await.expect("woken, not timed out").unwrap().unwrap();
+    let handle = session
+        .submit(SessionLane::Query, "read", json!({"path": "a"}))
+        .await
+        .unwrap();
+    let tasks = tokio::time::timeout(Duration::from_secs(10), poller)
+        .await
+        .expect("woken, not timed out")
+        .unwrap()
+        .unwrap();
     assert_eq!(tasks.len(), 1);
     assert_eq!(tasks[0].task_id, handle.task_id());
     assert_eq!(tasks[0].payload, json!({"path": "a"}));
@@ -91,60 +117,138 @@ async fn long_poll_wakes_when_a_task_arrives() {
 
 #[tokio::test(start_paused = true)]
 async fn long_poll_returns_empty_after_wait() {
-    let (session, _dir) = common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
+    let (session, _dir) =
+        common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
     let t0 = tokio::time::Instant::now();
-    let tasks = session.claim_external_tasks(10, Duration::from_millis(250)).await.unwrap();
+    let tasks = session
+        .claim_external_tasks(10, Duration::from_millis(250))
+        .await
+        .unwrap();
     assert!(tasks.is_empty());
     assert_eq!(t0.elapsed(), Duration::from_millis(250));
 }
 
 #[tokio::test]
 async fn completions_are_checked() {
-    let (session, _dir) = common::external_session(SessionQueueConfig { enable_metrics: true, ..Default::default() }, &[SessionLane::Query], 60_000);
-    let (other, _dir2) = common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
-    let h = session.submit(SessionLane::Query, "read", json!({})).await.unwrap();
+    let (session, _dir) = common::external_session(
+        SessionQueueConfig {
+            enable_metrics: true,
+            ..Default::default()
+        },
+        &[SessionLane::Query],
+        60_000,
+    );
+    let (other, _dir2) =
+        common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
+    let h = session
+        .submit(SessionLane::Query, "read", json!({}))
+        .await
+        .unwrap();
     let task = session.pending_external_tasks().await.remove(0);
 
     let ok = ExternalTaskResult::ok(json!({"content": "x"}));
-    assert_eq!(session.complete_external_task("nope", ok.clone()).await.unwrap_err().code(), "TaskNotFound");
-    assert_eq!(other.complete_external_task(&task.task_id, ok.clone()).await.unwrap_err().code(), "TaskNotFound");
-    session.complete_external_task(&task.task_id, ok.clone()).await.unwrap();
+    assert_eq!(
+        session
+            .complete_external_task("nope", ok.clone())
+            .await
+            .unwrap_err()
+            .code(),
+        "TaskNotFound"
+    );
+    assert_eq!(
+        other
+            .complete_external_task(&task.task_id, ok.clone())
+            .await
+            .unwrap_err()
+            .code(),
+        "TaskNotFound"
+    );
+    session
+        .complete_external_task(&task.task_id, ok.clone())
+        .await
+        .unwrap();
     let second = ExternalTaskResult::err("late duplicate");
-    assert_eq!(session.complete_external_task(&task.task_id, second).await.unwrap_err().code(), "TaskAlreadyCompleted");
+    assert_eq!(
+        session
+            .complete_external_task(&task.task_id, second)
+            .await
+            .unwrap_err()
+            .code(),
+        "TaskAlreadyCompleted"
+    );
     assert_eq!(h.await.unwrap(), ok, "the first result wins");
-    assert_eq!(session.queue_metrics().await.unwrap().total_rejected_completions, 1);
+    assert_eq!(
+        session
+            .queue_metrics()
+            .await
+            .unwrap()
+            .total_rejected_completions,
+        1
+    );
 }
 
 #[tokio::test]
 async fn a_failed_result_is_returned_as_is_and_not_retried() {
-    let cfg = SessionQueueConfig { retry_policy: a3s_code_core::queue::RetryPolicy::fixed(3, 0), ..Default::default() };
+    let cfg = SessionQueueConfig {
+        retry_policy: a3s_code_core::queue::RetryPolicy::fixed(3, 0),
+        ..Default::default()
+    };
     let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 60_000);
-    let h = session.submit(SessionLane::Query, "read", json!({})).await.unwrap();
+    let h = session
+        .submit(SessionLane::Query, "read", json!({}))
+        .await
+        .unwrap();
     let task = session.pending_external_tasks().await.remove(0);
     let failed = ExternalTaskResult::err("no such file");
-    session.complete_external_task(&task.task_id, failed.clone()).await.unwrap();
+    session
+        .complete_external_task(&task.task_id, failed.clone())
+        .await
+        .unwrap();
     assert_eq!(h.await.unwrap(), failed);
     assert!(session.pending_external_tasks().await.is_empty());
 }
 
 #[tokio::test]
 async fn backlog_is_bounded() {
-    let cfg = SessionQueueConfig { query_max_concurrency: 1, max_pending: 2, ..Default::default() };
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: 1,
+        max_pending: 2,
+        ..Default::default()
+    };
     let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 60_000);
     for _ in 0..3 {
-        session.submit(SessionLane::Query, "read", json!({})).await.unwrap(); // 1 active + 2 pending
+        session
+            .submit(SessionLane::Query, "read", json!({}))
+            .await
+            .unwrap(); // 1 active + 2 pending
     }
-    let err = session.submit(SessionLane::Query, "read", json!({})).await.unwrap_err();
+    let err = session
+        .submit(SessionLane::Query, "read", json!({}))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "QueueFull");
     assert!(err.to_string().contains("query"), "{err}");
     // Other lanes are unaffected.
-    session.submit(SessionLane::Execute, "custom", json!({})).await.unwrap();
+    session
+        .submit(SessionLane::Execute, "custom", json!({}))
+        .await
+        .unwrap();
 }
 
 #[tokio::test]
 async fn payloads_must_be_objects_and_tools_must_exist() {
     let (session, _dir) = common::session(SessionQueueConfig::default());
-    let err = session.submit(SessionLane::Query, "read", json!("README.md")).await.unwrap_err();
+    let err = session
+        .submit(SessionLane::Query, "read", json!("README.md"))
+        .await
+        .unwrap_err();
     assert_eq!(err.code(), "InvalidPayload");
-    assert_eq!(session.tool("teleport", json!({})).await.unwrap_err().code(), "UnknownTool");
+    assert_eq!(
+        session
+            .tool("teleport", json!({}))
+            .await
+            .unwrap_err()
+            .code(),
+        "UnknownTool"
+    );
 }

@@ -12,18 +12,37 @@ use serde_json::json;
 
 #[tokio::test]
 async fn claims_take_the_highest_priority_lane_first() {
-    let (session, _dir) = common::external_session(SessionQueueConfig::default(), &SessionLane::ALL, 60_000);
+    let (session, _dir) =
+        common::external_session(SessionQueueConfig::default(), &SessionLane::ALL, 60_000);
     // Submitted lowest priority first.
     let mut handles = Vec::new();
-    for lane in [SessionLane::Generate, SessionLane::Execute, SessionLane::Query, SessionLane::Control] {
-        handles.push(session.submit(lane, "noop", json!({"lane": lane.as_str()})).await.unwrap());
+    for lane in [
+        SessionLane::Generate,
+        SessionLane::Execute,
+        SessionLane::Query,
+        SessionLane::Control,
+    ] {
+        handles.push(
+            session
+                .submit(lane, "noop", json!({"lane": lane.as_str()}))
+                .await
+                .unwrap(),
+        );
     }
     let mut order = Vec::new();
     loop {
-        let tasks = session.claim_external_tasks(1, Duration::ZERO).await.unwrap();
-        let Some(task) = tasks.into_iter().next() else { break };
+        let tasks = session
+            .claim_external_tasks(1, Duration::ZERO)
+            .await
+            .unwrap();
+        let Some(task) = tasks.into_iter().next() else {
+            break;
+        };
         order.push(task.lane);
-        session.complete_external_task(&task.task_id, ExternalTaskResult::ok(json!({}))).await.unwrap();
+        session
+            .complete_external_task(&task.task_id, ExternalTaskResult::ok(json!({})))
+            .await
+            .unwrap();
     }
     assert_eq!(order, SessionLane::ALL);
     for h in handles {
@@ -33,23 +52,47 @@ async fn claims_take_the_highest_priority_lane_first() {
 
 #[tokio::test]
 async fn a_lane_is_fifo_and_its_limit_holds_back_the_rest() {
-    let cfg = SessionQueueConfig { query_max_concurrency: 2, ..Default::default() };
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: 2,
+        ..Default::default()
+    };
     let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 60_000);
     let mut ids = Vec::new();
     for i in 0..6 {
-        ids.push(session.submit(SessionLane::Query, "read", json!({"i": i})).await.unwrap().task_id().to_owned());
+        ids.push(
+            session
+                .submit(SessionLane::Query, "read", json!({"i": i}))
+                .await
+                .unwrap()
+                .task_id()
+                .to_owned(),
+        );
     }
     let stats = session.queue_stats().await;
-    assert_eq!((stats.active_count, stats.external_count, stats.pending_count), (2, 2, 4));
+    assert_eq!(
+        (
+            stats.active_count,
+            stats.external_count,
+            stats.pending_count
+        ),
+        (2, 2, 4)
+    );
 
     let mut seen = Vec::new();
     while seen.len() < 6 {
         // Never more than the limit claimable at once, in submission order.
         let batch = session.pending_external_tasks().await;
-        assert!(batch.len() <= 2, "{} claimable with a limit of 2", batch.len());
+        assert!(
+            batch.len() <= 2,
+            "{} claimable with a limit of 2",
+            batch.len()
+        );
         for task in batch {
             seen.push(task.payload["i"].as_i64().unwrap());
-            session.complete_external_task(&task.task_id, ExternalTaskResult::ok(json!({}))).await.unwrap();
+            session
+                .complete_external_task(&task.task_id, ExternalTaskResult::ok(json!({})))
+                .await
+                .unwrap();
         }
     }
     assert_eq!(seen, [0, 1, 2, 3, 4, 5]);
@@ -91,6 +134,10 @@ async fn internal_concurrency_reaches_but_never_exceeds_each_lane_limit() {
         assert!(h.await.unwrap().success);
     }
     for lane in SessionLane::ALL {
-        assert_eq!(peak[lane as usize].load(Ordering::SeqCst), cfg.max_concurrency(lane), "{lane}");
+        assert_eq!(
+            peak[lane as usize].load(Ordering::SeqCst),
+            cfg.max_concurrency(lane),
+            "{lane}"
+        );
     }
 }

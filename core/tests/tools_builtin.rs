@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use a3s_code_core::queue::SessionLane;
 use a3s_code_core::tools::{
-    BUILTIN_TOOLS, ToolContext, Workspace, execute_builtin, execute_builtin_with, is_builtin, run_tool,
+    BUILTIN_TOOLS, ToolContext, Workspace, execute_builtin, execute_builtin_with, is_builtin,
+    run_tool,
 };
 use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
 use serde_json::{Value, json};
@@ -45,16 +46,25 @@ async fn read_with_offset_and_limit() {
     let (dir, ws) = workspace();
     let lines: String = (1..=10).map(|i| format!("line {i}\n")).collect();
     put(dir.path(), "src/f.txt", &lines);
-    let out =
-        run("read", json!({"path": "src/f.txt", "offset": 3, "limit": 2, "extra": "ignored"}), &ws).await.unwrap();
+    let out = run(
+        "read",
+        json!({"path": "src/f.txt", "offset": 3, "limit": 2, "extra": "ignored"}),
+        &ws,
+    )
+    .await
+    .unwrap();
     assert_eq!(
         out,
         json!({"content": "line 3\nline 4\n", "total_lines": 10, "start_line": 3, "end_line": 4, "truncated": true})
     );
-    let out = run("read", json!({"path": "src/f.txt", "offset": 9}), &ws).await.unwrap();
+    let out = run("read", json!({"path": "src/f.txt", "offset": 9}), &ws)
+        .await
+        .unwrap();
     assert_eq!(out["content"], "line 9\nline 10\n");
     assert_eq!(out["truncated"], false);
-    let out = run("read", json!({"path": "src/f.txt"}), &ws).await.unwrap();
+    let out = run("read", json!({"path": "src/f.txt"}), &ws)
+        .await
+        .unwrap();
     assert_eq!(out["content"], lines.as_str());
 }
 
@@ -83,9 +93,18 @@ async fn read_errors() {
 async fn write_then_unchanged() {
     let (dir, ws) = workspace();
     let args = json!({"path": "new/dir/f.txt", "content": "abc"});
-    assert_eq!(run("write", args.clone(), &ws).await.unwrap(), json!({"bytes_written": 3}));
-    assert_eq!(std::fs::read_to_string(dir.path().join("new/dir/f.txt")).unwrap(), "abc");
-    assert_eq!(run("write", args, &ws).await.unwrap(), json!({"bytes_written": 3, "unchanged": true}));
+    assert_eq!(
+        run("write", args.clone(), &ws).await.unwrap(),
+        json!({"bytes_written": 3})
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("new/dir/f.txt")).unwrap(),
+        "abc"
+    );
+    assert_eq!(
+        run("write", args, &ws).await.unwrap(),
+        json!({"bytes_written": 3, "unchanged": true})
+    );
     let err = run("write", json!({"path": "x"}), &ws).await.unwrap_err();
     assert!(matches!(err, Error::InvalidPayload { .. }), "{err}");
 }
@@ -94,19 +113,53 @@ async fn write_then_unchanged() {
 async fn edit_uniqueness_and_already_applied() {
     let (dir, ws) = workspace();
     put(dir.path(), "f.rs", "fn a() {}\nfn a() {}\nfn b() {}\n");
-    let err = run("edit", json!({"path": "f.rs", "old_string": "fn a", "new_string": "fn c"}), &ws).await.unwrap_err();
-    assert!(matches!(&err, Error::Tool { tool, reason } if tool == "edit" && reason.contains("2 times")), "{err}");
-    let err = run("edit", json!({"path": "f.rs", "old_string": "fn z", "new_string": "fn y"}), &ws).await.unwrap_err();
+    let err = run(
+        "edit",
+        json!({"path": "f.rs", "old_string": "fn a", "new_string": "fn c"}),
+        &ws,
+    )
+    .await
+    .unwrap_err();
+    assert!(
+        matches!(&err, Error::Tool { tool, reason } if tool == "edit" && reason.contains("2 times")),
+        "{err}"
+    );
+    let err = run(
+        "edit",
+        json!({"path": "f.rs", "old_string": "fn z", "new_string": "fn y"}),
+        &ws,
+    )
+    .await
+    .unwrap_err();
     assert!(err.to_string().contains("not found"), "{err}");
 
     let args = json!({"path": "f.rs", "old_string": "fn b", "new_string": "fn d"});
-    assert_eq!(run("edit", args.clone(), &ws).await.unwrap(), json!({"replacements": 1}));
-    assert_eq!(run("edit", args, &ws).await.unwrap(), json!({"replacements": 0, "already_applied": true}));
-    let all = json!({"path": "f.rs", "old_string": "fn a", "new_string": "fn e", "replace_all": true});
-    assert_eq!(run("edit", all, &ws).await.unwrap(), json!({"replacements": 2}));
-    assert_eq!(std::fs::read_to_string(dir.path().join("f.rs")).unwrap(), "fn e() {}\nfn e() {}\nfn d() {}\n");
+    assert_eq!(
+        run("edit", args.clone(), &ws).await.unwrap(),
+        json!({"replacements": 1})
+    );
+    assert_eq!(
+        run("edit", args, &ws).await.unwrap(),
+        json!({"replacements": 0, "already_applied": true})
+    );
+    let all =
+        json!({"path": "f.rs", "old_string": "fn a", "new_string": "fn e", "replace_all": true});
+    assert_eq!(
+        run("edit", all, &ws).await.unwrap(),
+        json!({"replacements": 2})
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.path().join("f.rs")).unwrap(),
+        "fn e() {}\nfn e() {}\nfn d() {}\n"
+    );
 
-    let err = run("edit", json!({"path": "f.rs", "old_string": "", "new_string": "x"}), &ws).await.unwrap_err();
+    let err = run(
+        "edit",
+        json!({"path": "f.rs", "old_string": "", "new_string": "x"}),
+        &ws,
+    )
+    .await
+    .unwrap_err();
     assert_eq!(err.code(), "InvalidPayload");
 }
 
@@ -115,7 +168,11 @@ async fn grep_honours_gitignore_without_git() {
     let (dir, ws) = workspace();
     assert!(!dir.path().join(".git").exists());
     put(dir.path(), ".gitignore", "build/\n*.log\n");
-    put(dir.path(), "src/lib.rs", "// TODO one\nfn x() {}\n// todo two\n");
+    put(
+        dir.path(),
+        "src/lib.rs",
+        "// TODO one\nfn x() {}\n// todo two\n",
+    );
     put(dir.path(), "README.md", "TODO docs\n");
     put(dir.path(), "build/out.rs", "TODO generated\n");
     put(dir.path(), "debug.log", "TODO log\n");
@@ -131,14 +188,39 @@ async fn grep_honours_gitignore_without_git() {
             {"path": "src/lib.rs", "line": 1, "text": "// TODO one"},
         ], "truncated": false})
     );
-    let out = run("grep", json!({"pattern": "todo", "case_insensitive": true, "glob": "**/*.rs"}), &ws).await.unwrap();
-    let lines: Vec<u64> = out["matches"].as_array().unwrap().iter().map(|m| m["line"].as_u64().unwrap()).collect();
+    let out = run(
+        "grep",
+        json!({"pattern": "todo", "case_insensitive": true, "glob": "**/*.rs"}),
+        &ws,
+    )
+    .await
+    .unwrap();
+    let lines: Vec<u64> = out["matches"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|m| m["line"].as_u64().unwrap())
+        .collect();
     assert_eq!(lines, [1, 3]);
-    let out = run("grep", json!({"pattern": "TODO", "glob": "*.md"}), &ws).await.unwrap();
+    let out = run("grep", json!({"pattern": "TODO", "glob": "*.md"}), &ws)
+        .await
+        .unwrap();
     assert_eq!(out["matches"].as_array().unwrap().len(), 1);
-    let out = run("grep", json!({"pattern": "TODO", "path": "src", "max_results": 1}), &ws).await.unwrap();
+    let out = run(
+        "grep",
+        json!({"pattern": "TODO", "path": "src", "max_results": 1}),
+        &ws,
+    )
+    .await
+    .unwrap();
     assert_eq!(out["truncated"], false);
-    let out = run("grep", json!({"pattern": "(?i)todo", "max_results": 1}), &ws).await.unwrap();
+    let out = run(
+        "grep",
+        json!({"pattern": "(?i)todo", "max_results": 1}),
+        &ws,
+    )
+    .await
+    .unwrap();
     assert_eq!(out["truncated"], true);
     assert_eq!(out["matches"][0]["path"], "README.md");
 
@@ -147,9 +229,16 @@ async fn grep_honours_gitignore_without_git() {
         (json!({"pattern": "x", "glob": "{a"}), "ToolFailed"),
         (json!({"pattern": "x", "path": "nope"}), "ToolFailed"),
         (json!({"pattern": ["x"]}), "InvalidPayload"),
-        (json!({"pattern": "x", "max_results": "5"}), "InvalidPayload"),
+        (
+            json!({"pattern": "x", "max_results": "5"}),
+            "InvalidPayload",
+        ),
     ] {
-        assert_eq!(run("grep", args.clone(), &ws).await.unwrap_err().code(), code, "{args}");
+        assert_eq!(
+            run("grep", args.clone(), &ws).await.unwrap_err().code(),
+            code,
+            "{args}"
+        );
     }
 }
 
@@ -160,14 +249,33 @@ async fn glob_filters_and_sorts() {
     for f in ["z.rs", "a/b.rs", "a/c.txt", "a/d/e.rs", "target/t.rs"] {
         put(dir.path(), f, "");
     }
-    let out = run("glob", json!({"pattern": "**/*.rs"}), &ws).await.unwrap();
-    assert_eq!(out, json!({"paths": ["a/b.rs", "a/d/e.rs", "z.rs"], "truncated": false}));
-    let out = run("glob", json!({"pattern": "*.rs", "path": "a"}), &ws).await.unwrap();
+    let out = run("glob", json!({"pattern": "**/*.rs"}), &ws)
+        .await
+        .unwrap();
+    assert_eq!(
+        out,
+        json!({"paths": ["a/b.rs", "a/d/e.rs", "z.rs"], "truncated": false})
+    );
+    let out = run("glob", json!({"pattern": "*.rs", "path": "a"}), &ws)
+        .await
+        .unwrap();
     assert_eq!(out["paths"], json!(["a/b.rs", "a/d/e.rs"]));
     let out = run("glob", json!({"pattern": "a/*"}), &ws).await.unwrap();
     assert_eq!(out["paths"], json!(["a/b.rs", "a/c.txt"]));
-    assert_eq!(run("glob", json!({"pattern": "[z"}), &ws).await.unwrap_err().code(), "ToolFailed");
-    assert_eq!(run("glob", json!({"pattern": "*", "path": "z.rs"}), &ws).await.unwrap_err().code(), "ToolFailed");
+    assert_eq!(
+        run("glob", json!({"pattern": "[z"}), &ws)
+            .await
+            .unwrap_err()
+            .code(),
+        "ToolFailed"
+    );
+    assert_eq!(
+        run("glob", json!({"pattern": "*", "path": "z.rs"}), &ws)
+            .await
+            .unwrap_err()
+            .code(),
+        "ToolFailed"
+    );
 }
 
 #[tokio::test]
@@ -184,9 +292,15 @@ async fn ls_lists_and_refuses_files() {
         ]})
     );
     let out = run("ls", json!({"path": "b"}), &ws).await.unwrap();
-    assert_eq!(out["entries"][0], json!({"name": "x", "kind": "file", "size": 5}));
+    assert_eq!(
+        out["entries"][0],
+        json!({"name": "x", "kind": "file", "size": 5})
+    );
     let err = run("ls", json!({"path": "a.txt"}), &ws).await.unwrap_err();
-    assert!(matches!(&err, Error::Tool { reason, .. } if reason.contains("not a directory")), "{err}");
+    assert!(
+        matches!(&err, Error::Tool { reason, .. } if reason.contains("not a directory")),
+        "{err}"
+    );
 }
 
 #[tokio::test]
@@ -224,21 +338,39 @@ async fn execute_builtin_maps_results_and_errors() {
             json!({"stdout": "hi\n", "stderr": "", "exit_code": 0, "timed_out": false, "truncated": false})
         )
     );
-    let res = execute_builtin(&task("bash", json!({"command": "echo bad >&2; exit 2"})), &ws).await;
+    let res = execute_builtin(
+        &task("bash", json!({"command": "echo bad >&2; exit 2"})),
+        &ws,
+    )
+    .await;
     assert!(!res.success);
     assert_eq!(res.result["exit_code"], 2);
     assert_eq!(res.result["stderr"], "bad\n");
     assert!(res.error.unwrap().contains("code 2"));
 
-    let res = execute_builtin(&task("bash", json!({"command": "true"})), &ws.clone().with_bash(false)).await;
+    let res = execute_builtin(
+        &task("bash", json!({"command": "true"})),
+        &ws.clone().with_bash(false),
+    )
+    .await;
     assert!(!res.success);
     assert_eq!(res.result["error_code"], "ToolFailed");
     assert!(res.error.unwrap().contains("--allow-bash"));
 
-    let expired = ExternalTask::new("t2", "s1", SessionLane::Execute, "bash", json!({"command": "touch ran"}), 0);
+    let expired = ExternalTask::new(
+        "t2",
+        "s1",
+        SessionLane::Execute,
+        "bash",
+        json!({"command": "touch ran"}),
+        0,
+    );
     let res = execute_builtin(&expired, &ws).await;
     assert!(!res.success);
-    assert_eq!(res.error.as_deref(), Some("task timed out before execution"));
+    assert_eq!(
+        res.error.as_deref(),
+        Some("task timed out before execution")
+    );
     assert!(!dir.path().join("ran").exists());
 }
 
@@ -246,13 +378,19 @@ async fn execute_builtin_maps_results_and_errors() {
 async fn bash_exit_codes_and_output_cap() {
     let (_dir, ws) = workspace();
     for code in [0, 1, 42, 255] {
-        let out = run("bash", json!({"command": format!("exit {code}")}), &ws).await.unwrap();
+        let out = run("bash", json!({"command": format!("exit {code}")}), &ws)
+            .await
+            .unwrap();
         assert_eq!(out["exit_code"], code);
     }
     let ws = ws.with_max_output_bytes(1000);
-    let out = run("bash", json!({"command": "i=0; while [ $i -lt 5000 ]; do echo 0123456789; i=$((i+1)); done"}), &ws)
-        .await
-        .unwrap();
+    let out = run(
+        "bash",
+        json!({"command": "i=0; while [ $i -lt 5000 ]; do echo 0123456789; i=$((i+1)); done"}),
+        &ws,
+    )
+    .await
+    .unwrap();
     assert_eq!(out["stdout"].as_str().unwrap().len(), 1000);
     assert_eq!(out["truncated"], true);
     assert_eq!(out["exit_code"], 0);
@@ -277,7 +415,11 @@ async fn bash_timeout_kills_quickly() {
     let started = std::time::Instant::now();
     let out = tokio::time::timeout(
         Duration::from_secs(10),
-        run("bash", json!({"command": "echo started; sleep 30", "timeout_ms": 300}), &ws),
+        run(
+            "bash",
+            json!({"command": "echo started; sleep 30", "timeout_ms": 300}),
+            &ws,
+        ),
     )
     .await
     .expect("bash must return long before sleep 30 ends")
@@ -288,8 +430,17 @@ async fn bash_timeout_kills_quickly() {
     assert_eq!(out["stdout"], "started\n");
 
     // The task deadline applies too.
-    let short = ExternalTask::new("t3", "s1", SessionLane::Execute, "bash", json!({"command": "sleep 30"}), 300);
-    let res = tokio::time::timeout(Duration::from_secs(10), execute_builtin(&short, &ws)).await.unwrap();
+    let short = ExternalTask::new(
+        "t3",
+        "s1",
+        SessionLane::Execute,
+        "bash",
+        json!({"command": "sleep 30"}),
+        300,
+    );
+    let res = tokio::time::timeout(Duration::from_secs(10), execute_builtin(&short, &ws))
+        .await
+        .unwrap();
     assert!(!res.success);
     assert_eq!(res.result["timed_out"], true);
 }
@@ -299,7 +450,9 @@ fn process_gone(pid: i32) -> bool {
     match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
         Err(_) => true,
         // The state follows the parenthesised command name: "pid (comm) S ...".
-        Ok(stat) => stat.rsplit_once(')').is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .is_some_and(|(_, rest)| rest.trim_start().starts_with(['Z', 'X'])),
     }
 }
 
@@ -312,8 +465,13 @@ async fn dropping_bash_kills_the_process_group() {
         let ws = ws.clone();
         async move { run("bash", json!({"command": command}), &ws).await }
     });
-    let read_pid =
-        |name: &str| -> Option<i32> { std::fs::read_to_string(dir.path().join(name)).ok()?.trim().parse().ok() };
+    let read_pid = |name: &str| -> Option<i32> {
+        std::fs::read_to_string(dir.path().join(name))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
+    };
     let mut pids = None;
     for _ in 0..500 {
         if let (Some(bg), Some(sh)) = (read_pid("bg.pid"), read_pid("sh.pid")) {
@@ -336,7 +494,10 @@ async fn dropping_bash_kills_the_process_group() {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    assert!(gone, "processes {bg} and {sh} survived the cancelled bash call");
+    assert!(
+        gone,
+        "processes {bg} and {sh} survived the cancelled bash call"
+    );
 }
 
 #[tokio::test]
@@ -377,7 +538,8 @@ async fn garbage_arguments_never_panic() {
         "command",
         "timeout_ms",
     ];
-    let ctx = ToolContext::new().with_deadline(tokio::time::Instant::now() + Duration::from_secs(20));
+    let ctx =
+        ToolContext::new().with_deadline(tokio::time::Instant::now() + Duration::from_secs(20));
     for tool in BUILTIN_TOOLS {
         for key in keys {
             for value in &values {

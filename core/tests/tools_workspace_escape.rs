@@ -29,7 +29,12 @@ fn fixture() -> Fixture {
         std::os::unix::fs::symlink(&sibling, root.join("dir_link")).unwrap();
     }
     let ws = Workspace::new(&root).unwrap();
-    Fixture { _parent: parent, root, sibling, ws }
+    Fixture {
+        _parent: parent,
+        root,
+        sibling,
+        ws,
+    }
 }
 
 /// The arguments for each path-taking tool with `path` in the path slot.
@@ -37,7 +42,10 @@ fn calls(path: &str) -> Vec<(&'static str, Value)> {
     vec![
         ("read", json!({"path": path})),
         ("write", json!({"path": path, "content": "pwned"})),
-        ("edit", json!({"path": path, "old_string": "secret", "new_string": "pwned"})),
+        (
+            "edit",
+            json!({"path": path, "old_string": "secret", "new_string": "pwned"}),
+        ),
         ("grep", json!({"pattern": "needle", "path": path})),
         ("glob", json!({"pattern": "*", "path": path})),
         ("ls", json!({"path": path})),
@@ -59,8 +67,14 @@ async fn assert_refused(f: &Fixture, path: &str) {
 }
 
 fn assert_untouched(sibling: &Path) {
-    assert_eq!(std::fs::read_to_string(sibling.join("secret.txt")).unwrap(), "secret needle\n");
-    let names: Vec<_> = std::fs::read_dir(sibling).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(
+        std::fs::read_to_string(sibling.join("secret.txt")).unwrap(),
+        "secret needle\n"
+    );
+    let names: Vec<_> = std::fs::read_dir(sibling)
+        .unwrap()
+        .map(|e| e.unwrap().file_name())
+        .collect();
     assert_eq!(names, ["secret.txt"]);
 }
 
@@ -102,9 +116,16 @@ async fn links_inside_do_not_leak_out_of_walks() {
     // A directory walk does not follow links, so grep and glob over the root never see the secret.
     let f = fixture();
     let ctx = ToolContext::new();
-    let out = run_tool("grep", &json!({"pattern": "needle"}), &f.ws, &ctx).await.unwrap();
-    assert_eq!(out["matches"], json!([{"path": "inside/ok.txt", "line": 1, "text": "fine needle"}]));
-    let out = run_tool("glob", &json!({"pattern": "**"}), &f.ws, &ctx).await.unwrap();
+    let out = run_tool("grep", &json!({"pattern": "needle"}), &f.ws, &ctx)
+        .await
+        .unwrap();
+    assert_eq!(
+        out["matches"],
+        json!([{"path": "inside/ok.txt", "line": 1, "text": "fine needle"}])
+    );
+    let out = run_tool("glob", &json!({"pattern": "**"}), &f.ws, &ctx)
+        .await
+        .unwrap();
     assert_eq!(out["paths"], json!(["inside/ok.txt"]));
 }
 
@@ -117,20 +138,61 @@ async fn absolute_paths_inside_are_accepted() {
     let dir = f.root.join("inside");
     let dir = dir.to_str().unwrap();
 
-    let out = run_tool("read", &json!({"path": file}), &f.ws, &ctx).await.unwrap();
-    assert_eq!(out["content"], "fine needle\n");
-    let out = run_tool("grep", &json!({"pattern": "needle", "path": dir}), &f.ws, &ctx).await.unwrap();
-    assert_eq!(out["matches"][0]["path"], "inside/ok.txt");
-    let out = run_tool("glob", &json!({"pattern": "*.txt", "path": dir}), &f.ws, &ctx).await.unwrap();
-    assert_eq!(out["paths"], json!(["inside/ok.txt"]));
-    let out = run_tool("ls", &json!({"path": f.root.to_str().unwrap()}), &f.ws, &ctx).await.unwrap();
-    assert!(out["entries"].as_array().unwrap().iter().any(|e| e["name"] == "inside"));
-    let out = run_tool("edit", &json!({"path": file, "old_string": "fine", "new_string": "good"}), &f.ws, &ctx)
+    let out = run_tool("read", &json!({"path": file}), &f.ws, &ctx)
         .await
         .unwrap();
+    assert_eq!(out["content"], "fine needle\n");
+    let out = run_tool(
+        "grep",
+        &json!({"pattern": "needle", "path": dir}),
+        &f.ws,
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["matches"][0]["path"], "inside/ok.txt");
+    let out = run_tool(
+        "glob",
+        &json!({"pattern": "*.txt", "path": dir}),
+        &f.ws,
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert_eq!(out["paths"], json!(["inside/ok.txt"]));
+    let out = run_tool(
+        "ls",
+        &json!({"path": f.root.to_str().unwrap()}),
+        &f.ws,
+        &ctx,
+    )
+    .await
+    .unwrap();
+    assert!(
+        out["entries"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|e| e["name"] == "inside")
+    );
+    let out = run_tool(
+        "edit",
+        &json!({"path": file, "old_string": "fine", "new_string": "good"}),
+        &f.ws,
+        &ctx,
+    )
+    .await
+    .unwrap();
     assert_eq!(out["replacements"], 1);
     let new = f.root.join("inside/new/made.txt");
-    let out = run_tool("write", &json!({"path": new.to_str().unwrap(), "content": "x"}), &f.ws, &ctx).await.unwrap();
+    let out = run_tool(
+        "write",
+        &json!({"path": new.to_str().unwrap(), "content": "x"}),
+        &f.ws,
+        &ctx,
+    )
+    .await
+    .unwrap();
     assert_eq!(out["bytes_written"], 1);
     assert_eq!(std::fs::read_to_string(new).unwrap(), "x");
     assert_untouched(&f.sibling);

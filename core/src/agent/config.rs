@@ -23,7 +23,9 @@ use hcl_edit::template::{Element, Template};
 use serde_json::{Map, Value};
 
 use crate::error::{Error, Result};
-use crate::queue::{LaneHandlerConfig, RetryPolicy, RetryStrategy, SessionLane, SessionQueueConfig, TaskHandlerMode};
+use crate::queue::{
+    LaneHandlerConfig, RetryPolicy, RetryStrategy, SessionLane, SessionQueueConfig, TaskHandlerMode,
+};
 
 /// JSON object used for the `extra` maps.
 type JsonMap = Map<String, Value>;
@@ -293,7 +295,8 @@ fn is_secret_key(key: &str) -> bool {
     ];
     const SUFFIXES: [&str; 4] = ["apikey", "token", "secret", "password"];
     let key = key.to_ascii_lowercase();
-    key.split(|c: char| !c.is_ascii_alphanumeric()).any(|seg| SEGMENTS.contains(&seg))
+    key.split(|c: char| !c.is_ascii_alphanumeric())
+        .any(|seg| SEGMENTS.contains(&seg))
         || SUFFIXES.iter().any(|s| key.ends_with(s))
 }
 
@@ -301,7 +304,11 @@ fn is_secret_key(key: &str) -> bool {
 fn redact_map(map: &JsonMap) -> JsonMap {
     map.iter()
         .map(|(k, v)| {
-            let v = if is_secret_key(k) && !v.is_null() { Value::String(REDACTED.to_owned()) } else { redact_value(v) };
+            let v = if is_secret_key(k) && !v.is_null() {
+                Value::String(REDACTED.to_owned())
+            } else {
+                redact_value(v)
+            };
             (k.clone(), v)
         })
         .collect()
@@ -322,7 +329,10 @@ fn redact_url(urls: &str) -> String {
             let authority_start = url.find("://").map_or(0, |i| i + 3);
             let rest = url.get(authority_start..).unwrap_or_default();
             let authority_end = rest.find(['/', '?', '#']).unwrap_or(rest.len());
-            match rest.get(..authority_end).and_then(|authority| authority.rfind('@')) {
+            match rest
+                .get(..authority_end)
+                .and_then(|authority| authority.rfind('@'))
+            {
                 Some(at) => {
                     format!(
                         "{}{REDACTED}{}",
@@ -381,13 +391,19 @@ fn parse_with_env(src: &str, path: &Path, env: &dyn Fn(&str) -> EnvValue) -> Res
             });
         }
     };
-    let parser = Parser { path, line_starts: line_starts(src), env };
+    let parser = Parser {
+        path,
+        line_starts: line_starts(src),
+        env,
+    };
     parser.config(&body)
 }
 
 /// Byte offsets at which each line starts.
 fn line_starts(src: &str) -> Vec<usize> {
-    std::iter::once(0).chain(src.match_indices('\n').map(|(i, _)| i + 1)).collect()
+    std::iter::once(0)
+        .chain(src.match_indices('\n').map(|(i, _)| i + 1))
+        .collect()
 }
 
 /// Keys accepted in `queue { }` (attributes, then blocks).
@@ -408,7 +424,12 @@ const QUEUE_KEYS: [&str; 14] = [
     "retry_policy",
 ];
 const LANE_KEYS: [&str; 2] = ["mode", "timeout_ms"];
-const RETRY_KEYS: [&str; 4] = ["strategy", "max_retries", "initial_delay_ms", "max_delay_ms"];
+const RETRY_KEYS: [&str; 4] = [
+    "strategy",
+    "max_retries",
+    "initial_delay_ms",
+    "max_delay_ms",
+];
 
 /// A `<lane> { }` block of `queue.lane_handlers`, before `default_timeout_ms` is known.
 struct LaneEntry {
@@ -439,27 +460,44 @@ impl Parser<'_> {
     }
 
     fn attr_line(&self, attr: &Attribute) -> Option<usize> {
-        self.line(attr.span()).or_else(|| self.line(attr.key.span())).or_else(|| self.line(attr.value.span()))
+        self.line(attr.span())
+            .or_else(|| self.line(attr.key.span()))
+            .or_else(|| self.line(attr.value.span()))
     }
 
     fn value_line(&self, attr: &Attribute) -> Option<usize> {
-        self.line(attr.value.span()).or_else(|| self.attr_line(attr))
+        self.line(attr.value.span())
+            .or_else(|| self.attr_line(attr))
     }
 
     fn block_line(&self, block: &Block) -> Option<usize> {
-        self.line(block.span()).or_else(|| self.line(block.ident.span()))
+        self.line(block.span())
+            .or_else(|| self.line(block.ident.span()))
     }
 
     fn err(&self, line: Option<usize>, reason: impl Into<String>) -> Error {
-        Error::ConfigFile { path: self.path.to_path_buf(), line, reason: reason.into() }
+        Error::ConfigFile {
+            path: self.path.to_path_buf(),
+            line,
+            reason: reason.into(),
+        }
     }
 
-    fn unknown_key(&self, line: Option<usize>, key: &str, section: &str, expected: &[&str]) -> Error {
+    fn unknown_key(
+        &self,
+        line: Option<usize>,
+        key: &str,
+        section: &str,
+        expected: &[&str],
+    ) -> Error {
         let hint = match suggest(key, expected) {
             Some(s) => format!("did you mean {s:?}?"),
             None => format!("expected one of: {}", expected.join(", ")),
         };
-        self.err(line, format!("unknown key {:?} in {section} ({hint})", short(key)))
+        self.err(
+            line,
+            format!("unknown key {:?} in {section} ({hint})", short(key)),
+        )
     }
 
     fn no_labels(&self, block: &Block, section: &str) -> Result<()> {
@@ -467,12 +505,20 @@ impl Parser<'_> {
             None => Ok(()),
             Some(label) => Err(self.err(
                 self.line(label.span()).or_else(|| self.block_line(block)),
-                format!("the {section} block takes no labels (found {:?})", short(label.as_str())),
+                format!(
+                    "the {section} block takes no labels (found {:?})",
+                    short(label.as_str())
+                ),
             )),
         }
     }
 
-    fn once(&self, seen: &mut HashMap<&'static str, Option<usize>>, key: &'static str, block: &Block) -> Result<()> {
+    fn once(
+        &self,
+        seen: &mut HashMap<&'static str, Option<usize>>,
+        key: &'static str,
+        block: &Block,
+    ) -> Result<()> {
         let line = self.block_line(block);
         if let Some(first) = seen.insert(key, line) {
             return Err(self.err(line, format!("{key} is given twice{}", first_on(first))));
@@ -481,11 +527,23 @@ impl Parser<'_> {
     }
 
     fn not_a_block(&self, attr: &Attribute, section: &str) -> Error {
-        self.err(self.attr_line(attr), format!("{section} is a block: write {} {{ ... }}", attr.key.as_str()))
+        self.err(
+            self.attr_line(attr),
+            format!(
+                "{section} is a block: write {} {{ ... }}",
+                attr.key.as_str()
+            ),
+        )
     }
 
     fn not_an_attribute(&self, block: &Block, section: &str) -> Error {
-        self.err(self.block_line(block), format!("{section} is an attribute: write {} = ...", block.ident.as_str()))
+        self.err(
+            self.block_line(block),
+            format!(
+                "{section} is an attribute: write {} = ...",
+                block.ident.as_str()
+            ),
+        )
     }
 
     // --- values -------------------------------------------------------------------------------
@@ -510,9 +568,12 @@ impl Parser<'_> {
                 }
             }
             Expression::String(s) => Value::String(s.value().clone()),
-            Expression::Array(items) => {
-                Value::Array(items.iter().map(|item| self.eval(item, line)).collect::<Result<_>>()?)
-            }
+            Expression::Array(items) => Value::Array(
+                items
+                    .iter()
+                    .map(|item| self.eval(item, line))
+                    .collect::<Result<_>>()?,
+            ),
             Expression::Object(object) => {
                 let mut map = JsonMap::new();
                 for (key, value) in object.iter() {
@@ -524,21 +585,30 @@ impl Parser<'_> {
                             other => {
                                 return Err(self.err(
                                     key_line,
-                                    format!("object keys must be strings, found {}", describe(&other)),
+                                    format!(
+                                        "object keys must be strings, found {}",
+                                        describe(&other)
+                                    ),
                                 ));
                             }
                         },
                     };
                     if map.contains_key(&key) {
-                        return Err(self.err(key_line, format!("duplicate object key {:?}", short(&key))));
+                        return Err(
+                            self.err(key_line, format!("duplicate object key {:?}", short(&key)))
+                        );
                     }
                     let value = self.eval(value.expr(), key_line)?;
                     map.insert(key, value);
                 }
                 Value::Object(map)
             }
-            Expression::StringTemplate(template) => Value::String(self.literal_template(template, line)?),
-            Expression::HeredocTemplate(heredoc) => Value::String(self.literal_template(&heredoc.template, line)?),
+            Expression::StringTemplate(template) => {
+                Value::String(self.literal_template(template, line)?)
+            }
+            Expression::HeredocTemplate(heredoc) => {
+                Value::String(self.literal_template(&heredoc.template, line)?)
+            }
             Expression::Parenthesis(inner) => self.eval(inner.inner(), line)?,
             Expression::FuncCall(call) => self.call(call, line)?,
             Expression::Variable(name) => {
@@ -552,9 +622,10 @@ impl Parser<'_> {
                 ));
             }
             _ => {
-                return Err(
-                    self.err(line, "unsupported expression: values are literals, lists, objects or env(\"NAME\")")
-                );
+                return Err(self.err(
+                    line,
+                    "unsupported expression: values are literals, lists, objects or env(\"NAME\")",
+                ));
             }
         })
     }
@@ -572,9 +643,10 @@ impl Parser<'_> {
                     ));
                 }
                 Element::Directive(_) => {
-                    return Err(
-                        self.err(self.line(element.span()).or(at), "template directives (%{...}) are not supported")
-                    );
+                    return Err(self.err(
+                        self.line(element.span()).or(at),
+                        "template directives (%{...}) are not supported",
+                    ));
                 }
             }
         }
@@ -585,26 +657,46 @@ impl Parser<'_> {
     fn call(&self, call: &FuncCall, line: Option<usize>) -> Result<Value> {
         let name = call.name.name.as_str();
         if call.name.is_namespaced() || name != "env" {
-            let full: Vec<&str> =
-                call.name.namespace.iter().map(|ns| ns.as_str()).chain(std::iter::once(name)).collect();
+            let full: Vec<&str> = call
+                .name
+                .namespace
+                .iter()
+                .map(|ns| ns.as_str())
+                .chain(std::iter::once(name))
+                .collect();
             return Err(self.err(
                 line,
-                format!("unknown function {}() (the only function is env(\"NAME\"))", short(&full.join("::"))),
+                format!(
+                    "unknown function {}() (the only function is env(\"NAME\"))",
+                    short(&full.join("::"))
+                ),
             ));
         }
-        let var = match (call.args.len(), call.args.get(0).and_then(Expression::as_str)) {
+        let var = match (
+            call.args.len(),
+            call.args.get(0).and_then(Expression::as_str),
+        ) {
             (1, Some(var)) if !call.args.expand_final() => var,
-            _ => return Err(self.err(line, "env() takes one argument: the variable name, as a quoted string")),
+            _ => {
+                return Err(self.err(
+                    line,
+                    "env() takes one argument: the variable name, as a quoted string",
+                ));
+            }
         };
         if var.is_empty() || var.contains(['=', '\0']) {
-            return Err(self.err(line, format!("invalid environment variable name {:?}", short(var))));
+            return Err(self.err(
+                line,
+                format!("invalid environment variable name {:?}", short(var)),
+            ));
         }
         match (self.env)(var) {
             EnvValue::Set(value) => Ok(Value::String(value)),
             EnvValue::Unset => Ok(Value::Null),
-            EnvValue::NotUnicode => {
-                Err(self.err(line, format!("environment variable {} is not valid UTF-8", short(var))))
-            }
+            EnvValue::NotUnicode => Err(self.err(
+                line,
+                format!("environment variable {} is not valid UTF-8", short(var)),
+            )),
         }
     }
 
@@ -614,9 +706,10 @@ impl Parser<'_> {
         match self.eval(&attr.value, self.attr_line(attr))? {
             Value::String(s) => Ok(Some(s)),
             Value::Null => Ok(None),
-            other => {
-                Err(self.err(self.value_line(attr), format!("{field} must be a string, found {}", describe(&other))))
-            }
+            other => Err(self.err(
+                self.value_line(attr),
+                format!("{field} must be a string, found {}", describe(&other)),
+            )),
         }
     }
 
@@ -626,7 +719,9 @@ impl Parser<'_> {
             Some(_) => Err(self.err(self.value_line(attr), format!("{field} must not be empty"))),
             None => Err(self.err(
                 self.value_line(attr),
-                format!("{field} must be a string, found null (is its environment variable unset?)"),
+                format!(
+                    "{field} must be a string, found null (is its environment variable unset?)"
+                ),
             )),
         }
     }
@@ -634,10 +729,10 @@ impl Parser<'_> {
     fn boolean(&self, attr: &Attribute, field: &str) -> Result<bool> {
         match self.eval(&attr.value, self.attr_line(attr))? {
             Value::Bool(b) => Ok(b),
-            other => {
-                Err(self
-                    .err(self.value_line(attr), format!("{field} must be true or false, found {}", describe(&other))))
-            }
+            other => Err(self.err(
+                self.value_line(attr),
+                format!("{field} must be true or false, found {}", describe(&other)),
+            )),
         }
     }
 
@@ -649,21 +744,32 @@ impl Parser<'_> {
             Value::Null => return Ok(None),
             Value::Number(n) => n,
             other => {
-                return Err(
-                    self.err(line, format!("{field} must be a non-negative integer, found {}", describe(&other)))
-                );
+                return Err(self.err(
+                    line,
+                    format!(
+                        "{field} must be a non-negative integer, found {}",
+                        describe(&other)
+                    ),
+                ));
             }
         };
         match n.as_u64() {
-            Some(u) => T::try_from(u).map(Some).map_err(|_| self.err(line, format!("{field} is too large: {u}"))),
-            None if n.is_f64() => Err(self.err(line, format!("{field} must be an integer, found {n}"))),
+            Some(u) => T::try_from(u)
+                .map(Some)
+                .map_err(|_| self.err(line, format!("{field} is too large: {u}"))),
+            None if n.is_f64() => {
+                Err(self.err(line, format!("{field} must be an integer, found {n}")))
+            }
             None => Err(self.err(line, format!("{field} must not be negative, found {n}"))),
         }
     }
 
     fn int<T: TryFrom<u64>>(&self, attr: &Attribute, field: &str) -> Result<T> {
         self.opt_int(attr, field)?.ok_or_else(|| {
-            self.err(self.value_line(attr), format!("{field} must be a non-negative integer, found null"))
+            self.err(
+                self.value_line(attr),
+                format!("{field} must be a non-negative integer, found null"),
+            )
         })
     }
 
@@ -677,18 +783,29 @@ impl Parser<'_> {
         for structure in body.iter() {
             match structure {
                 Structure::Attribute(attr) => match attr.key.as_str() {
-                    "default_model" => cfg.default_model = self.opt_string(attr, "default_model")?,
-                    "max_tool_rounds" => cfg.max_tool_rounds = self.opt_int(attr, "max_tool_rounds")?,
-                    key @ ("providers" | "queue" | "distribution") => return Err(self.not_a_block(attr, key)),
+                    "default_model" => {
+                        cfg.default_model = self.opt_string(attr, "default_model")?
+                    }
+                    "max_tool_rounds" => {
+                        cfg.max_tool_rounds = self.opt_int(attr, "max_tool_rounds")?
+                    }
+                    key @ ("providers" | "queue" | "distribution") => {
+                        return Err(self.not_a_block(attr, key));
+                    }
                     _ => extra.attribute(self, attr)?,
                 },
                 Structure::Block(block) => match block.ident.as_str() {
                     "providers" => {
                         let (provider, name_line) = self.provider(block)?;
-                        if let Some(first) = provider_lines.insert(provider.name.clone(), name_line) {
+                        if let Some(first) = provider_lines.insert(provider.name.clone(), name_line)
+                        {
                             return Err(self.err(
                                 name_line,
-                                format!("provider {:?} is defined twice{}", short(&provider.name), first_on(first)),
+                                format!(
+                                    "provider {:?} is defined twice{}",
+                                    short(&provider.name),
+                                    first_on(first)
+                                ),
                             ));
                         }
                         cfg.providers.push(provider);
@@ -701,7 +818,9 @@ impl Parser<'_> {
                         self.once(&mut seen, "distribution", block)?;
                         cfg.distribution = self.distribution(block)?;
                     }
-                    key @ ("default_model" | "max_tool_rounds") => return Err(self.not_an_attribute(block, key)),
+                    key @ ("default_model" | "max_tool_rounds") => {
+                        return Err(self.not_an_attribute(block, key));
+                    }
                     _ => extra.block(self, block)?,
                 },
             }
@@ -720,9 +839,16 @@ impl Parser<'_> {
         for structure in block.body.iter() {
             match structure {
                 Structure::Attribute(attr) => match attr.key.as_str() {
-                    "name" => name = Some((self.required_string(attr, "providers.name")?, self.value_line(attr))),
+                    "name" => {
+                        name = Some((
+                            self.required_string(attr, "providers.name")?,
+                            self.value_line(attr),
+                        ))
+                    }
                     "api_key" => provider.api_key = self.opt_string(attr, "providers.api_key")?,
-                    "base_url" => provider.base_url = self.opt_string(attr, "providers.base_url")?,
+                    "base_url" => {
+                        provider.base_url = self.opt_string(attr, "providers.base_url")?
+                    }
                     "models" => return Err(self.not_a_block(attr, "providers.models")),
                     _ => extra.attribute(self, attr)?,
                 },
@@ -749,7 +875,10 @@ impl Parser<'_> {
             }
         }
         let Some((name, name_line)) = name else {
-            return Err(self.err(self.block_line(block), "providers block without name = \"...\""));
+            return Err(self.err(
+                self.block_line(block),
+                "providers block without name = \"...\"",
+            ));
         };
         provider.name = name;
         provider.extra = extra.map;
@@ -765,13 +894,20 @@ impl Parser<'_> {
         for structure in block.body.iter() {
             match structure {
                 Structure::Attribute(attr) => match attr.key.as_str() {
-                    "id" => id = Some((self.required_string(attr, "providers.models.id")?, self.value_line(attr))),
+                    "id" => {
+                        id = Some((
+                            self.required_string(attr, "providers.models.id")?,
+                            self.value_line(attr),
+                        ))
+                    }
                     "name" => model.name = self.opt_string(attr, "providers.models.name")?,
                     _ => extra.attribute(self, attr)?,
                 },
                 Structure::Block(inner) => match inner.ident.as_str() {
                     key @ ("id" | "name") => {
-                        return Err(self.not_an_attribute(inner, &format!("providers.models.{key}")));
+                        return Err(
+                            self.not_an_attribute(inner, &format!("providers.models.{key}"))
+                        );
                     }
                     _ => extra.block(self, inner)?,
                 },
@@ -793,9 +929,13 @@ impl Parser<'_> {
             match structure {
                 Structure::Attribute(attr) => match attr.key.as_str() {
                     "nats_url" => dist.nats_url = self.opt_string(attr, "distribution.nats_url")?,
-                    "subject_prefix" => dist.subject_prefix = self.opt_string(attr, "distribution.subject_prefix")?,
+                    "subject_prefix" => {
+                        dist.subject_prefix =
+                            self.opt_string(attr, "distribution.subject_prefix")?
+                    }
                     "credentials_file" => {
-                        dist.credentials_file = self.opt_string(attr, "distribution.credentials_file")?;
+                        dist.credentials_file =
+                            self.opt_string(attr, "distribution.credentials_file")?;
                     }
                     _ => extra.attribute(self, attr)?,
                 },
@@ -824,20 +964,41 @@ impl Parser<'_> {
                     let field = format!("queue.{key}");
                     let field = field.as_str();
                     match key {
-                        "control_max_concurrency" => q.control_max_concurrency = self.int(attr, field)?,
-                        "query_max_concurrency" => q.query_max_concurrency = self.int(attr, field)?,
-                        "execute_max_concurrency" => q.execute_max_concurrency = self.int(attr, field)?,
-                        "generate_max_concurrency" => q.generate_max_concurrency = self.int(attr, field)?,
+                        "control_max_concurrency" => {
+                            q.control_max_concurrency = self.int(attr, field)?
+                        }
+                        "query_max_concurrency" => {
+                            q.query_max_concurrency = self.int(attr, field)?
+                        }
+                        "execute_max_concurrency" => {
+                            q.execute_max_concurrency = self.int(attr, field)?
+                        }
+                        "generate_max_concurrency" => {
+                            q.generate_max_concurrency = self.int(attr, field)?
+                        }
                         "max_pending" => q.max_pending = self.int(attr, field)?,
                         "enable_metrics" => q.enable_metrics = self.boolean(attr, field)?,
                         "enable_dlq" => q.enable_dlq = self.boolean(attr, field)?,
                         "dlq_max_size" => q.dlq_max_size = self.int(attr, field)?,
                         "enable_alerts" => q.enable_alerts = self.boolean(attr, field)?,
-                        "queue_depth_alert_threshold" => q.queue_depth_alert_threshold = self.int(attr, field)?,
-                        "latency_alert_threshold_ms" => q.latency_alert_threshold_ms = self.int(attr, field)?,
+                        "queue_depth_alert_threshold" => {
+                            q.queue_depth_alert_threshold = self.int(attr, field)?
+                        }
+                        "latency_alert_threshold_ms" => {
+                            q.latency_alert_threshold_ms = self.int(attr, field)?
+                        }
                         "default_timeout_ms" => q.default_timeout_ms = self.int(attr, field)?,
-                        "lane_handlers" | "retry_policy" => return Err(self.not_a_block(attr, field)),
-                        _ => return Err(self.unknown_key(self.attr_line(attr), key, "queue", &QUEUE_KEYS)),
+                        "lane_handlers" | "retry_policy" => {
+                            return Err(self.not_a_block(attr, field));
+                        }
+                        _ => {
+                            return Err(self.unknown_key(
+                                self.attr_line(attr),
+                                key,
+                                "queue",
+                                &QUEUE_KEYS,
+                            ));
+                        }
                     }
                     lines.push((key.to_owned(), self.value_line(attr)));
                 }
@@ -853,15 +1014,32 @@ impl Parser<'_> {
                     key if QUEUE_KEYS.contains(&key) => {
                         return Err(self.not_an_attribute(inner, &format!("queue.{key}")));
                     }
-                    key => return Err(self.unknown_key(self.block_line(inner), key, "queue", &QUEUE_KEYS)),
+                    key => {
+                        return Err(self.unknown_key(
+                            self.block_line(inner),
+                            key,
+                            "queue",
+                            &QUEUE_KEYS,
+                        ));
+                    }
                 },
             }
         }
         // Lanes without their own timeout_ms take default_timeout_ms, wherever it is written.
         for entry in lanes {
             let timeout_ms = entry.timeout_ms.unwrap_or(q.default_timeout_ms);
-            q.lane_handlers.insert(entry.lane, LaneHandlerConfig { mode: entry.mode, timeout_ms });
-            let line = if entry.timeout_ms.is_some() { entry.timeout_line } else { entry.line };
+            q.lane_handlers.insert(
+                entry.lane,
+                LaneHandlerConfig {
+                    mode: entry.mode,
+                    timeout_ms,
+                },
+            );
+            let line = if entry.timeout_ms.is_some() {
+                entry.timeout_line
+            } else {
+                entry.line
+            };
             lines.push((format!("lane_handlers.{}.timeout_ms", entry.lane), line));
         }
         if let Err(e) = q.validate() {
@@ -872,7 +1050,11 @@ impl Parser<'_> {
             // validate() names the field first; point at the line that set it, else at the block.
             let line = lines
                 .iter()
-                .filter(|(field, _)| reason.strip_prefix(field.as_str()).is_some_and(|rest| rest.starts_with(' ')))
+                .filter(|(field, _)| {
+                    reason
+                        .strip_prefix(field.as_str())
+                        .is_some_and(|rest| rest.starts_with(' '))
+                })
                 .max_by_key(|(field, _)| field.len())
                 .and_then(|(_, line)| *line)
                 .or_else(|| self.block_line(block));
@@ -908,15 +1090,28 @@ impl Parser<'_> {
             let section = format!("queue.lane_handlers.{lane}");
             self.no_labels(inner, &section)?;
             if let Some(first) = lanes.iter().find(|e| e.lane == lane) {
-                return Err(self.err(line, format!("{section} is given twice{}", first_on(first.line))));
+                return Err(self.err(
+                    line,
+                    format!("{section} is given twice{}", first_on(first.line)),
+                ));
             }
-            let mut entry =
-                LaneEntry { lane, mode: TaskHandlerMode::default(), timeout_ms: None, line, timeout_line: None };
+            let mut entry = LaneEntry {
+                lane,
+                mode: TaskHandlerMode::default(),
+                timeout_ms: None,
+                line,
+                timeout_line: None,
+            };
             for item in inner.body.iter() {
                 let attr = match item {
                     Structure::Attribute(attr) => attr,
                     Structure::Block(b) => {
-                        return Err(self.unknown_key(self.block_line(b), b.ident.as_str(), &section, &LANE_KEYS));
+                        return Err(self.unknown_key(
+                            self.block_line(b),
+                            b.ident.as_str(),
+                            &section,
+                            &LANE_KEYS,
+                        ));
                     }
                 };
                 let key = attr.key.as_str();
@@ -938,7 +1133,14 @@ impl Parser<'_> {
                         entry.timeout_ms = Some(self.int(attr, &field)?);
                         entry.timeout_line = self.value_line(attr);
                     }
-                    _ => return Err(self.unknown_key(self.attr_line(attr), key, &section, &LANE_KEYS)),
+                    _ => {
+                        return Err(self.unknown_key(
+                            self.attr_line(attr),
+                            key,
+                            &section,
+                            &LANE_KEYS,
+                        ));
+                    }
                 }
             }
             lanes.push(entry);
@@ -946,14 +1148,24 @@ impl Parser<'_> {
         Ok(())
     }
 
-    fn retry_policy(&self, block: &Block, policy: &mut RetryPolicy, lines: &mut FieldLines) -> Result<()> {
+    fn retry_policy(
+        &self,
+        block: &Block,
+        policy: &mut RetryPolicy,
+        lines: &mut FieldLines,
+    ) -> Result<()> {
         const SECTION: &str = "queue.retry_policy";
         self.no_labels(block, SECTION)?;
         for item in block.body.iter() {
             let attr = match item {
                 Structure::Attribute(attr) => attr,
                 Structure::Block(b) => {
-                    return Err(self.unknown_key(self.block_line(b), b.ident.as_str(), SECTION, &RETRY_KEYS));
+                    return Err(self.unknown_key(
+                        self.block_line(b),
+                        b.ident.as_str(),
+                        SECTION,
+                        &RETRY_KEYS,
+                    ));
                 }
             };
             let key = attr.key.as_str();
@@ -1002,10 +1214,24 @@ impl Extra {
         let name = attr.key.as_str();
         let line = parser.attr_line(attr);
         if let Some(seen) = self.seen.get(name) {
-            return Err(parser.err(line, format!("{:?} is defined twice{}", short(name), first_on(seen.first_line))));
+            return Err(parser.err(
+                line,
+                format!(
+                    "{:?} is defined twice{}",
+                    short(name),
+                    first_on(seen.first_line)
+                ),
+            ));
         }
         let value = parser.eval(&attr.value, line)?;
-        self.seen.insert(name.to_owned(), Seen { is_block: false, count: 1, first_line: line });
+        self.seen.insert(
+            name.to_owned(),
+            Seen {
+                is_block: false,
+                count: 1,
+                first_line: line,
+            },
+        );
         self.map.insert(name.to_owned(), value);
         Ok(())
     }
@@ -1021,7 +1247,14 @@ impl Extra {
         }
         match self.seen.get_mut(name) {
             None => {
-                self.seen.insert(name.to_owned(), Seen { is_block: true, count: 1, first_line: line });
+                self.seen.insert(
+                    name.to_owned(),
+                    Seen {
+                        is_block: true,
+                        count: 1,
+                        first_line: line,
+                    },
+                );
                 self.map.insert(name.to_owned(), value);
             }
             Some(seen) if !seen.is_block => {
@@ -1063,13 +1296,18 @@ impl Extra {
 
 /// `" (first on line N)"`, or nothing when the line is unknown.
 fn first_on(line: Option<usize>) -> String {
-    line.map(|l| format!(" (first on line {l})")).unwrap_or_default()
+    line.map(|l| format!(" (first on line {l})"))
+        .unwrap_or_default()
 }
 
 /// A user-written name or value, cut to a length fit for an error message.
 fn short(s: &str) -> String {
     const MAX: usize = 60;
-    if s.chars().count() <= MAX { s.to_owned() } else { s.chars().take(MAX).chain(std::iter::once('…')).collect() }
+    if s.chars().count() <= MAX {
+        s.to_owned()
+    } else {
+        s.chars().take(MAX).chain(std::iter::once('…')).collect()
+    }
 }
 
 /// How a value is named in a type error. Strings are not quoted back: they may hold secrets.
@@ -1144,7 +1382,10 @@ mod tests {
     fn assert_fails(src: &str, line: usize, needle: &str) {
         let (l, reason) = fail(src);
         assert_eq!(l, Some(line), "line of {reason:?}");
-        assert!(reason.contains(needle), "{reason:?} should contain {needle:?}");
+        assert!(
+            reason.contains(needle),
+            "{reason:?} should contain {needle:?}"
+        );
     }
 
     #[test]
@@ -1171,7 +1412,10 @@ providers {
         let p = cfg.provider("a").unwrap();
         assert_eq!(p.api_key.as_deref(), Some("sk-from-env"));
         assert_eq!(p.base_url, None);
-        assert_eq!(p.extra["headers"], serde_json::json!({"x": null, "y": "sk-from-env"}));
+        assert_eq!(
+            p.extra["headers"],
+            serde_json::json!({"x": null, "y": "sk-from-env"})
+        );
         assert_fails("x = env(\"BAD_UTF8\")\n", 1, "not valid UTF-8");
         assert_fails("x = env(\"A=B\")\n", 1, "invalid environment variable name");
         assert_fails("x = env()\n", 1, "env() takes one argument");
@@ -1182,16 +1426,33 @@ providers {
     #[test]
     fn only_env_is_a_function() {
         assert_fails("\n\nx = file(\"k\")\n", 3, "unknown function file()");
-        assert_fails("providers {\n  name = \"a\"\n  api_key = upper(\"k\")\n}\n", 3, "unknown function upper()");
-        assert_fails("x = [1,\n  provider::p::env(\"A\")]\n", 2, "unknown function provider::p::env()");
+        assert_fails(
+            "providers {\n  name = \"a\"\n  api_key = upper(\"k\")\n}\n",
+            3,
+            "unknown function upper()",
+        );
+        assert_fails(
+            "x = [1,\n  provider::p::env(\"A\")]\n",
+            2,
+            "unknown function provider::p::env()",
+        );
     }
 
     #[test]
     fn non_literal_expressions_are_rejected() {
         assert_fails("x = 1 + 2\n", 1, "unsupported expression");
         assert_fails("x = \"a-${env(\"SET_KEY\")}\"\n", 1, "string interpolation");
-        assert_fails("queue {\n  enable_dlq = yes\n}\n", 2, "strings must be quoted");
-        assert_eq!(parse("x = \"plain\"\ny = (2)\nz = <<EOT\nhi\nEOT\n").unwrap().extra["z"], "hi\n");
+        assert_fails(
+            "queue {\n  enable_dlq = yes\n}\n",
+            2,
+            "strings must be quoted",
+        );
+        assert_eq!(
+            parse("x = \"plain\"\ny = (2)\nz = <<EOT\nhi\nEOT\n")
+                .unwrap()
+                .extra["z"],
+            "hi\n"
+        );
     }
 
     #[test]
@@ -1216,9 +1477,19 @@ hook { on = "exit" }
 "#,
         )
         .unwrap();
-        assert_eq!(cfg.extra["mcp"], serde_json::json!({"fs": {"local": {"command": "fs-server"}}}));
-        assert_eq!(cfg.extra["hook"], serde_json::json!([{"on": "start"}, {"on": "stop"}, {"on": "exit"}]));
-        assert_fails("x = 1\nx { }\n", 2, "as a block here and as an attribute (first on line 1)");
+        assert_eq!(
+            cfg.extra["mcp"],
+            serde_json::json!({"fs": {"local": {"command": "fs-server"}}})
+        );
+        assert_eq!(
+            cfg.extra["hook"],
+            serde_json::json!([{"on": "start"}, {"on": "stop"}, {"on": "exit"}])
+        );
+        assert_fails(
+            "x = 1\nx { }\n",
+            2,
+            "as a block here and as an attribute (first on line 1)",
+        );
         assert_fails("x {\n}\nx = 1\n", 3, "defined twice (first on line 1)");
     }
 
@@ -1226,15 +1497,35 @@ hook { on = "exit" }
     fn known_items_of_the_wrong_kind() {
         assert_fails("queue = {}\n", 1, "queue is a block");
         assert_fails("default_model {\n}\n", 1, "default_model is an attribute");
-        assert_fails("providers {\n  name = \"a\"\n  models = []\n}\n", 3, "providers.models is a block");
-        assert_fails("queue {\n  retry_policy = {}\n}\n", 2, "queue.retry_policy is a block");
-        assert_fails("queue {\n  max_pending { }\n}\n", 2, "queue.max_pending is an attribute");
-        assert_fails("queue {\n  lane_handlers {\n    query = {}\n  }\n}\n", 3, "queue.lane_handlers.query is a block");
+        assert_fails(
+            "providers {\n  name = \"a\"\n  models = []\n}\n",
+            3,
+            "providers.models is a block",
+        );
+        assert_fails(
+            "queue {\n  retry_policy = {}\n}\n",
+            2,
+            "queue.retry_policy is a block",
+        );
+        assert_fails(
+            "queue {\n  max_pending { }\n}\n",
+            2,
+            "queue.max_pending is an attribute",
+        );
+        assert_fails(
+            "queue {\n  lane_handlers {\n    query = {}\n  }\n}\n",
+            3,
+            "queue.lane_handlers.query is a block",
+        );
     }
 
     #[test]
     fn singletons_and_names_are_unique() {
-        assert_fails("queue {\n}\nqueue {\n}\n", 3, "queue is given twice (first on line 1)");
+        assert_fails(
+            "queue {\n}\nqueue {\n}\n",
+            3,
+            "queue is given twice (first on line 1)",
+        );
         assert_fails("distribution {\n}\n\ndistribution {\n}\n", 4, "given twice");
         assert_fails(
             "providers {\n  name = \"a\"\n}\nproviders {\n  name = \"a\"\n}\n",
@@ -1256,11 +1547,31 @@ hook { on = "exit" }
     #[test]
     fn providers_and_models_need_names() {
         assert_fails("\nproviders {\n  api_key = \"k\"\n}\n", 2, "without name");
-        assert_fails("providers {\n  name = \"\"\n}\n", 2, "providers.name must not be empty");
-        assert_fails("providers {\n  name = env(\"UNSET\")\n}\n", 2, "providers.name must be a string, found null");
-        assert_fails("providers {\n  name = 3\n}\n", 2, "providers.name must be a string, found 3");
-        assert_fails("providers {\n  name = \"a\"\n  models {\n    name = \"x\"\n  }\n}\n", 3, "without id");
-        assert_fails("providers \"openai\" {\n  name = \"a\"\n}\n", 1, "takes no labels");
+        assert_fails(
+            "providers {\n  name = \"\"\n}\n",
+            2,
+            "providers.name must not be empty",
+        );
+        assert_fails(
+            "providers {\n  name = env(\"UNSET\")\n}\n",
+            2,
+            "providers.name must be a string, found null",
+        );
+        assert_fails(
+            "providers {\n  name = 3\n}\n",
+            2,
+            "providers.name must be a string, found 3",
+        );
+        assert_fails(
+            "providers {\n  name = \"a\"\n  models {\n    name = \"x\"\n  }\n}\n",
+            3,
+            "without id",
+        );
+        assert_fails(
+            "providers \"openai\" {\n  name = \"a\"\n}\n",
+            1,
+            "takes no labels",
+        );
     }
 
     #[test]
@@ -1272,15 +1583,24 @@ hook { on = "exit" }
             let q = parse(src).unwrap().queue;
             assert_eq!(
                 q.lane_handler(SessionLane::Query),
-                LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 5000 }
+                LaneHandlerConfig {
+                    mode: TaskHandlerMode::External,
+                    timeout_ms: 5000
+                }
             );
             assert_eq!(q.lane_handlers.len(), 1);
         }
-        let q =
-            parse("queue {\n  lane_handlers {\n    execute {\n      timeout_ms = 7\n    }\n  }\n}\n").unwrap().queue;
+        let q = parse(
+            "queue {\n  lane_handlers {\n    execute {\n      timeout_ms = 7\n    }\n  }\n}\n",
+        )
+        .unwrap()
+        .queue;
         assert_eq!(
             q.lane_handler(SessionLane::Execute),
-            LaneHandlerConfig { mode: TaskHandlerMode::Internal, timeout_ms: 7 }
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::Internal,
+                timeout_ms: 7
+            }
         );
     }
 
@@ -1291,8 +1611,16 @@ hook { on = "exit" }
             2,
             "queue.max_pending must be a non-negative integer, found a string",
         );
-        assert_fails("queue {\n  max_pending = -1\n}\n", 2, "queue.max_pending must not be negative, found -1");
-        assert_fails("queue {\n  max_pending = 1.5\n}\n", 2, "queue.max_pending must be an integer, found 1.5");
+        assert_fails(
+            "queue {\n  max_pending = -1\n}\n",
+            2,
+            "queue.max_pending must not be negative, found -1",
+        );
+        assert_fails(
+            "queue {\n  max_pending = 1.5\n}\n",
+            2,
+            "queue.max_pending must be an integer, found 1.5",
+        );
         assert_fails("queue {\n  max_pending = null\n}\n", 2, "found null");
         assert_fails(
             "queue {\n  enable_dlq = \"true\"\n}\n",
@@ -1304,8 +1632,16 @@ hook { on = "exit" }
             3,
             "queue.retry_policy.max_retries is too large: 4294967296",
         );
-        assert_fails("max_tool_rounds = 4294967296\n", 1, "max_tool_rounds is too large");
-        assert_fails("queue {\n  lane_handlers {\n    query { mode = 1 }\n  }\n}\n", 3, "mode must be a string");
+        assert_fails(
+            "max_tool_rounds = 4294967296\n",
+            1,
+            "max_tool_rounds is too large",
+        );
+        assert_fails(
+            "queue {\n  lane_handlers {\n    query { mode = 1 }\n  }\n}\n",
+            3,
+            "mode must be a string",
+        );
     }
 
     #[test]
@@ -1335,21 +1671,35 @@ hook { on = "exit" }
 
     #[test]
     fn unknown_keys_suggest_the_closest() {
-        let (line, reason) = fail("queue {\n  enable_metrics = true\n  query_max_concurency = 3\n}\n");
+        let (line, reason) =
+            fail("queue {\n  enable_metrics = true\n  query_max_concurency = 3\n}\n");
         assert_eq!(line, Some(3));
-        assert_eq!(reason, "unknown key \"query_max_concurency\" in queue (did you mean \"query_max_concurrency\"?)");
+        assert_eq!(
+            reason,
+            "unknown key \"query_max_concurency\" in queue (did you mean \"query_max_concurrency\"?)"
+        );
         let (_, reason) = fail("queue {\n  colour = 3\n}\n");
         assert!(
-            reason.starts_with("unknown key \"colour\" in queue (expected one of: control_max_concurrency, "),
+            reason.starts_with(
+                "unknown key \"colour\" in queue (expected one of: control_max_concurrency, "
+            ),
             "{reason}"
         );
-        assert_fails("queue {\n  retry_policy {\n    stratgy = \"fixed\"\n  }\n}\n", 3, "did you mean \"strategy\"?");
+        assert_fails(
+            "queue {\n  retry_policy {\n    stratgy = \"fixed\"\n  }\n}\n",
+            3,
+            "did you mean \"strategy\"?",
+        );
         assert_fails(
             "queue {\n  lane_handlers {\n    query {\n      mod = \"external\"\n    }\n  }\n}\n",
             4,
             "did you mean \"mode\"?",
         );
-        assert_fails("queue {\n  metrics {\n  }\n}\n", 2, "unknown key \"metrics\" in queue");
+        assert_fails(
+            "queue {\n  metrics {\n  }\n}\n",
+            2,
+            "unknown key \"metrics\" in queue",
+        );
         // One-line blocks carry spans too.
         assert_fails(
             "queue {\n  lane_handlers {\n\n    query { mod = \"external\" }\n  }\n}\n",
@@ -1373,10 +1723,15 @@ hook { on = "exit" }
 
     #[test]
     fn byte_order_mark_and_crlf_are_accepted() {
-        let cfg = parse("\u{feff}default_model = \"a/b\"\r\nqueue {\r\n  max_pending = 5\r\n}\r\n").unwrap();
+        let cfg = parse("\u{feff}default_model = \"a/b\"\r\nqueue {\r\n  max_pending = 5\r\n}\r\n")
+            .unwrap();
         assert_eq!(cfg.default_model.as_deref(), Some("a/b"));
         assert_eq!(cfg.queue.max_pending, 5);
-        assert_fails("\u{feff}a = 1\r\nqueue {\r\n  max_pending = 0\r\n}\r\n", 3, "max_pending");
+        assert_fails(
+            "\u{feff}a = 1\r\nqueue {\r\n  max_pending = 0\r\n}\r\n",
+            3,
+            "max_pending",
+        );
     }
 
     #[test]
@@ -1397,12 +1752,24 @@ github_token = "ghp-secret"
         )
         .unwrap();
         let debug = format!("{cfg:?} {:#?}", cfg.providers[0]);
-        for secret in ["sk-very-secret", "pw-secret", "tok-secret", "nats-secret", "ghp-secret"] {
+        for secret in [
+            "sk-very-secret",
+            "pw-secret",
+            "tok-secret",
+            "nats-secret",
+            "ghp-secret",
+        ] {
             assert!(!debug.contains(secret), "{secret} leaked: {debug}");
         }
         assert!(debug.contains("api_key: Some(<redacted>)"), "{debug}");
-        assert!(debug.contains("nats://<redacted>@127.0.0.1:4222,nats://<redacted>@10.0.0.2:4222"), "{debug}");
-        assert!(debug.contains("max_tokens"), "non-secret keys stay visible: {debug}");
+        assert!(
+            debug.contains("nats://<redacted>@127.0.0.1:4222,nats://<redacted>@10.0.0.2:4222"),
+            "{debug}"
+        );
+        assert!(
+            debug.contains("max_tokens"),
+            "non-secret keys stay visible: {debug}"
+        );
         assert_eq!(redact_url("nats://127.0.0.1:4222"), "nats://127.0.0.1:4222");
         assert_eq!(redact_url("http://h/p@x"), "http://h/p@x");
     }
@@ -1445,7 +1812,11 @@ queue {
             }
         }
         let _ = parse(&"[".repeat(10_000));
-        let _ = parse(&format!("x = {}1{}\n", "[".repeat(5_000), "]".repeat(5_000)));
+        let _ = parse(&format!(
+            "x = {}1{}\n",
+            "[".repeat(5_000),
+            "]".repeat(5_000)
+        ));
         let _ = parse(&"a {\n".repeat(5_000));
     }
 

@@ -41,13 +41,17 @@ impl Agent {
         let path = path.as_ref().to_owned();
         let config = tokio::task::spawn_blocking(move || AgentConfig::from_file(&path))
             .await
-            .map_err(|e| crate::Error::invalid_config(format!("loading the agent config failed: {e}")))??;
+            .map_err(|e| {
+                crate::Error::invalid_config(format!("loading the agent config failed: {e}"))
+            })??;
         Ok(Self::from_config(config))
     }
 
     /// An agent from an already built configuration.
     pub fn from_config(config: AgentConfig) -> Self {
-        Self { config: Arc::new(config) }
+        Self {
+            config: Arc::new(config),
+        }
     }
 
     /// The configuration.
@@ -61,7 +65,15 @@ impl Agent {
     ///
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for an invalid queue configuration
     /// or session id; an error when `workspace` is not a directory.
-    pub fn session(&self, workspace: impl AsRef<Path>, options: Option<SessionOptions>) -> Result<AgentSession> {
-        AgentSession::open(Arc::clone(&self.config), workspace.as_ref(), options.unwrap_or_default())
+    pub fn session(
+        &self,
+        workspace: impl AsRef<Path>,
+        options: Option<SessionOptions>,
+    ) -> Result<AgentSession> {
+        AgentSession::open(
+            Arc::clone(&self.config),
+            workspace.as_ref(),
+            options.unwrap_or_default(),
+        )
     }
 }

@@ -38,7 +38,11 @@ pub(crate) struct DeadLetterQueue {
 
 impl DeadLetterQueue {
     pub(crate) fn new(max_size: usize) -> Self {
-        Self { entries: VecDeque::new(), max_size, dropped: 0 }
+        Self {
+            entries: VecDeque::new(),
+            max_size,
+            dropped: 0,
+        }
     }
 
     pub(crate) fn push(&mut self, letter: DeadLetter) {

@@ -1,5 +1,8 @@
 //! Queue events: task lifecycle, retries, dead-lettering and alerts.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
 use serde::Serialize;
 use tokio::sync::broadcast;
 
@@ -141,11 +144,24 @@ pub enum AlertKind {
 pub struct EventStream {
     rx: broadcast::Receiver<QueueEvent>,
     lagged: u64,
+    subscribers: Arc<AtomicUsize>,
+}
+
+impl Drop for EventStream {
+    fn drop(&mut self) {
+        self.subscribers.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 impl EventStream {
-    pub(crate) fn new(rx: broadcast::Receiver<QueueEvent>) -> Self {
-        Self { rx, lagged: 0 }
+    /// A stream over `rx`, counted in `subscribers` while it lives.
+    pub(crate) fn new(rx: broadcast::Receiver<QueueEvent>, subscribers: Arc<AtomicUsize>) -> Self {
+        subscribers.fetch_add(1, Ordering::Relaxed);
+        Self {
+            rx,
+            lagged: 0,
+            subscribers,
+        }
     }
 
     /// The next event; `None` once the session is closed and every event was read.

@@ -138,7 +138,12 @@ pub(crate) struct MetricsRecorder {
 impl MetricsRecorder {
     pub(crate) fn new() -> Self {
         Self {
-            lanes: [LaneRecorder::new(), LaneRecorder::new(), LaneRecorder::new(), LaneRecorder::new()],
+            lanes: [
+                LaneRecorder::new(),
+                LaneRecorder::new(),
+                LaneRecorder::new(),
+                LaneRecorder::new(),
+            ],
             rejected_completions: 0,
         }
     }
@@ -149,7 +154,9 @@ impl MetricsRecorder {
         if !success {
             l.failed += 1;
         }
-        let us = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX).max(1);
+        let us = u64::try_from(latency.as_micros())
+            .unwrap_or(u64::MAX)
+            .max(1);
         // Auto-resizing: recording only fails past u64::MAX / 2, far beyond any latency.
         let _ = l.latency_us.record(us);
     }
@@ -184,10 +191,15 @@ impl MetricsRecorder {
 
     pub(crate) fn snapshot(&self, dlq_depth: usize) -> QueueMetrics {
         let mut all = Histogram::<u64>::new(3).expect("valid");
-        let mut m = QueueMetrics { dlq_depth, total_rejected_completions: self.rejected_completions, ..Default::default() };
+        let mut m = QueueMetrics {
+            dlq_depth,
+            total_rejected_completions: self.rejected_completions,
+            ..Default::default()
+        };
         for lane in SessionLane::ALL {
             let l = &self.lanes[lane.index()];
-            all.add(&l.latency_us).expect("auto-resizing histograms accept any value");
+            all.add(&l.latency_us)
+                .expect("auto-resizing histograms accept any value");
             m.total_processed += l.processed;
             m.total_failed += l.failed;
             m.total_timed_out += l.timed_out;
@@ -217,7 +229,11 @@ impl MetricsRecorder {
 }
 
 fn rate(processed: u64, bad: u64) -> f64 {
-    if processed == 0 { 0.0 } else { processed.saturating_sub(bad) as f64 / processed as f64 }
+    if processed == 0 {
+        0.0
+    } else {
+        processed.saturating_sub(bad) as f64 / processed as f64
+    }
 }
 
 fn percentiles(h: &Histogram<u64>) -> (Duration, Duration, Duration, Duration) {
@@ -225,7 +241,12 @@ fn percentiles(h: &Histogram<u64>) -> (Duration, Duration, Duration, Duration) {
         return Default::default();
     }
     let us = |q: f64| Duration::from_micros(h.value_at_quantile(q));
-    (Duration::from_nanos((h.mean() * 1_000.0) as u64), us(0.50), us(0.95), us(0.99))
+    (
+        Duration::from_nanos((h.mean() * 1_000.0) as u64),
+        us(0.50),
+        us(0.95),
+        us(0.99),
+    )
 }
 
 #[cfg(test)]
@@ -242,12 +263,26 @@ mod tests {
         r.timed_out(SessionLane::Execute);
         r.retried(SessionLane::Execute);
         let m = r.snapshot(1);
-        assert_eq!((m.total_processed, m.total_failed, m.total_timed_out, m.total_retried), (102, 1, 1, 1));
+        assert_eq!(
+            (
+                m.total_processed,
+                m.total_failed,
+                m.total_timed_out,
+                m.total_retried
+            ),
+            (102, 1, 1, 1)
+        );
         assert!((m.success_rate - 100.0 / 102.0).abs() < 1e-9);
         let q = &m.per_lane[&SessionLane::Query];
         assert_eq!(q.success_rate, 1.0);
-        assert!(q.p50_latency >= Duration::from_millis(49) && q.p50_latency <= Duration::from_millis(51));
-        assert!(q.p99_latency >= Duration::from_millis(98) && q.p99_latency <= Duration::from_millis(100));
+        assert!(
+            q.p50_latency >= Duration::from_millis(49)
+                && q.p50_latency <= Duration::from_millis(51)
+        );
+        assert!(
+            q.p99_latency >= Duration::from_millis(98)
+                && q.p99_latency <= Duration::from_millis(100)
+        );
         assert_eq!(m.per_lane[&SessionLane::Execute].success_rate, 0.0);
         assert_eq!(m.dlq_depth, 1);
         assert_eq!(MetricsRecorder::new().snapshot(0).success_rate, 0.0);

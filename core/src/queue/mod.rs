@@ -43,8 +43,12 @@ pub enum SessionLane {
 
 impl SessionLane {
     /// Every lane, highest priority first.
-    pub const ALL: [SessionLane; 4] =
-        [SessionLane::Control, SessionLane::Query, SessionLane::Execute, SessionLane::Generate];
+    pub const ALL: [SessionLane; 4] = [
+        SessionLane::Control,
+        SessionLane::Query,
+        SessionLane::Execute,
+        SessionLane::Generate,
+    ];
 
     /// The lane's priority: 0 (Control) to 3 (Generate); lower runs first.
     pub fn priority(self) -> u8 {
@@ -172,7 +176,10 @@ pub struct LaneHandlerConfig {
 
 impl Default for LaneHandlerConfig {
     fn default() -> Self {
-        Self { mode: TaskHandlerMode::Internal, timeout_ms: 60_000 }
+        Self {
+            mode: TaskHandlerMode::Internal,
+            timeout_ms: 60_000,
+        }
     }
 }
 
@@ -247,7 +254,12 @@ pub struct RetryPolicy {
 
 impl Default for RetryPolicy {
     fn default() -> Self {
-        Self { strategy: RetryStrategy::None, max_retries: 3, initial_delay_ms: 100, max_delay_ms: 10_000 }
+        Self {
+            strategy: RetryStrategy::None,
+            max_retries: 3,
+            initial_delay_ms: 100,
+            max_delay_ms: 10_000,
+        }
     }
 }
 
@@ -259,12 +271,22 @@ impl RetryPolicy {
 
     /// Up to `max_retries` retries, `delay_ms` apart.
     pub fn fixed(max_retries: u32, delay_ms: u64) -> Self {
-        Self { strategy: RetryStrategy::Fixed, max_retries, initial_delay_ms: delay_ms, ..Self::default() }
+        Self {
+            strategy: RetryStrategy::Fixed,
+            max_retries,
+            initial_delay_ms: delay_ms,
+            ..Self::default()
+        }
     }
 
     /// Up to `max_retries` retries, doubling from `initial_delay_ms`.
     pub fn exponential(max_retries: u32, initial_delay_ms: u64) -> Self {
-        Self { strategy: RetryStrategy::Exponential, max_retries, initial_delay_ms, ..Self::default() }
+        Self {
+            strategy: RetryStrategy::Exponential,
+            max_retries,
+            initial_delay_ms,
+            ..Self::default()
+        }
     }
 
     /// How many attempts a task gets in all.
@@ -374,10 +396,13 @@ impl SessionQueueConfig {
     /// The handler a lane starts with: its `lane_handlers` entry, else Internal with
     /// `default_timeout_ms`.
     pub fn lane_handler(&self, lane: SessionLane) -> LaneHandlerConfig {
-        self.lane_handlers.get(&lane).copied().unwrap_or(LaneHandlerConfig {
-            mode: TaskHandlerMode::Internal,
-            timeout_ms: self.default_timeout_ms,
-        })
+        self.lane_handlers
+            .get(&lane)
+            .copied()
+            .unwrap_or(LaneHandlerConfig {
+                mode: TaskHandlerMode::Internal,
+                timeout_ms: self.default_timeout_ms,
+            })
     }
 
     /// Checks every value. Sessions call it at creation.
@@ -389,26 +414,41 @@ impl SessionQueueConfig {
     pub fn validate(&self) -> Result<()> {
         for lane in SessionLane::ALL {
             if self.max_concurrency(lane) == 0 {
-                return Err(Error::invalid_config(format!("{lane}_max_concurrency must be greater than 0")));
+                return Err(Error::invalid_config(format!(
+                    "{lane}_max_concurrency must be greater than 0"
+                )));
             }
         }
         let positive = [
             ("max_pending", self.max_pending as u64),
             ("dlq_max_size", self.dlq_max_size as u64),
             ("default_timeout_ms", self.default_timeout_ms),
-            ("queue_depth_alert_threshold", self.queue_depth_alert_threshold as u64),
-            ("latency_alert_threshold_ms", self.latency_alert_threshold_ms),
+            (
+                "queue_depth_alert_threshold",
+                self.queue_depth_alert_threshold as u64,
+            ),
+            (
+                "latency_alert_threshold_ms",
+                self.latency_alert_threshold_ms,
+            ),
         ];
         if let Some((name, _)) = positive.iter().find(|(_, v)| *v == 0) {
-            return Err(Error::invalid_config(format!("{name} must be greater than 0")));
+            return Err(Error::invalid_config(format!(
+                "{name} must be greater than 0"
+            )));
         }
-        if self.retry_policy.strategy != RetryStrategy::None && self.retry_policy.max_delay_ms == 0 {
-            return Err(Error::invalid_config("retry_policy.max_delay_ms must be greater than 0"));
+        if self.retry_policy.strategy != RetryStrategy::None && self.retry_policy.max_delay_ms == 0
+        {
+            return Err(Error::invalid_config(
+                "retry_policy.max_delay_ms must be greater than 0",
+            ));
         }
         for (lane, handler) in &self.lane_handlers {
-            handler
-                .validate()
-                .map_err(|_| Error::invalid_config(format!("lane_handlers.{lane}.timeout_ms must be greater than 0")))?;
+            handler.validate().map_err(|_| {
+                Error::invalid_config(format!(
+                    "lane_handlers.{lane}.timeout_ms must be greater than 0"
+                ))
+            })?;
         }
         Ok(())
     }
@@ -422,25 +462,63 @@ mod tests {
     fn defaults_match_the_spec() {
         let cfg = SessionQueueConfig::default();
         assert_eq!(
-            [cfg.control_max_concurrency, cfg.query_max_concurrency, cfg.execute_max_concurrency, cfg.generate_max_concurrency],
+            [
+                cfg.control_max_concurrency,
+                cfg.query_max_concurrency,
+                cfg.execute_max_concurrency,
+                cfg.generate_max_concurrency
+            ],
             [2, 4, 2, 1]
         );
         assert_eq!(cfg.dlq_max_size, 1000);
-        assert_eq!(cfg.lane_handler(SessionLane::Query), LaneHandlerConfig::default());
+        assert_eq!(
+            cfg.lane_handler(SessionLane::Query),
+            LaneHandlerConfig::default()
+        );
         cfg.validate().unwrap();
     }
 
     #[test]
     fn zero_values_are_config_errors() {
         let cases: Vec<(SessionQueueConfig, &str)> = vec![
-            (SessionQueueConfig { query_max_concurrency: 0, ..Default::default() }, "query_max_concurrency"),
-            (SessionQueueConfig { dlq_max_size: 0, ..Default::default() }, "dlq_max_size"),
-            (SessionQueueConfig { default_timeout_ms: 0, ..Default::default() }, "default_timeout_ms"),
-            (SessionQueueConfig { max_pending: 0, ..Default::default() }, "max_pending"),
             (
                 SessionQueueConfig {
-                    lane_handlers: [(SessionLane::Execute, LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 0 })]
-                        .into(),
+                    query_max_concurrency: 0,
+                    ..Default::default()
+                },
+                "query_max_concurrency",
+            ),
+            (
+                SessionQueueConfig {
+                    dlq_max_size: 0,
+                    ..Default::default()
+                },
+                "dlq_max_size",
+            ),
+            (
+                SessionQueueConfig {
+                    default_timeout_ms: 0,
+                    ..Default::default()
+                },
+                "default_timeout_ms",
+            ),
+            (
+                SessionQueueConfig {
+                    max_pending: 0,
+                    ..Default::default()
+                },
+                "max_pending",
+            ),
+            (
+                SessionQueueConfig {
+                    lane_handlers: [(
+                        SessionLane::Execute,
+                        LaneHandlerConfig {
+                            mode: TaskHandlerMode::External,
+                            timeout_ms: 0,
+                        },
+                    )]
+                    .into(),
                     ..Default::default()
                 },
                 "lane_handlers.execute.timeout_ms",
@@ -456,19 +534,33 @@ mod tests {
     #[test]
     fn names_parse_case_insensitively_and_reject_unknowns() {
         assert_eq!("QUERY".parse::<SessionLane>().unwrap(), SessionLane::Query);
-        assert_eq!("hybrid".parse::<TaskHandlerMode>().unwrap(), TaskHandlerMode::Hybrid);
+        assert_eq!(
+            "hybrid".parse::<TaskHandlerMode>().unwrap(),
+            TaskHandlerMode::Hybrid
+        );
         assert!("fast".parse::<SessionLane>().is_err());
         assert!("remote".parse::<TaskHandlerMode>().is_err());
-        assert_eq!(serde_json::to_string(&SessionLane::Generate).unwrap(), "\"generate\"");
+        assert_eq!(
+            serde_json::to_string(&SessionLane::Generate).unwrap(),
+            "\"generate\""
+        );
     }
 
     #[test]
     fn retry_delays() {
-        let p = RetryPolicy { max_delay_ms: 250, ..RetryPolicy::exponential(5, 100) };
-        let delays: Vec<u128> = (1..=4).map(|r| p.delay_before_retry(r).as_millis()).collect();
+        let p = RetryPolicy {
+            max_delay_ms: 250,
+            ..RetryPolicy::exponential(5, 100)
+        };
+        let delays: Vec<u128> = (1..=4)
+            .map(|r| p.delay_before_retry(r).as_millis())
+            .collect();
         assert_eq!(delays, [100, 200, 250, 250]);
         assert_eq!(p.max_attempts(), 6);
         assert_eq!(RetryPolicy::none().max_attempts(), 1);
-        assert_eq!(RetryPolicy::fixed(2, 30).delay_before_retry(2).as_millis(), 30);
+        assert_eq!(
+            RetryPolicy::fixed(2, 30).delay_before_retry(2).as_millis(),
+            30
+        );
     }
 }

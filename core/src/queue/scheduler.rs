@@ -22,6 +22,7 @@ use std::collections::{BinaryHeap, HashMap, VecDeque};
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
 use std::sync::{Arc, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
@@ -41,6 +42,7 @@ use super::metrics::{LaneStats, MetricsRecorder, QueueMetrics, QueueStats};
 use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, TaskHandlerMode};
 use crate::error::{Error, Result};
 use crate::task::{ExternalTask, ExternalTaskResult, epoch_ms};
+use crate::tools::BUILTIN_TOOLS;
 
 /// Runs tasks of Internal and Hybrid lanes in this process.
 ///
@@ -76,7 +78,7 @@ const MAX_REMEMBERED: usize = 1 << 16;
 /// not cancel the task; call [`cancel`](Self::cancel) for that.
 #[derive(Debug)]
 pub struct TaskHandle {
-    task_id: String,
+    task_id: InlineId,
     rx: oneshot::Receiver<Result<ExternalTaskResult>>,
     scheduler: Weak<Scheduler>,
 }
@@ -84,7 +86,7 @@ pub struct TaskHandle {
 impl TaskHandle {
     /// The id of the task.
     pub fn task_id(&self) -> &str {
-        &self.task_id
+        self.task_id.as_str()
     }
 
     /// Waits for the outcome.
@@ -105,7 +107,10 @@ impl TaskHandle {
     /// [`Error::TaskAlreadyCompleted`] (or the error it ended with) when it already finished,
     /// [`Error::ShutDown`] when the session is gone.
     pub async fn cancel(&self) -> Result<()> {
-        self.scheduler.upgrade().ok_or(Error::ShutDown)?.cancel(&self.task_id)
+        self.scheduler
+            .upgrade()
+            .ok_or(Error::ShutDown)?
+            .cancel(self.task_id.as_str())
     }
 }
 
@@ -113,15 +118,69 @@ impl Future for TaskHandle {
     type Output = Result<ExternalTaskResult>;
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        Pin::new(&mut self.rx).poll(cx).map(|r| r.unwrap_or(Err(Error::ShutDown)))
+        Pin::new(&mut self.rx)
+            .poll(cx)
+            .map(|r| r.unwrap_or(Err(Error::ShutDown)))
     }
 }
 
-/// A task waiting for a lane slot.
+/// A command type: the built-in tool names need no allocation.
+#[derive(Clone)]
+enum Command {
+    Builtin(&'static str),
+    Custom(Box<str>),
+}
+
+impl Command {
+    fn new(name: &str) -> Self {
+        match BUILTIN_TOOLS.iter().find(|b| **b == name) {
+            Some(b) => Command::Builtin(b),
+            None => Command::Custom(name.into()),
+        }
+    }
+
+    fn as_str(&self) -> &str {
+        match self {
+            Command::Builtin(s) => s,
+            Command::Custom(s) => s,
+        }
+    }
+}
+
+/// A task id formatted in place (`{tag:08x}-{seq:x}`, at most 25 bytes): no allocation per handle.
+#[derive(Clone, Copy)]
+struct InlineId {
+    len: u8,
+    buf: [u8; 25],
+}
+
+impl InlineId {
+    fn new(tag: u32, seq: u64) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 25];
+        let mut w = &mut buf[..];
+        write!(w, "{tag:08x}-{seq:x}").expect("25 bytes hold any tag and seq");
+        let len = (25 - w.len()) as u8;
+        Self { len, buf }
+    }
+
+    fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Debug for InlineId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.as_str().fmt(f)
+    }
+}
+
+/// A task waiting for a lane slot. Its payload is kept as compact JSON text while it waits
+/// (a deep backlog costs tens of bytes per payload instead of hundreds).
 struct Queued {
     seq: u64,
-    command_type: String,
-    payload: Value,
+    command: Command,
+    payload: Box<str>,
     reply: Option<Reply>,
     submitted_at: Instant,
 }
@@ -144,7 +203,7 @@ enum Phase {
 struct Entry {
     lane: SessionLane,
     mode: TaskHandlerMode,
-    command_type: String,
+    command: Command,
     payload: Value,
     reply: Option<Reply>,
     submitted_at: Instant,
@@ -178,7 +237,9 @@ struct Remembered {
 
 impl Remembered {
     fn new() -> Self {
-        Self { slots: vec![(u64::MAX, Outcome::Failed); 256] }
+        Self {
+            slots: vec![(u64::MAX, Outcome::Failed); 256],
+        }
     }
 
     fn insert(&mut self, seq: u64, outcome: Outcome) {
@@ -229,17 +290,23 @@ struct State {
     dlq: Option<DeadLetterQueue>,
     metrics: Option<MetricsRecorder>,
     events: Option<broadcast::Sender<QueueEvent>>,
+    /// Live [`EventStream`]s; events are only built when there is one.
+    subscribers: Arc<AtomicUsize>,
     handlers: HashMap<String, Arc<dyn TaskHandler>>,
     closed: bool,
 }
 
 impl State {
     fn emit(&self, event: impl FnOnce() -> QueueEvent) {
-        if let Some(tx) = &self.events {
-            if tx.receiver_count() > 0 {
-                let _ = tx.send(event());
-            }
+        if self.has_subscribers()
+            && let Some(tx) = &self.events
+        {
+            let _ = tx.send(event());
         }
+    }
+
+    fn has_subscribers(&self) -> bool {
+        self.subscribers.load(AtomicOrdering::Relaxed) > 0
     }
 }
 
@@ -255,6 +322,8 @@ pub(crate) struct Scheduler {
     claimable: Notify,
     /// Wakes the timer task when an earlier timer is armed, or the scheduler closes.
     timer_notify: Arc<Notify>,
+    /// A monotonic instant and the wall clock at that instant: `created_at` without a clock read.
+    base: (Instant, u64),
 }
 
 impl Drop for Scheduler {
@@ -266,7 +335,11 @@ impl Drop for Scheduler {
 impl Scheduler {
     /// A scheduler for `config` (already validated), running internal tasks it has no
     /// registered handler for with `default_handler`.
-    pub(crate) fn new(session_id: String, config: SessionQueueConfig, default_handler: Arc<dyn TaskHandler>) -> Arc<Self> {
+    pub(crate) fn new(
+        session_id: String,
+        config: SessionQueueConfig,
+        default_handler: Arc<dyn TaskHandler>,
+    ) -> Arc<Self> {
         let lanes = SessionLane::ALL.map(|lane| LaneState {
             handler: config.lane_handler(lane),
             max_concurrency: config.max_concurrency(lane),
@@ -286,9 +359,12 @@ impl Scheduler {
             timer_wake: None,
             timer_task_started: false,
             remembered: Remembered::new(),
-            dlq: config.enable_dlq.then(|| DeadLetterQueue::new(config.dlq_max_size)),
+            dlq: config
+                .enable_dlq
+                .then(|| DeadLetterQueue::new(config.dlq_max_size)),
             metrics: config.enable_metrics.then(MetricsRecorder::new),
             events: Some(broadcast::channel(EVENT_BUFFER).0),
+            subscribers: Arc::new(AtomicUsize::new(0)),
             handlers: HashMap::new(),
             closed: false,
         };
@@ -300,6 +376,7 @@ impl Scheduler {
             state: Mutex::new(state),
             claimable: Notify::new(),
             timer_notify: Arc::new(Notify::new()),
+            base: (Instant::now(), epoch_ms()),
         })
     }
 
@@ -317,7 +394,9 @@ impl Scheduler {
 
     /// The sequence number of one of our task ids, or `TaskNotFound`.
     fn seq_of(&self, task_id: &str) -> Result<u64> {
-        let not_found = || Error::TaskNotFound { task_id: task_id.to_owned() };
+        let not_found = || Error::TaskNotFound {
+            task_id: task_id.to_owned(),
+        };
         let (tag, seq) = task_id.split_once('-').ok_or_else(not_found)?;
         if tag.len() != 8 || u32::from_str_radix(tag, 16).ok() != Some(self.tag) {
             return Err(not_found());
@@ -327,7 +406,11 @@ impl Scheduler {
 
     // ----- configuration -------------------------------------------------------------------
 
-    pub(crate) fn set_lane_handler(self: &Arc<Self>, lane: SessionLane, handler: LaneHandlerConfig) -> Result<()> {
+    pub(crate) fn set_lane_handler(
+        self: &Arc<Self>,
+        lane: SessionLane,
+        handler: LaneHandlerConfig,
+    ) -> Result<()> {
         handler.validate()?;
         let mut st = self.state.lock();
         if st.closed {
@@ -348,16 +431,21 @@ impl Scheduler {
     pub(crate) fn subscribe(&self) -> EventStream {
         let st = self.state.lock();
         match &st.events {
-            Some(tx) => EventStream::new(tx.subscribe()),
+            Some(tx) => EventStream::new(tx.subscribe(), st.subscribers.clone()),
             // Closed: a stream that ends at once.
-            None => EventStream::new(broadcast::channel(1).1),
+            None => EventStream::new(broadcast::channel(1).1, Arc::new(AtomicUsize::new(1))),
         }
     }
 
     // ----- submit and dispatch -------------------------------------------------------------
 
     /// Queues a task. Must run inside a tokio runtime (internal handlers and timers are spawned).
-    pub(crate) fn submit(self: &Arc<Self>, lane: SessionLane, command_type: String, payload: Value) -> Result<TaskHandle> {
+    pub(crate) fn submit(
+        self: &Arc<Self>,
+        lane: SessionLane,
+        command_type: &str,
+        payload: Value,
+    ) -> Result<TaskHandle> {
         if !payload.is_object() {
             return Err(Error::invalid_payload(format!(
                 "the payload of a {command_type:?} task must be a JSON object, not {}",
@@ -373,62 +461,127 @@ impl Scheduler {
             st.timer_task_started = true;
             self.start_timer_task();
         }
-        let l = &mut st.lanes[lane.index()];
-        if l.backlog.len() >= self.config.max_pending {
-            return Err(Error::QueueFull { lane, max_pending: self.config.max_pending });
+        let l = &st.lanes[lane.index()];
+        let direct = l.backlog.is_empty() && l.active < l.max_concurrency;
+        if !direct && l.backlog.len() >= self.config.max_pending {
+            return Err(Error::QueueFull {
+                lane,
+                max_pending: self.config.max_pending,
+            });
         }
         let seq = st.next_seq;
         st.next_seq += 1;
-        let task_id = self.task_id(seq);
-        st.emit(|| QueueEvent::Submitted { task_id: task_id.clone(), lane, command_type: command_type.clone() });
-        let l = &mut st.lanes[lane.index()];
-        l.backlog.push_back(Queued { seq, command_type, payload, reply: Some(tx), submitted_at: Instant::now() });
-        let depth = l.backlog.len();
-        if self.config.enable_alerts && depth >= self.config.queue_depth_alert_threshold && !l.depth_alerted {
-            l.depth_alerted = true;
-            let threshold = self.config.queue_depth_alert_threshold as u64;
-            st.emit(|| QueueEvent::Alert { kind: AlertKind::QueueDepth, lane, value: depth as u64, threshold });
+        let task_id = InlineId::new(self.tag, seq);
+        st.emit(|| QueueEvent::Submitted {
+            task_id: task_id.as_str().to_owned(),
+            lane,
+            command_type: command_type.to_owned(),
+        });
+        let command = Command::new(command_type);
+        let now = Instant::now();
+        if direct {
+            self.dispatch(&mut st, lane, seq, command, payload, Some(tx), now, now);
+        } else {
+            let compact = serde_json::to_string(&payload)
+                .expect("a Value always serializes")
+                .into_boxed_str();
+            let l = &mut st.lanes[lane.index()];
+            l.backlog.push_back(Queued {
+                seq,
+                command,
+                payload: compact,
+                reply: Some(tx),
+                submitted_at: now,
+            });
+            let depth = l.backlog.len();
+            if self.config.enable_alerts
+                && depth >= self.config.queue_depth_alert_threshold
+                && !l.depth_alerted
+            {
+                l.depth_alerted = true;
+                let threshold = self.config.queue_depth_alert_threshold as u64;
+                st.emit(|| QueueEvent::Alert {
+                    kind: AlertKind::QueueDepth,
+                    lane,
+                    value: depth as u64,
+                    threshold,
+                });
+            }
         }
-        self.fill_slots(&mut st, lane);
-        Ok(TaskHandle { task_id, rx, scheduler: Arc::downgrade(self) })
+        Ok(TaskHandle {
+            task_id,
+            rx,
+            scheduler: Arc::downgrade(self),
+        })
     }
 
     /// Dispatches backlog tasks of `lane` into its free slots.
     fn fill_slots(self: &Arc<Self>, st: &mut State, lane: SessionLane) {
+        let mut now = None;
         loop {
             let l = &mut st.lanes[lane.index()];
             if l.active >= l.max_concurrency {
                 break;
             }
-            let Some(q) = l.backlog.pop_front() else { break };
-            l.active += 1;
-            let handler = l.handler;
-            if handler.mode == TaskHandlerMode::External {
-                l.external += 1;
-            }
+            let Some(q) = l.backlog.pop_front() else {
+                break;
+            };
             if l.depth_alerted && l.backlog.len() < self.config.queue_depth_alert_threshold / 2 {
                 l.depth_alerted = false;
             }
-            let deadline = Instant::now() + Duration::from_millis(handler.timeout_ms);
-            st.live.insert(
+            let payload = serde_json::from_str(&q.payload)
+                .expect("the backlog holds JSON it serialized itself");
+            let now = *now.get_or_insert_with(Instant::now);
+            self.dispatch(
+                st,
+                lane,
                 q.seq,
-                Entry {
-                    lane,
-                    mode: handler.mode,
-                    command_type: q.command_type,
-                    payload: q.payload,
-                    reply: q.reply,
-                    submitted_at: q.submitted_at,
-                    created_at: epoch_ms(),
-                    timeout_ms: handler.timeout_ms,
-                    deadline,
-                    attempt: 1,
-                    phase: Phase::Idle,
-                },
+                q.command,
+                payload,
+                q.reply,
+                q.submitted_at,
+                now,
             );
-            self.arm_timer(st, deadline, q.seq, TimerKind::Deadline);
-            self.start_attempt(st, q.seq);
         }
+    }
+
+    /// Gives a task a slot of `lane`: arms its deadline and starts its first attempt.
+    #[allow(clippy::too_many_arguments)]
+    fn dispatch(
+        self: &Arc<Self>,
+        st: &mut State,
+        lane: SessionLane,
+        seq: u64,
+        command: Command,
+        payload: Value,
+        reply: Option<Reply>,
+        submitted_at: Instant,
+        now: Instant,
+    ) {
+        let l = &mut st.lanes[lane.index()];
+        l.active += 1;
+        let handler = l.handler;
+        if handler.mode == TaskHandlerMode::External {
+            l.external += 1;
+        }
+        let deadline = now + Duration::from_millis(handler.timeout_ms);
+        let created_at = self.base.1 + now.duration_since(self.base.0).as_millis() as u64;
+        let entry = Entry {
+            lane,
+            mode: handler.mode,
+            command,
+            payload,
+            reply,
+            submitted_at,
+            created_at,
+            timeout_ms: handler.timeout_ms,
+            deadline,
+            attempt: 1,
+            phase: Phase::Idle,
+        };
+        st.live.insert(seq, entry);
+        self.arm_timer(st, deadline, seq, TimerKind::Deadline);
+        self.start_attempt(st, seq);
     }
 
     /// Starts the current attempt of a live task according to its mode.
@@ -438,7 +591,7 @@ impl Scheduler {
         st.emit(|| QueueEvent::Started {
             task_id: self.task_id(seq),
             lane,
-            command_type: e.command_type.clone(),
+            command_type: e.command.as_str().to_owned(),
             mode,
             attempt,
         });
@@ -449,7 +602,11 @@ impl Scheduler {
             return;
         }
         let task = self.external_task(seq, e);
-        let handler = st.handlers.get(&task.command_type).cloned().unwrap_or_else(|| self.default_handler.clone());
+        let handler = st
+            .handlers
+            .get(e.command.as_str())
+            .cloned()
+            .unwrap_or_else(|| self.default_handler.clone());
         let me = Arc::clone(self);
         let join = tokio::spawn(async move {
             let outcome = AssertUnwindSafe(handler.handle(task)).catch_unwind().await;
@@ -463,7 +620,7 @@ impl Scheduler {
             self.task_id(seq),
             self.session_id.clone(),
             e.lane,
-            e.command_type.clone(),
+            e.command.as_str().to_owned(),
             e.payload.clone(),
             e.timeout_ms,
             e.created_at,
@@ -472,7 +629,12 @@ impl Scheduler {
         )
     }
 
-    fn internal_attempt_done(self: &Arc<Self>, seq: u64, attempt: u32, outcome: std::result::Result<ExternalTaskResult, String>) {
+    fn internal_attempt_done(
+        self: &Arc<Self>,
+        seq: u64,
+        attempt: u32,
+        outcome: std::result::Result<ExternalTaskResult, String>,
+    ) {
         let mut st = self.state.lock();
         match st.live.get(&seq) {
             Some(e) if e.attempt == attempt && matches!(e.phase, Phase::Running(_)) => {}
@@ -492,7 +654,7 @@ impl Scheduler {
         if max == 0 {
             return Ok(Vec::new());
         }
-        let until = Instant::now() + wait;
+        let mut until = None;
         let mut yielded = false;
         loop {
             let notified = self.claimable.notified();
@@ -504,7 +666,11 @@ impl Scheduler {
                     return Err(Error::ShutDown);
                 }
                 let tasks = self.take_claimable(&mut st, max);
-                if !tasks.is_empty() || wait.is_zero() || Instant::now() >= until {
+                if !tasks.is_empty() || wait.is_zero() {
+                    return Ok(tasks);
+                }
+                let now = Instant::now();
+                if now >= *until.get_or_insert(now + wait) {
                     return Ok(tasks);
                 }
             }
@@ -519,7 +685,7 @@ impl Scheduler {
             }
             tokio::select! {
                 _ = notified => {}
-                _ = tokio::time::sleep_until(until) => {}
+                _ = tokio::time::sleep_until(until.expect("set before waiting")) => {}
             }
         }
     }
@@ -528,8 +694,12 @@ impl Scheduler {
         let mut out = Vec::new();
         for lane in SessionLane::ALL {
             while out.len() < max {
-                let Some(seq) = st.lanes[lane.index()].claimable.pop_front() else { break };
-                let Some(e) = st.live.get_mut(&seq) else { continue };
+                let Some(seq) = st.lanes[lane.index()].claimable.pop_front() else {
+                    break;
+                };
+                let Some(e) = st.live.get_mut(&seq) else {
+                    continue;
+                };
                 if !matches!(e.phase, Phase::Claimable) {
                     continue;
                 }
@@ -547,13 +717,20 @@ impl Scheduler {
     }
 
     /// Applies a worker's result: the first result of a live task wins.
-    pub(crate) fn complete(self: &Arc<Self>, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+    pub(crate) fn complete(
+        self: &Arc<Self>,
+        task_id: &str,
+        result: ExternalTaskResult,
+    ) -> Result<()> {
         let seq = self.seq_of(task_id)?;
         let mut st = self.state.lock();
         self.complete_locked(&mut st, seq, task_id, result)
     }
 
-    pub(crate) fn complete_many(self: &Arc<Self>, results: Vec<(String, ExternalTaskResult)>) -> Vec<Result<()>> {
+    pub(crate) fn complete_many(
+        self: &Arc<Self>,
+        results: Vec<(String, ExternalTaskResult)>,
+    ) -> Vec<Result<()>> {
         let mut st = self.state.lock();
         results
             .into_iter()
@@ -564,7 +741,13 @@ impl Scheduler {
             .collect()
     }
 
-    fn complete_locked(self: &Arc<Self>, st: &mut State, seq: u64, task_id: &str, result: ExternalTaskResult) -> Result<()> {
+    fn complete_locked(
+        self: &Arc<Self>,
+        st: &mut State,
+        seq: u64,
+        task_id: &str,
+        result: ExternalTaskResult,
+    ) -> Result<()> {
         match st.live.get(&seq) {
             Some(e) if e.mode == TaskHandlerMode::External => {
                 self.finish(st, seq, Ok(result));
@@ -580,7 +763,10 @@ impl Scheduler {
         let seq = self.seq_of(task_id)?;
         let mut st = self.state.lock();
         match st.live.get(&seq) {
-            Some(e) if e.mode == TaskHandlerMode::External && matches!(e.phase, Phase::Claimed | Phase::Claimable) => {
+            Some(e)
+                if e.mode == TaskHandlerMode::External
+                    && matches!(e.phase, Phase::Claimed | Phase::Claimable) =>
+            {
                 self.attempt_lost(&mut st, seq, reason.to_owned());
                 Ok(())
             }
@@ -593,7 +779,10 @@ impl Scheduler {
         let task_id = task_id.to_owned();
         match st.remembered.get(seq) {
             Some(Outcome::Completed | Outcome::Failed) => Error::TaskAlreadyCompleted { task_id },
-            Some(Outcome::TimedOut(timeout_ms)) => Error::TaskTimedOut { task_id, timeout_ms },
+            Some(Outcome::TimedOut(timeout_ms)) => Error::TaskTimedOut {
+                task_id,
+                timeout_ms,
+            },
             Some(Outcome::Cancelled) => Error::TaskCancelled { task_id },
             None => Error::TaskNotFound { task_id },
         }
@@ -613,7 +802,10 @@ impl Scheduler {
     /// An attempt ended without a result: retry with backoff, or fail the task.
     fn attempt_lost(self: &Arc<Self>, st: &mut State, seq: u64, reason: String) {
         let policy = self.config.retry_policy;
-        let e = st.live.get_mut(&seq).expect("caller checked the task is live");
+        let e = st
+            .live
+            .get_mut(&seq)
+            .expect("caller checked the task is live");
         if let Phase::Claimed = std::mem::replace(&mut e.phase, Phase::Idle) {
             st.lanes[e.lane.index()].claimed -= 1;
         }
@@ -621,7 +813,15 @@ impl Scheduler {
         if e.attempt >= policy.max_attempts() || now >= e.deadline {
             let task_id = self.task_id(seq);
             let attempts = e.attempt;
-            return self.finish(st, seq, Err(Error::RetriesExhausted { task_id, attempts, reason }));
+            return self.finish(
+                st,
+                seq,
+                Err(Error::RetriesExhausted {
+                    task_id,
+                    attempts,
+                    reason,
+                }),
+            );
         }
         let delay = policy.delay_before_retry(e.attempt);
         e.attempt += 1;
@@ -647,7 +847,9 @@ impl Scheduler {
 
     /// Ends a live task: replies to the submitter, frees its slot, records the outcome.
     fn finish(self: &Arc<Self>, st: &mut State, seq: u64, outcome: Result<ExternalTaskResult>) {
-        let Some(mut e) = st.live.remove(&seq) else { return };
+        let Some(mut e) = st.live.remove(&seq) else {
+            return;
+        };
         let lane = e.lane;
         {
             let l = &mut st.lanes[lane.index()];
@@ -664,8 +866,14 @@ impl Scheduler {
         let task_id = || self.task_id(seq);
         let remembered = match &outcome {
             Ok(result) => {
-                let latency = e.submitted_at.elapsed();
                 let success = result.success;
+                let measured =
+                    st.metrics.is_some() || self.config.enable_alerts || st.has_subscribers();
+                let latency = if measured {
+                    e.submitted_at.elapsed()
+                } else {
+                    Duration::ZERO
+                };
                 if let Some(m) = &mut st.metrics {
                     m.completed(lane, success, latency);
                 }
@@ -674,13 +882,13 @@ impl Scheduler {
                     true => QueueEvent::Completed {
                         task_id: task_id(),
                         lane,
-                        command_type: e.command_type.clone(),
+                        command_type: e.command.as_str().to_owned(),
                         latency_ms: latency.as_millis() as u64,
                     },
                     false => QueueEvent::Failed {
                         task_id: task_id(),
                         lane,
-                        command_type: e.command_type.clone(),
+                        command_type: e.command.as_str().to_owned(),
                         code: "ToolFailed".to_owned(),
                         error: result.error.clone().unwrap_or_default(),
                     },
@@ -703,27 +911,31 @@ impl Scheduler {
                 st.emit(|| QueueEvent::Failed {
                     task_id: task_id(),
                     lane,
-                    command_type: e.command_type.clone(),
+                    command_type: e.command.as_str().to_owned(),
                     code: err.code().to_owned(),
                     error: err.to_string(),
                 });
-                let dead = !matches!(remembered, Outcome::Cancelled) && !matches!(err, Error::ShutDown);
-                if dead && st.dlq.is_some() {
-                    let letter = DeadLetter {
+                let dead =
+                    !matches!(remembered, Outcome::Cancelled) && !matches!(err, Error::ShutDown);
+                if dead && let Some(dlq) = st.dlq.as_mut() {
+                    dlq.push(DeadLetter {
                         task_id: task_id(),
                         lane,
-                        command_type: std::mem::take(&mut e.command_type),
+                        command_type: e.command.as_str().to_owned(),
                         payload: std::mem::take(&mut e.payload),
                         error_code: err.code().to_owned(),
                         error: err.to_string(),
                         attempts: e.attempt,
                         dead_lettered_at: epoch_ms(),
-                    };
-                    st.dlq.as_mut().expect("checked").push(letter);
+                    });
                     if let Some(m) = &mut st.metrics {
                         m.dead_lettered(lane);
                     }
-                    st.emit(|| QueueEvent::DeadLettered { task_id: task_id(), lane, reason: err.to_string() });
+                    st.emit(|| QueueEvent::DeadLettered {
+                        task_id: task_id(),
+                        lane,
+                        reason: err.to_string(),
+                    });
                 }
                 remembered
             }
@@ -747,7 +959,12 @@ impl Scheduler {
         if over && !l.latency_alerted {
             l.latency_alerted = true;
             let value = latency.as_millis() as u64;
-            st.emit(|| QueueEvent::Alert { kind: AlertKind::Latency, lane, value, threshold });
+            st.emit(|| QueueEvent::Alert {
+                kind: AlertKind::Latency,
+                lane,
+                value,
+                threshold,
+            });
         } else if !over {
             l.latency_alerted = false;
         }
@@ -757,7 +974,11 @@ impl Scheduler {
     pub(crate) fn cancel(self: &Arc<Self>, task_id: &str) -> Result<()> {
         let seq = self.seq_of(task_id)?;
         let mut st = self.state.lock();
-        let cancelled = || Err(Error::TaskCancelled { task_id: task_id.to_owned() });
+        let cancelled = || {
+            Err(Error::TaskCancelled {
+                task_id: task_id.to_owned(),
+            })
+        };
         if st.live.contains_key(&seq) {
             self.finish(&mut st, seq, cancelled());
             return Ok(());
@@ -773,7 +994,7 @@ impl Scheduler {
                 st.emit(|| QueueEvent::Failed {
                     task_id: task_id.to_owned(),
                     lane,
-                    command_type: q.command_type.clone(),
+                    command_type: q.command.as_str().to_owned(),
                     code: "TaskCancelled".into(),
                     error: format!("task {task_id} was cancelled"),
                 });
@@ -798,7 +1019,8 @@ impl Scheduler {
         // they outnumber the live tasks.
         if st.timers.len() > 2 * st.live.len() + 1024 {
             let live = &st.live;
-            st.timers.retain(|Reverse((_, seq, _))| live.contains_key(seq));
+            st.timers
+                .retain(|Reverse((_, seq, _))| live.contains_key(seq));
         }
     }
 
@@ -836,10 +1058,15 @@ impl Scheduler {
             let Some(e) = st.live.get(&seq) else { continue };
             match kind {
                 TimerKind::Deadline if e.deadline == at => {
-                    let err = Error::TaskTimedOut { task_id: self.task_id(seq), timeout_ms: e.timeout_ms };
+                    let err = Error::TaskTimedOut {
+                        task_id: self.task_id(seq),
+                        timeout_ms: e.timeout_ms,
+                    };
                     self.finish(&mut st, seq, Err(err));
                 }
-                TimerKind::Retry if matches!(e.phase, Phase::Backoff(t) if t == at) => self.start_attempt(&mut st, seq),
+                TimerKind::Retry if matches!(e.phase, Phase::Backoff(t) if t == at) => {
+                    self.start_attempt(&mut st, seq)
+                }
                 _ => {}
             }
         }
@@ -864,7 +1091,10 @@ impl Scheduler {
                 max_concurrency: l.max_concurrency,
                 mode: l.handler.mode,
                 timeout_ms: l.handler.timeout_ms,
-                oldest_pending_ms: l.backlog.front().map_or(0, |q| now.duration_since(q.submitted_at).as_millis() as u64),
+                oldest_pending_ms: l
+                    .backlog
+                    .front()
+                    .map_or(0, |q| now.duration_since(q.submitted_at).as_millis() as u64),
             };
             stats.pending_count += ls.pending_count;
             stats.active_count += ls.active_count;
@@ -881,11 +1111,21 @@ impl Scheduler {
     }
 
     pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
-        self.state.lock().dlq.as_ref().map(DeadLetterQueue::snapshot).unwrap_or_default()
+        self.state
+            .lock()
+            .dlq
+            .as_ref()
+            .map(DeadLetterQueue::snapshot)
+            .unwrap_or_default()
     }
 
     pub(crate) fn drain_dead_letters(&self) -> Vec<DeadLetter> {
-        self.state.lock().dlq.as_mut().map(DeadLetterQueue::drain).unwrap_or_default()
+        self.state
+            .lock()
+            .dlq
+            .as_mut()
+            .map(DeadLetterQueue::drain)
+            .unwrap_or_default()
     }
 
     pub(crate) fn is_closed(&self) -> bool {

@@ -36,10 +36,15 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
     let command = args.string("command")?;
     let timeout_ms = args.opt_count("timeout_ms", 1)?;
     if command.contains('\0') {
-        return Err(Error::invalid_payload("bash: `command` must not contain a NUL byte"));
+        return Err(Error::invalid_payload(
+            "bash: `command` must not contain a NUL byte",
+        ));
     }
     if !ws.allows_bash() {
-        return Err(tool_error(args.tool, "bash is disabled on this worker (start it with --allow-bash)"));
+        return Err(tool_error(
+            args.tool,
+            "bash is disabled on this worker (start it with --allow-bash)",
+        ));
     }
     let now = Instant::now();
     let own = timeout_ms.and_then(|ms| now.checked_add(Duration::from_millis(ms)));
@@ -61,7 +66,9 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
         .kill_on_drop(true);
     #[cfg(unix)]
     cmd.process_group(0);
-    let mut child = cmd.spawn().map_err(|e| tool_error(args.tool, format!("cannot start sh: {e}")))?;
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| tool_error(args.tool, format!("cannot start sh: {e}")))?;
     // From here on, dropping this future kills the whole group.
     let group = GroupKill::new(child.id());
 
@@ -79,7 +86,11 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
             group.kill();
         };
         let work = async {
-            tokio::join!(wait, pump(stdout, "stdout", &mut out, sink), pump(stderr, "stderr", &mut err, sink));
+            tokio::join!(
+                wait,
+                pump(stdout, "stdout", &mut out, sink),
+                pump(stderr, "stderr", &mut err, sink)
+            );
         };
         match deadline {
             Some(d) => tokio::time::timeout_at(d, work).await.is_ok(),
@@ -96,8 +107,18 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
     group.disarm();
     // A child still running was just killed; `kill_on_drop` lets tokio reap it.
     drop(child);
-    let exit_code = if timed_out { None } else { status.and_then(|s| s.code()) };
-    Ok(outcome(&out.buf, &err.buf, exit_code, timed_out, out.truncated || err.truncated))
+    let exit_code = if timed_out {
+        None
+    } else {
+        status.and_then(|s| s.code())
+    };
+    Ok(outcome(
+        &out.buf,
+        &err.buf,
+        exit_code,
+        timed_out,
+        out.truncated || err.truncated,
+    ))
 }
 
 /// Why a `bash` result counts as a failure (`None` for exit code 0).
@@ -112,7 +133,13 @@ pub(super) fn failure(result: &Value) -> Option<String> {
     }
 }
 
-fn outcome(stdout: &[u8], stderr: &[u8], exit_code: Option<i32>, timed_out: bool, truncated: bool) -> Value {
+fn outcome(
+    stdout: &[u8],
+    stderr: &[u8],
+    exit_code: Option<i32>,
+    timed_out: bool,
+    truncated: bool,
+) -> Value {
     json!({
         "stdout": String::from_utf8_lossy(stdout),
         "stderr": String::from_utf8_lossy(stderr),
@@ -123,7 +150,12 @@ fn outcome(stdout: &[u8], stderr: &[u8], exit_code: Option<i32>, timed_out: bool
 }
 
 /// Reads `reader` to the end, keeping up to the cap and streaming the kept part to `sink`.
-async fn pump<R: AsyncRead + Unpin>(reader: Option<R>, stream: &str, capture: &mut Capture, sink: Option<&OutputSink>) {
+async fn pump<R: AsyncRead + Unpin>(
+    reader: Option<R>,
+    stream: &str,
+    capture: &mut Capture,
+    sink: Option<&OutputSink>,
+) {
     let Some(mut reader) = reader else { return };
     let mut buf = vec![0u8; CHUNK_BYTES];
     let mut pending: Vec<u8> = Vec::new();
@@ -191,7 +223,11 @@ struct Capture {
 
 impl Capture {
     fn new(cap: usize) -> Self {
-        Self { buf: Vec::new(), cap, truncated: false }
+        Self {
+            buf: Vec::new(),
+            cap,
+            truncated: false,
+        }
     }
 
     /// Keeps what fits of `data` and returns that part.
@@ -213,7 +249,9 @@ struct GroupKill {
 
 impl GroupKill {
     fn new(pid: Option<u32>) -> Self {
-        Self { pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0) }
+        Self {
+            pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0),
+        }
     }
 
     fn kill(&self) {
@@ -257,7 +295,15 @@ mod tests {
     use super::*;
 
     async fn call(ws: &Workspace, v: Value, ctx: &ToolContext) -> Result<Value> {
-        run(&Args { tool: "bash", map: v.as_object().unwrap() }, ws, ctx).await
+        run(
+            &Args {
+                tool: "bash",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+            ctx,
+        )
+        .await
     }
 
     fn ws() -> (tempfile::TempDir, Workspace) {
@@ -270,16 +316,27 @@ mod tests {
     async fn exit_codes_and_streams() {
         let (_d, ws) = ws();
         let ctx = ToolContext::new();
-        let out = call(&ws, json!({"command": "echo out; echo err >&2; exit 3"}), &ctx).await.unwrap();
+        let out = call(
+            &ws,
+            json!({"command": "echo out; echo err >&2; exit 3"}),
+            &ctx,
+        )
+        .await
+        .unwrap();
         assert_eq!(
             out,
             json!({"stdout": "out\n", "stderr": "err\n", "exit_code": 3, "timed_out": false, "truncated": false})
         );
         assert_eq!(failure(&out).unwrap(), "command exited with code 3");
         let out = call(&ws, json!({"command": "pwd"}), &ctx).await.unwrap();
-        assert_eq!(out["stdout"].as_str().unwrap().trim_end(), ws.root().to_str().unwrap());
+        assert_eq!(
+            out["stdout"].as_str().unwrap().trim_end(),
+            ws.root().to_str().unwrap()
+        );
         assert_eq!(failure(&out), None);
-        let out = call(&ws, json!({"command": "kill -9 $$"}), &ctx).await.unwrap();
+        let out = call(&ws, json!({"command": "kill -9 $$"}), &ctx)
+            .await
+            .unwrap();
         assert_eq!(out["exit_code"], Value::Null);
         assert_eq!(out["timed_out"], false);
         assert!(failure(&out).unwrap().contains("signal"));
@@ -289,10 +346,13 @@ mod tests {
     async fn output_is_capped_but_drained() {
         let (_d, ws) = ws();
         let ws = ws.with_max_output_bytes(10);
-        let out =
-            call(&ws, json!({"command": "head -c 300000 /dev/zero | tr '\\0' a; echo done >&2"}), &ToolContext::new())
-                .await
-                .unwrap();
+        let out = call(
+            &ws,
+            json!({"command": "head -c 300000 /dev/zero | tr '\\0' a; echo done >&2"}),
+            &ToolContext::new(),
+        )
+        .await
+        .unwrap();
         assert_eq!(out["stdout"], "a".repeat(10));
         assert_eq!(out["stderr"], "done\n");
         assert_eq!(out["truncated"], true);
@@ -307,10 +367,24 @@ mod tests {
         let ctx = ToolContext::new().with_output(Arc::new(move |s: &str, c: &str| {
             seen2.lock().unwrap().push((s.to_string(), c.to_string()));
         }));
-        call(&ws, json!({"command": "printf 'h\\303\\251'; printf x >&2"}), &ctx).await.unwrap();
+        call(
+            &ws,
+            json!({"command": "printf 'h\\303\\251'; printf x >&2"}),
+            &ctx,
+        )
+        .await
+        .unwrap();
         let seen = seen.lock().unwrap();
-        let stdout: String = seen.iter().filter(|(s, _)| s == "stdout").map(|(_, c)| c.as_str()).collect();
-        let stderr: String = seen.iter().filter(|(s, _)| s == "stderr").map(|(_, c)| c.as_str()).collect();
+        let stdout: String = seen
+            .iter()
+            .filter(|(s, _)| s == "stdout")
+            .map(|(_, c)| c.as_str())
+            .collect();
+        let stderr: String = seen
+            .iter()
+            .filter(|(s, _)| s == "stderr")
+            .map(|(_, c)| c.as_str())
+            .collect();
         assert_eq!((stdout.as_str(), stderr.as_str()), ("hé", "x"));
     }
 
@@ -318,7 +392,9 @@ mod tests {
     async fn past_deadline_does_not_run() {
         let (d, ws) = ws();
         let ctx = ToolContext::new().with_deadline(Instant::now());
-        let out = call(&ws, json!({"command": "touch ran"}), &ctx).await.unwrap();
+        let out = call(&ws, json!({"command": "touch ran"}), &ctx)
+            .await
+            .unwrap();
         assert_eq!(out["timed_out"], true);
         assert_eq!(out["exit_code"], Value::Null);
         assert!(!d.path().join("ran").exists());
@@ -331,12 +407,25 @@ mod tests {
         let ctx = ToolContext::new();
         let err = call(&ws, json!({"command": "true"}), &ctx);
         assert!(err.await.is_ok());
-        assert_eq!(call(&ws, json!({}), &ctx).await.unwrap_err().code(), "InvalidPayload");
-        assert_eq!(call(&ws, json!({"command": "a\0b"}), &ctx).await.unwrap_err().code(), "InvalidPayload");
-        let err = call(&ws, json!({"command": "true", "timeout_ms": 0}), &ctx).await.unwrap_err();
+        assert_eq!(
+            call(&ws, json!({}), &ctx).await.unwrap_err().code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            call(&ws, json!({"command": "a\0b"}), &ctx)
+                .await
+                .unwrap_err()
+                .code(),
+            "InvalidPayload"
+        );
+        let err = call(&ws, json!({"command": "true", "timeout_ms": 0}), &ctx)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("`timeout_ms`"), "{err}");
         let ws = ws.with_bash(false);
-        let err = call(&ws, json!({"command": "true"}), &ctx).await.unwrap_err();
+        let err = call(&ws, json!({"command": "true"}), &ctx)
+            .await
+            .unwrap_err();
         assert_eq!(err.code(), "ToolFailed");
         assert!(err.to_string().contains("--allow-bash"));
     }

@@ -23,7 +23,9 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     let new = args.string("new_string")?;
     let replace_all = args.flag("replace_all")?;
     if old.is_empty() {
-        return Err(Error::invalid_payload("edit: `old_string` must not be empty"));
+        return Err(Error::invalid_payload(
+            "edit: `old_string` must not be empty",
+        ));
     }
     let text = read_text(args.tool, &path, shown)?;
     let count = text.matches(old).count();
@@ -31,7 +33,10 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
         if !new.is_empty() && text.contains(new) {
             return Ok(json!({"replacements": 0, "already_applied": true}));
         }
-        return Err(tool_error(args.tool, format!("{shown}: old_string not found")));
+        return Err(tool_error(
+            args.tool,
+            format!("{shown}: old_string not found"),
+        ));
     }
     if covered_by_new(&text, old, new) {
         return Ok(json!({"replacements": 0, "already_applied": true}));
@@ -39,10 +44,16 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     if count > 1 && !replace_all {
         return Err(tool_error(
             args.tool,
-            format!("{shown}: old_string found {count} times; add context to make it unique or set replace_all"),
+            format!(
+                "{shown}: old_string found {count} times; add context to make it unique or set replace_all"
+            ),
         ));
     }
-    let updated = if replace_all { text.replace(old, new) } else { text.replacen(old, new, 1) };
+    let updated = if replace_all {
+        text.replace(old, new)
+    } else {
+        text.replacen(old, new, 1)
+    };
     if updated != text {
         std::fs::write(&path, updated).map_err(|e| io_error(args.tool, shown, &e))?;
     }
@@ -52,8 +63,11 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
 /// Whether every occurrence of `old` in `text` lies within an occurrence of `new` (which
 /// contains `old`) at the offset where `old` appears in `new`: the edit was already made.
 fn covered_by_new(text: &str, old: &str, new: &str) -> bool {
-    let offsets: Vec<usize> =
-        new.char_indices().map(|(k, _)| k).filter(|&k| new.get(k..).is_some_and(|s| s.starts_with(old))).collect();
+    let offsets: Vec<usize> = new
+        .char_indices()
+        .map(|(k, _)| k)
+        .filter(|&k| new.get(k..).is_some_and(|s| s.starts_with(old)))
+        .collect();
     if offsets.is_empty() {
         return false;
     }
@@ -63,11 +77,18 @@ fn covered_by_new(text: &str, old: &str, new: &str) -> bool {
     while let Some(found) = text.get(from..).and_then(|rest| rest.find(new)) {
         let start = from + found;
         new_starts.insert(start);
-        from = start + text.get(start..).and_then(|s| s.chars().next()).map_or(1, char::len_utf8);
+        from = start
+            + text
+                .get(start..)
+                .and_then(|s| s.chars().next())
+                .map_or(1, char::len_utf8);
     }
     !new_starts.is_empty()
         && text.match_indices(old).all(|(pos, _)| {
-            offsets.iter().any(|&k| pos.checked_sub(k).is_some_and(|start| new_starts.contains(&start)))
+            offsets.iter().any(|&k| {
+                pos.checked_sub(k)
+                    .is_some_and(|start| new_starts.contains(&start))
+            })
         })
 }
 
@@ -76,7 +97,13 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "edit", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "edit",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     fn setup(content: &str) -> (tempfile::TempDir, Workspace) {
@@ -96,7 +123,10 @@ mod tests {
         let args = json!({"path": "f", "old_string": "x = 1", "new_string": "x = 10"});
         assert_eq!(call(&ws, args.clone()).unwrap(), json!({"replacements": 1}));
         assert_eq!(file(&d), "let x = 10;\nlet y = 2;\n");
-        assert_eq!(call(&ws, args).unwrap(), json!({"replacements": 0, "already_applied": true}));
+        assert_eq!(
+            call(&ws, args).unwrap(),
+            json!({"replacements": 0, "already_applied": true})
+        );
         assert_eq!(file(&d), "let x = 10;\nlet y = 2;\n");
     }
 
@@ -105,7 +135,10 @@ mod tests {
         let (d, ws) = setup("a\nfoo\nb\n");
         let args = json!({"path": "f", "old_string": "foo\n", "new_string": "foo\nbar\n"});
         assert_eq!(call(&ws, args.clone()).unwrap(), json!({"replacements": 1}));
-        assert_eq!(call(&ws, args).unwrap(), json!({"replacements": 0, "already_applied": true}));
+        assert_eq!(
+            call(&ws, args).unwrap(),
+            json!({"replacements": 0, "already_applied": true})
+        );
         assert_eq!(file(&d), "a\nfoo\nbar\nb\n");
         // An occurrence of old_string outside new_string is still replaced.
         let (d, ws) = setup("ab a");
@@ -120,10 +153,17 @@ mod tests {
     #[test]
     fn non_unique_and_replace_all() {
         let (d, ws) = setup("aa aa aa");
-        let err = call(&ws, json!({"path": "f", "old_string": "aa", "new_string": "b"})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "aa", "new_string": "b"}),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "ToolFailed");
         assert!(err.to_string().contains("found 3 times"), "{err}");
-        let out = call(&ws, json!({"path": "f", "old_string": "aa", "new_string": "b", "replace_all": true}));
+        let out = call(
+            &ws,
+            json!({"path": "f", "old_string": "aa", "new_string": "b", "replace_all": true}),
+        );
         assert_eq!(out.unwrap(), json!({"replacements": 3}));
         assert_eq!(file(&d), "b b b");
     }
@@ -131,17 +171,40 @@ mod tests {
     #[test]
     fn not_found_and_bad_arguments() {
         let (_d, ws) = setup("hello");
-        let err = call(&ws, json!({"path": "f", "old_string": "zz", "new_string": "yy"})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "zz", "new_string": "yy"}),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("not found"), "{err}");
-        let err = call(&ws, json!({"path": "f", "old_string": "zz", "new_string": ""})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "zz", "new_string": ""}),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "ToolFailed");
-        let err = call(&ws, json!({"path": "f", "old_string": "", "new_string": "x"})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "", "new_string": "x"}),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "InvalidPayload");
-        let err = call(&ws, json!({"path": "f", "old_string": "h", "new_string": 1})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "h", "new_string": 1}),
+        )
+        .unwrap_err();
         assert!(err.to_string().contains("`new_string`"), "{err}");
-        let err = call(&ws, json!({"path": "f", "old_string": "h", "new_string": "j", "replace_all": "yes"}));
+        let err = call(
+            &ws,
+            json!({"path": "f", "old_string": "h", "new_string": "j", "replace_all": "yes"}),
+        );
         assert!(err.unwrap_err().to_string().contains("`replace_all`"));
-        let err = call(&ws, json!({"path": "g", "old_string": "h", "new_string": "j"})).unwrap_err();
+        let err = call(
+            &ws,
+            json!({"path": "g", "old_string": "h", "new_string": "j"}),
+        )
+        .unwrap_err();
         assert_eq!(err.code(), "ToolFailed");
     }
 }

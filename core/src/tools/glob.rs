@@ -85,7 +85,10 @@ impl GlobFilter {
         let in_base = file.strip_prefix(base).unwrap_or(file);
         self.matcher.is_match(in_ws)
             || self.matcher.is_match(in_base)
-            || (self.by_name && file.file_name().is_some_and(|name| self.matcher.is_match(name)))
+            || (self.by_name
+                && file
+                    .file_name()
+                    .is_some_and(|name| self.matcher.is_match(name)))
     }
 }
 
@@ -112,13 +115,27 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "glob", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "glob",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     fn setup() -> (tempfile::TempDir, Workspace) {
         let dir = tempfile::tempdir().unwrap();
         let root = dir.path();
-        for f in ["a.rs", "src/b.rs", "src/deep/c.rs", "src/d.txt", "target/x.rs", ".hidden/h.rs", ".env"] {
+        for f in [
+            "a.rs",
+            "src/b.rs",
+            "src/deep/c.rs",
+            "src/d.txt",
+            "target/x.rs",
+            ".hidden/h.rs",
+            ".env",
+        ] {
             let p = root.join(f);
             std::fs::create_dir_all(p.parent().unwrap()).unwrap();
             std::fs::write(p, "x").unwrap();
@@ -135,19 +152,43 @@ mod tests {
     #[test]
     fn matching_rule() {
         let (_d, ws) = setup();
-        assert_eq!(paths(call(&ws, json!({"pattern": "*.rs"})).unwrap()), ["a.rs", "src/b.rs", "src/deep/c.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": "**/*.rs"})).unwrap()), ["a.rs", "src/b.rs", "src/deep/c.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": "src/*.rs"})).unwrap()), ["src/b.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": "src/**"})).unwrap()), ["src/b.rs", "src/d.txt", "src/deep/c.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": "deep/*.rs", "path": "src"})).unwrap()), ["src/deep/c.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": "*.{txt,md}"})).unwrap()), ["src/d.txt"]);
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "*.rs"})).unwrap()),
+            ["a.rs", "src/b.rs", "src/deep/c.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "**/*.rs"})).unwrap()),
+            ["a.rs", "src/b.rs", "src/deep/c.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "src/*.rs"})).unwrap()),
+            ["src/b.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "src/**"})).unwrap()),
+            ["src/b.rs", "src/d.txt", "src/deep/c.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "deep/*.rs", "path": "src"})).unwrap()),
+            ["src/deep/c.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": "*.{txt,md}"})).unwrap()),
+            ["src/d.txt"]
+        );
     }
 
     #[test]
     fn hidden_only_when_named() {
         let (_d, ws) = setup();
-        assert_eq!(paths(call(&ws, json!({"pattern": ".hidden/*"})).unwrap()), [".hidden/h.rs"]);
-        assert_eq!(paths(call(&ws, json!({"pattern": ".env"})).unwrap()), [".env"]);
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": ".hidden/*"})).unwrap()),
+            [".hidden/h.rs"]
+        );
+        assert_eq!(
+            paths(call(&ws, json!({"pattern": ".env"})).unwrap()),
+            [".env"]
+        );
         assert!(paths(call(&ws, json!({"pattern": "target/*"})).unwrap()).is_empty());
     }
 
@@ -168,12 +209,30 @@ mod tests {
     #[test]
     fn errors() {
         let (_d, ws) = setup();
-        assert_eq!(call(&ws, json!({"pattern": "a[", "path": "."})).unwrap_err().code(), "ToolFailed");
-        assert!(
-            call(&ws, json!({"pattern": "*", "path": "a.rs"})).unwrap_err().to_string().contains("not a directory")
+        assert_eq!(
+            call(&ws, json!({"pattern": "a[", "path": "."}))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
         );
-        assert_eq!(call(&ws, json!({"pattern": "*", "path": "nope"})).unwrap_err().code(), "ToolFailed");
+        assert!(
+            call(&ws, json!({"pattern": "*", "path": "a.rs"}))
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "*", "path": "nope"}))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
+        );
         assert_eq!(call(&ws, json!({})).unwrap_err().code(), "InvalidPayload");
-        assert_eq!(call(&ws, json!({"pattern": "*", "path": false})).unwrap_err().code(), "InvalidPayload");
+        assert_eq!(
+            call(&ws, json!({"pattern": "*", "path": false}))
+                .unwrap_err()
+                .code(),
+            "InvalidPayload"
+        );
     }
 }

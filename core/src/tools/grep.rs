@@ -39,9 +39,15 @@ const MAX_TEXT_CHARS: usize = 500;
 pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     let pattern = args.string("pattern")?;
     let (target, shown) = args.path(ws, "path", false)?;
-    let glob = args.opt_string("glob")?.map(|g| GlobFilter::new(args.tool, g)).transpose()?;
+    let glob = args
+        .opt_string("glob")?
+        .map(|g| GlobFilter::new(args.tool, g))
+        .transpose()?;
     let case_insensitive = args.flag("case_insensitive")?;
-    let max_results = to_usize(args.opt_count("max_results", 1)?.unwrap_or(DEFAULT_MAX_RESULTS));
+    let max_results = to_usize(
+        args.opt_count("max_results", 1)?
+            .unwrap_or(DEFAULT_MAX_RESULTS),
+    );
 
     let matcher = RegexMatcherBuilder::new()
         .case_insensitive(case_insensitive)
@@ -58,17 +64,27 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     } else if meta.is_file() {
         vec![(ws.display_path(&target), target.clone())]
     } else {
-        return Err(tool_error(args.tool, format!("{shown}: not a regular file")));
+        return Err(tool_error(
+            args.tool,
+            format!("{shown}: not a regular file"),
+        ));
     };
     files.sort();
 
-    let mut searcher = SearcherBuilder::new().line_number(true).binary_detection(BinaryDetection::quit(0)).build();
+    let mut searcher = SearcherBuilder::new()
+        .line_number(true)
+        .binary_detection(BinaryDetection::quit(0))
+        .build();
     let mut matches = Vec::new();
     let mut truncated = false;
     for (display, file) in files {
         // One more than asked for, to know whether there were more.
         let room = max_results.saturating_sub(matches.len()).saturating_add(1);
-        let mut sink = Collect { hits: Vec::new(), binary: false, room };
+        let mut sink = Collect {
+            hits: Vec::new(),
+            binary: false,
+            room,
+        };
         if searcher.search_path(&matcher, &file, &mut sink).is_err() || sink.binary {
             continue; // unreadable or binary: skipped
         }
@@ -121,7 +137,13 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "grep", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "grep",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     fn setup() -> (tempfile::TempDir, Workspace) {
@@ -150,7 +172,12 @@ mod tests {
             .as_array()
             .unwrap()
             .iter()
-            .map(|m| (m["path"].as_str().unwrap().to_string(), m["line"].as_u64().unwrap()))
+            .map(|m| {
+                (
+                    m["path"].as_str().unwrap().to_string(),
+                    m["line"].as_u64().unwrap(),
+                )
+            })
             .collect()
     }
 
@@ -158,7 +185,14 @@ mod tests {
     fn finds_in_order_skipping_ignored_hidden_and_binary() {
         let (_d, ws) = setup();
         let out = call(&ws, json!({"pattern": "needle"})).unwrap();
-        assert_eq!(hits(&out), [("a/y.txt".into(), 1), ("a/z.rs".into(), 1), ("a/z.rs".into(), 2)]);
+        assert_eq!(
+            hits(&out),
+            [
+                ("a/y.txt".into(), 1),
+                ("a/z.rs".into(), 1),
+                ("a/z.rs".into(), 2)
+            ]
+        );
         assert_eq!(out["matches"][1]["text"], "needle");
         assert_eq!(out["truncated"], false);
     }
@@ -166,13 +200,32 @@ mod tests {
     #[test]
     fn options() {
         let (_d, ws) = setup();
-        let out = call(&ws, json!({"pattern": "needle", "case_insensitive": true, "glob": "*.rs"})).unwrap();
-        assert_eq!(hits(&out), [("a/z.rs".into(), 1), ("a/z.rs".into(), 2), ("b.rs".into(), 2)]);
+        let out = call(
+            &ws,
+            json!({"pattern": "needle", "case_insensitive": true, "glob": "*.rs"}),
+        )
+        .unwrap();
+        assert_eq!(
+            hits(&out),
+            [
+                ("a/z.rs".into(), 1),
+                ("a/z.rs".into(), 2),
+                ("b.rs".into(), 2)
+            ]
+        );
         assert_eq!(out["matches"][2]["text"], "let Needle = 1;");
-        let out = call(&ws, json!({"pattern": "needle", "path": "a", "max_results": 2})).unwrap();
+        let out = call(
+            &ws,
+            json!({"pattern": "needle", "path": "a", "max_results": 2}),
+        )
+        .unwrap();
         assert_eq!(hits(&out).len(), 2);
         assert_eq!(out["truncated"], true);
-        let out = call(&ws, json!({"pattern": "needle", "path": "a/z.rs", "max_results": 2})).unwrap();
+        let out = call(
+            &ws,
+            json!({"pattern": "needle", "path": "a/z.rs", "max_results": 2}),
+        )
+        .unwrap();
         assert_eq!(out["truncated"], false);
         let out = call(&ws, json!({"pattern": "needle", "path": "ignored/n.rs"})).unwrap();
         assert_eq!(hits(&out), [("ignored/n.rs".into(), 1)]);
@@ -185,30 +238,71 @@ mod tests {
         let (d, ws) = setup();
         std::fs::write(d.path().join("long.txt"), format!("{}\n", "é".repeat(2000))).unwrap();
         let out = call(&ws, json!({"pattern": "é", "path": "long.txt"})).unwrap();
-        assert_eq!(out["matches"][0]["text"].as_str().unwrap().chars().count(), MAX_TEXT_CHARS);
+        assert_eq!(
+            out["matches"][0]["text"].as_str().unwrap().chars().count(),
+            MAX_TEXT_CHARS
+        );
     }
 
     #[cfg(unix)]
     #[test]
     fn a_fifo_is_refused_not_read() {
         let (d, ws) = setup();
-        let status = std::process::Command::new("mkfifo").arg(d.path().join("fifo")).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(d.path().join("fifo"))
+            .status()
+            .unwrap();
         assert!(status.success());
         let err = call(&ws, json!({"pattern": "x", "path": "fifo"})).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");
         // A walk skips it.
-        assert_eq!(call(&ws, json!({"pattern": "needle"})).unwrap()["matches"].as_array().unwrap().len(), 3);
+        assert_eq!(
+            call(&ws, json!({"pattern": "needle"})).unwrap()["matches"]
+                .as_array()
+                .unwrap()
+                .len(),
+            3
+        );
     }
 
     #[test]
     fn errors() {
         let (_d, ws) = setup();
-        assert_eq!(call(&ws, json!({"pattern": "("})).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"pattern": "a\\nb"})).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"pattern": "x", "glob": "[" })).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"pattern": "x", "path": "missing"})).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"pattern": 1})).unwrap_err().code(), "InvalidPayload");
-        assert_eq!(call(&ws, json!({"pattern": "x", "max_results": 0})).unwrap_err().code(), "InvalidPayload");
-        assert_eq!(call(&ws, json!({"pattern": "x", "case_insensitive": 1})).unwrap_err().code(), "InvalidPayload");
+        assert_eq!(
+            call(&ws, json!({"pattern": "("})).unwrap_err().code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "a\\nb"})).unwrap_err().code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "x", "glob": "[" }))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "x", "path": "missing"}))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": 1})).unwrap_err().code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "x", "max_results": 0}))
+                .unwrap_err()
+                .code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            call(&ws, json!({"pattern": "x", "case_insensitive": 1}))
+                .unwrap_err()
+                .code(),
+            "InvalidPayload"
+        );
     }
 }

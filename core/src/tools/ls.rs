@@ -30,8 +30,10 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
         entries.push((name, kind, size));
     }
     entries.sort();
-    let entries: Vec<Value> =
-        entries.into_iter().map(|(name, kind, size)| json!({"name": name, "kind": kind, "size": size})).collect();
+    let entries: Vec<Value> = entries
+        .into_iter()
+        .map(|(name, kind, size)| json!({"name": name, "kind": kind, "size": size}))
+        .collect();
     Ok(json!({"entries": entries}))
 }
 
@@ -40,7 +42,13 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "ls", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "ls",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     #[test]
@@ -62,7 +70,10 @@ mod tests {
             expected.push(json!({"name": "c", "kind": "symlink", "size": 5}));
         }
         assert_eq!(out, json!({"entries": expected}));
-        assert_eq!(call(&ws, json!({"path": "a"})).unwrap(), json!({"entries": []}));
+        assert_eq!(
+            call(&ws, json!({"path": "a"})).unwrap(),
+            json!({"entries": []})
+        );
     }
 
     #[test]
@@ -70,8 +81,19 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         std::fs::write(dir.path().join("f"), "").unwrap();
         let ws = Workspace::new(dir.path()).unwrap();
-        assert!(call(&ws, json!({"path": "f"})).unwrap_err().to_string().contains("not a directory"));
-        assert_eq!(call(&ws, json!({"path": "nope"})).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"path": 5})).unwrap_err().code(), "InvalidPayload");
+        assert!(
+            call(&ws, json!({"path": "f"}))
+                .unwrap_err()
+                .to_string()
+                .contains("not a directory")
+        );
+        assert_eq!(
+            call(&ws, json!({"path": "nope"})).unwrap_err().code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"path": 5})).unwrap_err().code(),
+            "InvalidPayload"
+        );
     }
 }

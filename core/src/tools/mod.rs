@@ -145,12 +145,19 @@ impl fmt::Debug for ToolContext {
 /// # Ok(())
 /// # }
 /// ```
-pub async fn run_tool(name: &str, args: &Value, ws: &Workspace, ctx: &ToolContext) -> Result<Value> {
+pub async fn run_tool(
+    name: &str,
+    args: &Value,
+    ws: &Workspace,
+    ctx: &ToolContext,
+) -> Result<Value> {
     let tool: &'static str = BUILTIN_TOOLS
         .iter()
         .copied()
         .find(|t| *t == name)
-        .ok_or_else(|| Error::UnknownTool { name: name.to_string() })?;
+        .ok_or_else(|| Error::UnknownTool {
+            name: name.to_string(),
+        })?;
     let Some(map) = args.as_object() else {
         return Err(Error::invalid_payload(format!(
             "{tool}: arguments must be a JSON object, got {}",
@@ -212,7 +219,11 @@ pub async fn execute_builtin(task: &ExternalTask, ws: &Workspace) -> ExternalTas
 ///   failed `bash` keeps its whole result (`stdout`, `stderr`, ...) and says why in `error`.
 ///
 /// Safe to call concurrently.
-pub async fn execute_builtin_with(task: &ExternalTask, ws: &Workspace, ctx: &ToolContext) -> ExternalTaskResult {
+pub async fn execute_builtin_with(
+    task: &ExternalTask,
+    ws: &Workspace,
+    ctx: &ToolContext,
+) -> ExternalTaskResult {
     if task.is_timed_out() {
         return ExternalTaskResult {
             success: false,
@@ -228,7 +239,11 @@ pub async fn execute_builtin_with(task: &ExternalTask, ws: &Workspace, ctx: &Too
     match run_tool(&task.command_type, &task.payload, ws, &ctx).await {
         Ok(result) if task.command_type == "bash" => {
             let failure = bash::failure(&result);
-            ExternalTaskResult { success: failure.is_none(), result, error: failure }
+            ExternalTaskResult {
+                success: failure.is_none(),
+                result,
+                error: failure,
+            }
         }
         Ok(result) => ExternalTaskResult::ok(result),
         Err(err) => ExternalTaskResult {
@@ -241,7 +256,10 @@ pub async fn execute_builtin_with(task: &ExternalTask, ws: &Workspace, ctx: &Too
 
 /// A [`Error::Tool`] for `tool`.
 pub(crate) fn tool_error(tool: &str, reason: impl Into<String>) -> Error {
-    Error::Tool { tool: tool.to_string(), reason: reason.into() }
+    Error::Tool {
+        tool: tool.to_string(),
+        reason: reason.into(),
+    }
 }
 
 /// A tool's I/O failure on `path` (as the user wrote it) as an [`Error::Tool`].
@@ -277,13 +295,21 @@ impl<'a> Args<'a> {
     }
 
     fn ill_typed(&self, key: &str, expected: &str, got: &Value) -> Error {
-        Error::invalid_payload(format!("{}: `{key}` must be {expected}, got {}", self.tool, type_name(got)))
+        Error::invalid_payload(format!(
+            "{}: `{key}` must be {expected}, got {}",
+            self.tool,
+            type_name(got)
+        ))
     }
 
     /// A required string.
     pub(crate) fn string(&self, key: &str) -> Result<&'a str> {
-        self.opt_string(key)?
-            .ok_or_else(|| Error::invalid_payload(format!("{}: missing required key `{key}` (a string)", self.tool)))
+        self.opt_string(key)?.ok_or_else(|| {
+            Error::invalid_payload(format!(
+                "{}: missing required key `{key}` (a string)",
+                self.tool
+            ))
+        })
     }
 
     /// An optional string.
@@ -317,8 +343,17 @@ impl<'a> Args<'a> {
 
     /// The workspace path under `key` (the root when absent), with the path as the user wrote
     /// it for messages.
-    pub(crate) fn path(&self, ws: &Workspace, key: &str, required: bool) -> Result<(std::path::PathBuf, &'a str)> {
-        let raw = if required { self.string(key)? } else { self.opt_string(key)?.unwrap_or("") };
+    pub(crate) fn path(
+        &self,
+        ws: &Workspace,
+        key: &str,
+        required: bool,
+    ) -> Result<(std::path::PathBuf, &'a str)> {
+        let raw = if required {
+            self.string(key)?
+        } else {
+            self.opt_string(key)?.unwrap_or("")
+        };
         Ok((ws.resolve(raw)?, if raw.is_empty() { "." } else { raw }))
     }
 }
@@ -334,7 +369,10 @@ mod tests {
     use crate::queue::SessionLane;
 
     fn args(v: &Value) -> Args<'_> {
-        Args { tool: "t", map: v.as_object().unwrap() }
+        Args {
+            tool: "t",
+            map: v.as_object().unwrap(),
+        }
     }
 
     #[test]
@@ -351,13 +389,28 @@ mod tests {
         let v = json!({"s": "x", "n": 5, "neg": -1, "f": 1.5, "b": true, "null": null});
         let a = args(&v);
         assert_eq!(a.string("s").unwrap(), "x");
-        assert!(a.string("missing").unwrap_err().to_string().contains("`missing`"));
+        assert!(
+            a.string("missing")
+                .unwrap_err()
+                .to_string()
+                .contains("`missing`")
+        );
         assert!(a.string("null").is_err());
         assert_eq!(a.opt_string("null").unwrap(), None);
-        assert!(a.opt_string("n").unwrap_err().to_string().contains("`n` must be a string"));
+        assert!(
+            a.opt_string("n")
+                .unwrap_err()
+                .to_string()
+                .contains("`n` must be a string")
+        );
         assert_eq!(a.opt_count("n", 1).unwrap(), Some(5));
         assert!(a.opt_count("n", 6).is_err());
-        assert!(a.opt_count("neg", 0).unwrap_err().to_string().contains("`neg`"));
+        assert!(
+            a.opt_count("neg", 0)
+                .unwrap_err()
+                .to_string()
+                .contains("`neg`")
+        );
         assert!(a.opt_count("f", 0).is_err());
         assert!(a.flag("b").unwrap());
         assert!(!a.flag("missing").unwrap());
@@ -389,10 +442,20 @@ mod tests {
     async fn timed_out_task_is_not_run() {
         let dir = tempfile::tempdir().unwrap();
         let ws = Workspace::new(dir.path()).unwrap();
-        let task = ExternalTask::new("t", "s", SessionLane::Execute, "write", json!({"path": "f", "content": "x"}), 0);
+        let task = ExternalTask::new(
+            "t",
+            "s",
+            SessionLane::Execute,
+            "write",
+            json!({"path": "f", "content": "x"}),
+            0,
+        );
         let res = execute_builtin(&task, &ws).await;
         assert!(!res.success);
-        assert_eq!(res.error.as_deref(), Some("task timed out before execution"));
+        assert_eq!(
+            res.error.as_deref(),
+            Some("task timed out before execution")
+        );
         assert!(!dir.path().join("f").exists());
     }
 }

@@ -69,7 +69,13 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "read", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "read",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     fn setup() -> (tempfile::TempDir, Workspace) {
@@ -94,7 +100,10 @@ mod tests {
         let (_d, ws) = setup();
         let out = call(&ws, json!({"path": "f.txt", "offset": 2, "limit": 2})).unwrap();
         assert_eq!(out["content"], "b\r\nc\n");
-        assert_eq!((out["start_line"].as_u64(), out["end_line"].as_u64()), (Some(2), Some(3)));
+        assert_eq!(
+            (out["start_line"].as_u64(), out["end_line"].as_u64()),
+            (Some(2), Some(3))
+        );
         assert_eq!(out["truncated"], true);
         let out = call(&ws, json!({"path": "f.txt", "offset": 0, "limit": 1})).unwrap();
         assert_eq!(out["content"], "a\n");
@@ -112,7 +121,10 @@ mod tests {
         let (d, ws) = setup();
         std::fs::write(d.path().join("e"), "").unwrap();
         let out = call(&ws, json!({"path": "e"})).unwrap();
-        assert_eq!(out, json!({"content": "", "total_lines": 0, "start_line": 1, "end_line": 0, "truncated": false}));
+        assert_eq!(
+            out,
+            json!({"content": "", "total_lines": 0, "start_line": 1, "end_line": 0, "truncated": false})
+        );
         assert!(call(&ws, json!({"path": "e", "offset": 2})).is_err());
     }
 
@@ -138,7 +150,12 @@ mod tests {
         std::fs::write(d.path().join("bin"), b"ab\0cd").unwrap();
         std::fs::write(d.path().join("latin1"), b"caf\xe9").unwrap();
         std::fs::create_dir(d.path().join("dir")).unwrap();
-        for (path, msg) in [("bin", "binary"), ("latin1", "UTF-8"), ("dir", "directory"), ("none", "no such file")] {
+        for (path, msg) in [
+            ("bin", "binary"),
+            ("latin1", "UTF-8"),
+            ("dir", "directory"),
+            ("none", "no such file"),
+        ] {
             let err = call(&ws, json!({"path": path})).unwrap_err();
             assert_eq!(err.code(), "ToolFailed");
             assert!(err.to_string().contains(msg), "{err}");
@@ -149,7 +166,10 @@ mod tests {
     #[test]
     fn a_fifo_is_refused_not_read() {
         let (d, ws) = setup();
-        let status = std::process::Command::new("mkfifo").arg(d.path().join("fifo")).status().unwrap();
+        let status = std::process::Command::new("mkfifo")
+            .arg(d.path().join("fifo"))
+            .status()
+            .unwrap();
         assert!(status.success());
         let err = call(&ws, json!({"path": "fifo"})).unwrap_err();
         assert!(err.to_string().contains("not a regular file"), "{err}");

@@ -54,14 +54,25 @@ impl Workspace {
     /// directory.
     pub fn new(root: impl AsRef<Path>) -> Result<Self> {
         let given = root.as_ref();
-        let canonical = std::fs::canonicalize(given)
-            .map_err(|e| Error::invalid_config(format!("workspace root {}: {e}", given.display())))?;
+        let canonical = std::fs::canonicalize(given).map_err(|e| {
+            Error::invalid_config(format!("workspace root {}: {e}", given.display()))
+        })?;
         if !canonical.is_dir() {
-            return Err(Error::invalid_config(format!("workspace root {} is not a directory", given.display())));
+            return Err(Error::invalid_config(format!(
+                "workspace root {} is not a directory",
+                given.display()
+            )));
         }
-        let alias =
-            std::path::absolute(given).ok().and_then(|abs| normalize_absolute(&abs)).filter(|abs| *abs != canonical);
-        Ok(Self { root: canonical, alias, allow_bash: true, max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES })
+        let alias = std::path::absolute(given)
+            .ok()
+            .and_then(|abs| normalize_absolute(&abs))
+            .filter(|abs| *abs != canonical);
+        Ok(Self {
+            root: canonical,
+            alias,
+            allow_bash: true,
+            max_output_bytes: DEFAULT_MAX_OUTPUT_BYTES,
+        })
     }
 
     /// The canonical root directory.
@@ -116,22 +127,35 @@ impl Workspace {
     /// - [`Error::PathEscapesWorkspace`] for a path outside the root.
     pub fn resolve(&self, path: &str) -> Result<PathBuf> {
         if path.contains('\0') {
-            return Err(Error::invalid_payload(format!("path {path:?} contains a NUL byte")));
+            return Err(Error::invalid_payload(format!(
+                "path {path:?} contains a NUL byte"
+            )));
         }
-        let escape = || Error::PathEscapesWorkspace { path: path.to_string(), root: self.root.clone() };
+        let escape = || Error::PathEscapesWorkspace {
+            path: path.to_string(),
+            root: self.root.clone(),
+        };
         let given = Path::new(path);
         let relative = if given.is_absolute() {
             given
                 .strip_prefix(&self.root)
                 .ok()
-                .or_else(|| self.alias.as_deref().and_then(|alias| given.strip_prefix(alias).ok()))
+                .or_else(|| {
+                    self.alias
+                        .as_deref()
+                        .and_then(|alias| given.strip_prefix(alias).ok())
+                })
                 .ok_or_else(escape)?
         } else {
             given
         };
         let relative = normalize_relative(relative).ok_or_else(escape)?;
         let resolved = self.follow(path, relative)?;
-        if resolved.starts_with(&self.root) { Ok(resolved) } else { Err(escape()) }
+        if resolved.starts_with(&self.root) {
+            Ok(resolved)
+        } else {
+            Err(escape())
+        }
     }
 
     /// The path relative to the root, with `/` separators (`"."` for the root itself).
@@ -140,9 +164,15 @@ impl Workspace {
     pub fn display_path(&self, abs: &Path) -> String {
         match abs.strip_prefix(&self.root) {
             Ok(rel) => {
-                let parts: Vec<String> =
-                    rel.components().map(|c| c.as_os_str().to_string_lossy().into_owned()).collect();
-                if parts.is_empty() { ".".to_string() } else { parts.join("/") }
+                let parts: Vec<String> = rel
+                    .components()
+                    .map(|c| c.as_os_str().to_string_lossy().into_owned())
+                    .collect();
+                if parts.is_empty() {
+                    ".".to_string()
+                } else {
+                    parts.join("/")
+                }
             }
             Err(_) => abs.to_string_lossy().into_owned(),
         }
@@ -176,8 +206,9 @@ impl Workspace {
                                         "path {given:?}: too many levels of symbolic links"
                                     )));
                                 }
-                                let target = std::fs::read_link(&next)
-                                    .map_err(|e| Error::invalid_payload(format!("path {given:?}: {e}")))?;
+                                let target = std::fs::read_link(&next).map_err(|e| {
+                                    Error::invalid_payload(format!("path {given:?}: {e}"))
+                                })?;
                                 // Expand the link in place: its components come next, resolved
                                 // relative to `current` (or from `/` when absolute).
                                 for comp in target.components().rev() {
@@ -344,7 +375,10 @@ mod tests {
         assert_eq!(normalize_relative(Path::new("a/../..")), None);
         assert_eq!(normalize_relative(Path::new("/a")), None);
         assert_eq!(normalize_relative(Path::new("a/./b")).unwrap().len(), 2);
-        assert_eq!(normalize_absolute(Path::new("/a/../../b")).unwrap(), PathBuf::from("/b"));
+        assert_eq!(
+            normalize_absolute(Path::new("/a/../../b")).unwrap(),
+            PathBuf::from("/b")
+        );
         assert_eq!(normalize_absolute(Path::new("a")), None);
     }
 }

@@ -24,8 +24,12 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     }
     let path = prepare(args.tool, ws, raw, &path)?;
     match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => return Err(tool_error(args.tool, format!("{raw}: is a directory"))),
-        Ok(meta) if !meta.is_file() => return Err(tool_error(args.tool, format!("{raw}: not a regular file"))),
+        Ok(meta) if meta.is_dir() => {
+            return Err(tool_error(args.tool, format!("{raw}: is a directory")));
+        }
+        Ok(meta) if !meta.is_file() => {
+            return Err(tool_error(args.tool, format!("{raw}: not a regular file")));
+        }
         Ok(meta)
             if meta.len() == content.len() as u64
                 && std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) =>
@@ -52,7 +56,13 @@ mod tests {
     use super::*;
 
     fn call(ws: &Workspace, v: Value) -> Result<Value> {
-        run(&Args { tool: "write", map: v.as_object().unwrap() }, ws)
+        run(
+            &Args {
+                tool: "write",
+                map: v.as_object().unwrap(),
+            },
+            ws,
+        )
     }
 
     #[test]
@@ -61,7 +71,10 @@ mod tests {
         let ws = Workspace::new(dir.path()).unwrap();
         let out = call(&ws, json!({"path": "a/b/c.txt", "content": "héllo"})).unwrap();
         assert_eq!(out, json!({"bytes_written": 6}));
-        assert_eq!(std::fs::read_to_string(dir.path().join("a/b/c.txt")).unwrap(), "héllo");
+        assert_eq!(
+            std::fs::read_to_string(dir.path().join("a/b/c.txt")).unwrap(),
+            "héllo"
+        );
         let out = call(&ws, json!({"path": "a/b/c.txt", "content": "héllo"})).unwrap();
         assert_eq!(out, json!({"bytes_written": 6, "unchanged": true}));
         let out = call(&ws, json!({"path": "a/b/c.txt", "content": "hallo!"})).unwrap();
@@ -77,13 +90,33 @@ mod tests {
         let ws = Workspace::new(dir.path()).unwrap();
         std::fs::create_dir(dir.path().join("d")).unwrap();
         std::fs::write(dir.path().join("f"), "x").unwrap();
-        assert!(call(&ws, json!({"path": "d", "content": "x"})).unwrap_err().to_string().contains("directory"));
-        assert_eq!(call(&ws, json!({"path": "", "content": "x"})).unwrap_err().code(), "ToolFailed");
-        assert_eq!(call(&ws, json!({"path": "f/g", "content": "x"})).unwrap_err().code(), "ToolFailed");
+        assert!(
+            call(&ws, json!({"path": "d", "content": "x"}))
+                .unwrap_err()
+                .to_string()
+                .contains("directory")
+        );
+        assert_eq!(
+            call(&ws, json!({"path": "", "content": "x"}))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
+        );
+        assert_eq!(
+            call(&ws, json!({"path": "f/g", "content": "x"}))
+                .unwrap_err()
+                .code(),
+            "ToolFailed"
+        );
         let err = call(&ws, json!({"path": "n"})).unwrap_err();
         assert!(err.to_string().contains("`content`"), "{err}");
         let err = call(&ws, json!({"path": "n", "content": ["x"]})).unwrap_err();
         assert_eq!(err.code(), "InvalidPayload");
-        assert_eq!(call(&ws, json!({"path": "../n", "content": "x"})).unwrap_err().code(), "PathEscapesWorkspace");
+        assert_eq!(
+            call(&ws, json!({"path": "../n", "content": "x"}))
+                .unwrap_err()
+                .code(),
+            "PathEscapesWorkspace"
+        );
     }
 }

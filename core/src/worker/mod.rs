@@ -24,7 +24,10 @@ pub trait TaskSource: Send + Sync + 'static {
     /// Claims up to `max` tasks, waiting up to `wait` for the first.
     fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>>;
     /// Reports results; one outcome per result.
-    fn complete(&self, results: Vec<(String, ExternalTaskResult)>) -> BoxFuture<'_, Result<Vec<Result<()>>>>;
+    fn complete(
+        &self,
+        results: Vec<(String, ExternalTaskResult)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<()>>>>;
 }
 
 impl TaskSource for AgentSession {
@@ -32,7 +35,10 @@ impl TaskSource for AgentSession {
         Box::pin(self.claim_external_tasks(max, wait))
     }
 
-    fn complete(&self, results: Vec<(String, ExternalTaskResult)>) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
+    fn complete(
+        &self,
+        results: Vec<(String, ExternalTaskResult)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
         Box::pin(async move { Ok(self.complete_external_tasks(results).await) })
     }
 }
@@ -66,7 +72,11 @@ pub struct WorkerConfig {
 
 impl Default for WorkerConfig {
     fn default() -> Self {
-        Self { concurrency: 8, poll_wait: Duration::from_secs(1), retry_delay: Duration::from_millis(500) }
+        Self {
+            concurrency: 8,
+            poll_wait: Duration::from_secs(1),
+            retry_delay: Duration::from_millis(500),
+        }
     }
 }
 
@@ -141,19 +151,38 @@ pub struct Worker {
 
 impl std::fmt::Debug for Worker {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Worker").field("stats", &self.stats()).finish_non_exhaustive()
+        f.debug_struct("Worker")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
     }
 }
 
 impl Worker {
     /// Starts the loop on the current tokio runtime.
-    pub fn spawn(source: Arc<dyn TaskSource>, handler: impl TaskHandler, config: WorkerConfig) -> Self {
+    pub fn spawn(
+        source: Arc<dyn TaskSource>,
+        handler: impl TaskHandler,
+        config: WorkerConfig,
+    ) -> Self {
         let concurrency = config.concurrency.max(1);
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let slots = Arc::new(Semaphore::new(concurrency));
-        let join = tokio::spawn(run(source, Arc::new(handler), config, stop_rx, counters.clone(), slots.clone()));
-        Self { stop, join, counters, slots, concurrency }
+        let join = tokio::spawn(run(
+            source,
+            Arc::new(handler),
+            config,
+            stop_rx,
+            counters.clone(),
+            slots.clone(),
+        ));
+        Self {
+            stop,
+            join,
+            counters,
+            slots,
+            concurrency,
+        }
     }
 
     /// The worker's counters now.
@@ -214,7 +243,9 @@ async fn run(
                 }
             }
         };
-        counters.claimed.fetch_add(tasks.len() as u64, Ordering::Relaxed);
+        counters
+            .claimed
+            .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         let mut first = Some(first);
         for task in tasks {
             let permit = match first.take() {
@@ -263,7 +294,9 @@ async fn report(
             }
             Err(err) => {
                 tracing::warn!(error = %err, lost = successes.len(), "reporting results failed");
-                counters.rejected.fetch_add(successes.len() as u64, Ordering::Relaxed);
+                counters
+                    .rejected
+                    .fetch_add(successes.len() as u64, Ordering::Relaxed);
             }
         }
     }

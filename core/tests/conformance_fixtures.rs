@@ -1,0 +1,38 @@
+//! The language-neutral fixtures in tests/fixtures/v1 hold for the Rust core.
+
+use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
+use serde_json::Value;
+
+fn fixture(path: &str) -> Value {
+    let full = format!("{}/../tests/fixtures/v1/{path}", env!("CARGO_MANIFEST_DIR"));
+    serde_json::from_str(&std::fs::read_to_string(&full).expect(&full)).expect("valid JSON")
+}
+
+#[test]
+fn errors_json_lists_every_code() {
+    let listed: Vec<String> = fixture("errors.json")["errors"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|e| e["code"].as_str().unwrap().to_owned())
+        .collect();
+    assert_eq!(listed, Error::CODES);
+}
+
+#[test]
+fn wire_task_round_trips_and_keeps_payload_keys() {
+    let wire = fixture("wire/external_task.json");
+    let task: ExternalTask = serde_json::from_value(wire.clone()).unwrap();
+    assert_eq!(
+        task.payload["CamelCaseKey"], 1,
+        "payload keys are never renamed"
+    );
+    assert!((119_000..=119_500).contains(&task.remaining_ms()));
+    let mut back = serde_json::to_value(&task).unwrap();
+    // remaining_ms is recomputed at serialization; everything else is identical.
+    back["remaining_ms"] = wire["remaining_ms"].clone();
+    assert_eq!(back, wire);
+    let result: ExternalTaskResult =
+        serde_json::from_value(fixture("wire/external_task_result.json")).unwrap();
+    assert!(result.success);
+}
