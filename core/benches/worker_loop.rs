@@ -12,14 +12,26 @@ use a3s_code_core::{Agent, AgentConfig, ExternalTaskResult, SessionOptions, Sess
 use serde_json::json;
 
 fn main() {
-    let tasks: usize = std::env::args().skip(1).find_map(|a| a.parse().ok()).unwrap_or(100_000);
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
+    let tasks: usize = std::env::args()
+        .skip(1)
+        .find_map(|a| a.parse().ok())
+        .unwrap_or(100_000);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .unwrap();
     rt.block_on(async {
         let config = SessionQueueConfig {
             query_max_concurrency: 1024,
             max_pending: tasks + 1,
-            lane_handlers: [(SessionLane::Query, LaneHandlerConfig { mode: TaskHandlerMode::External, timeout_ms: 600_000 })]
-                .into(),
+            lane_handlers: [(
+                SessionLane::Query,
+                LaneHandlerConfig {
+                    mode: TaskHandlerMode::External,
+                    timeout_ms: 600_000,
+                },
+            )]
+            .into(),
             ..Default::default()
         };
         let session = Agent::from_config(AgentConfig::default())
@@ -27,8 +39,14 @@ fn main() {
             .unwrap();
         let w = session.clone();
         let worker = tokio::spawn(async move {
-            while let Ok(batch) = w.claim_external_tasks(256, Duration::from_millis(100)).await {
-                let results: Vec<_> = batch.into_iter().map(|t| (t.task_id, ExternalTaskResult::ok(json!({})))).collect();
+            while let Ok(batch) = w
+                .claim_external_tasks(256, Duration::from_millis(100))
+                .await
+            {
+                let results: Vec<_> = batch
+                    .into_iter()
+                    .map(|t| (t.task_id, ExternalTaskResult::ok(json!({}))))
+                    .collect();
                 for r in w.complete_external_tasks(results).await {
                     r.unwrap();
                 }
@@ -37,13 +55,21 @@ fn main() {
         let start = Instant::now();
         let mut handles = Vec::with_capacity(tasks);
         for i in 0..tasks {
-            handles.push(session.submit(SessionLane::Query, "noop", json!({ "i": i })).await.unwrap());
+            handles.push(
+                session
+                    .submit(SessionLane::Query, "noop", json!({ "i": i }))
+                    .await
+                    .unwrap(),
+            );
         }
         for h in handles {
             assert!(h.await.unwrap().success);
         }
         let secs = start.elapsed().as_secs_f64();
-        println!("rust worker loop: {tasks} tasks in {secs:.3} s = {:.0} tasks/s", tasks as f64 / secs);
+        println!(
+            "rust worker loop: {tasks} tasks in {secs:.3} s = {:.0} tasks/s",
+            tasks as f64 / secs
+        );
         session.close().await;
         worker.await.unwrap();
     });

@@ -53,6 +53,7 @@
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
 pub mod agent;
+pub mod broker;
 pub mod error;
 pub mod queue;
 mod session;

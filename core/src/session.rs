@@ -38,6 +38,10 @@ pub struct SessionOptions {
     pub session_id: Option<String>,
     /// Whether the built-in `bash` tool may run in this process (default true).
     pub allow_bash: Option<bool>,
+    /// Publish External lanes' tasks to NATS JetStream for remote workers. `None` takes the
+    /// agent's `distribution { nats_url = ... }`, then `A3S_NATS_URL`, else stays in process.
+    #[cfg(feature = "nats")]
+    pub nats: Option<crate::broker::NatsConfig>,
 }
 
 impl SessionOptions {
@@ -61,6 +65,25 @@ impl SessionOptions {
     /// Allows or forbids the built-in `bash` tool on Internal and Hybrid lanes.
     pub fn with_bash(mut self, allowed: bool) -> Self {
         self.allow_bash = Some(allowed);
+        self
+    }
+
+    /// Hands External lanes' tasks to remote workers through NATS JetStream.
+    ///
+    /// # Examples
+    ///
+    /// ```no_run
+    /// use a3s_code_core::{Agent, SessionOptions, broker::NatsConfig};
+    /// # #[tokio::main] async fn main() -> a3s_code_core::Result<()> {
+    /// let agent = Agent::new("agent.hcl").await?;
+    /// let session = agent.session(".", Some(SessionOptions::new().with_nats(NatsConfig::new("nats://127.0.0.1:4222"))))?;
+    /// session.broker_ready(std::time::Duration::from_secs(5)).await?;
+    /// println!("workers: a3s-code worker --session-id {}", session.id());
+    /// # Ok(()) }
+    /// ```
+    #[cfg(feature = "nats")]
+    pub fn with_nats(mut self, config: crate::broker::NatsConfig) -> Self {
+        self.nats = Some(config);
         self
     }
 }
@@ -108,11 +131,14 @@ struct SessionInner {
     scheduler: Arc<Scheduler>,
     workspace: Workspace,
     agent: Arc<AgentConfig>,
+    #[cfg(feature = "nats")]
+    broker: Option<Arc<crate::broker::nats::NatsBroker>>,
 }
 
 impl Drop for SessionInner {
     fn drop(&mut self) {
-        self.scheduler.close();
+        // The broker (if any) finishes its clean-up in the background.
+        drop(self.scheduler.close());
     }
 }
 
@@ -143,14 +169,43 @@ impl AgentSession {
             let ws = ws.clone();
             async move { execute_builtin(&task, &ws).await }
         };
-        let scheduler = Scheduler::new(id, config, Arc::new(builtin));
+        let scheduler = Scheduler::new(id.clone(), config, Arc::new(builtin));
+        #[cfg(feature = "nats")]
+        let broker = match nats_config(options.nats, &agent) {
+            Some(cfg) => {
+                let broker =
+                    crate::broker::nats::NatsBroker::start(cfg, id, Arc::downgrade(&scheduler))?;
+                scheduler.attach_dispatcher(broker.clone());
+                Some(broker)
+            }
+            None => None,
+        };
+        let inner = SessionInner {
+            scheduler,
+            workspace,
+            agent,
+            #[cfg(feature = "nats")]
+            broker,
+        };
         Ok(Self {
-            inner: Arc::new(SessionInner {
-                scheduler,
-                workspace,
-                agent,
-            }),
+            inner: Arc::new(inner),
         })
+    }
+
+    /// Waits until the session's broker is connected and set up, so remote workers can find
+    /// its tasks. Returns at once for a session without a broker.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] (with the last connection error) when it is not ready
+    /// within `timeout`, [`Error::ShutDown`] after `close()`.
+    pub async fn broker_ready(&self, timeout: Duration) -> Result<()> {
+        #[cfg(feature = "nats")]
+        if let Some(broker) = &self.inner.broker {
+            return broker.ready(timeout).await;
+        }
+        let _ = timeout;
+        Ok(())
     }
 
     /// The session id, which remote workers use to find its tasks.
@@ -357,8 +412,32 @@ impl AgentSession {
     /// Closes the session: queued and running tasks fail with [`Error::ShutDown`], internal
     /// handlers are aborted, waiting workers return. Idempotent.
     pub async fn close(&self) {
-        self.inner.scheduler.close();
+        self.inner.scheduler.close().await;
     }
+}
+
+/// The NATS settings of a new session: its options, else the agent's `distribution` block, else
+/// `A3S_NATS_URL`.
+#[cfg(feature = "nats")]
+fn nats_config(
+    explicit: Option<crate::broker::NatsConfig>,
+    agent: &AgentConfig,
+) -> Option<crate::broker::NatsConfig> {
+    if explicit.is_some() {
+        return explicit;
+    }
+    let dist = &agent.distribution;
+    if let Some(url) = &dist.nats_url {
+        let mut cfg = crate::broker::NatsConfig::new(url);
+        if let Some(prefix) = &dist.subject_prefix {
+            cfg = cfg.with_prefix(prefix.clone());
+        }
+        if let Some(creds) = &dist.credentials_file {
+            cfg = cfg.with_credentials_file(creds.clone());
+        }
+        return Some(cfg);
+    }
+    crate::broker::NatsConfig::from_env().ok()
 }
 
 fn validate_session_id(id: String) -> Result<String> {

@@ -1,1 +1,174 @@
-//! Test helpers.
+//! Test helpers: a NATS server per test run (or the one in `A3S_TEST_NATS_URL`), unique subject
+//! prefixes, and free ports.
+#![allow(clippy::missing_panics_doc)]
+
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// A `nats-server -js` on a free loopback port with its own store, killed on drop.
+///
+/// The binary is `$NATS_SERVER_BIN`, else `nats-server` on the `PATH` (or `/usr/sbin`).
+pub struct NatsServer {
+    child: Option<Child>,
+    port: u16,
+    store: tempfile::TempDir,
+    config: Option<PathBuf>,
+}
+
+impl NatsServer {
+    /// Starts a server with JetStream on a free port.
+    pub fn start() -> Self {
+        Self::start_inner(None)
+    }
+
+    /// Starts a server with a configuration file's content (auth, TLS, ...). `listen`, `jetstream`
+    /// and the store directory are added; the content must not set them.
+    pub fn start_with_config(config: &str) -> Self {
+        Self::start_inner(Some(config.to_owned()))
+    }
+
+    fn start_inner(config: Option<String>) -> Self {
+        let store = tempfile::tempdir().expect("temp dir");
+        let config = config.map(|c| {
+            let path = store.path().join("server.conf");
+            std::fs::write(&path, c).expect("write config");
+            path
+        });
+        let mut server = Self {
+            child: None,
+            port: free_port(),
+            store,
+            config,
+        };
+        server.spawn();
+        server
+    }
+
+    fn spawn(&mut self) {
+        let bin = nats_server_bin();
+        let mut cmd = Command::new(&bin);
+        cmd.args([
+            "-a",
+            "127.0.0.1",
+            "-p",
+            &self.port.to_string(),
+            "-js",
+            "-sd",
+        ])
+        .arg(self.store.path().join("js"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+        if let Some(conf) = &self.config {
+            cmd.arg("-c").arg(conf);
+        }
+        let child = cmd.spawn().unwrap_or_else(|e| {
+            panic!(
+                "cannot start {} ({e}); install the nats-server package",
+                bin.display()
+            )
+        });
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// `nats://127.0.0.1:<port>`.
+    pub fn url(&self) -> String {
+        format!("nats://127.0.0.1:{}", self.port)
+    }
+
+    /// The port.
+    pub fn port(&self) -> u16 {
+        self.port
+    }
+
+    /// Kills the server (SIGKILL), keeping its store.
+    pub fn kill(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Starts it again on the same port with the same store (file storage survives).
+    pub fn restart(&mut self) {
+        self.kill();
+        self.spawn();
+    }
+
+    /// Where the server keeps its files.
+    pub fn store(&self) -> &Path {
+        self.store.path()
+    }
+}
+
+impl Drop for NatsServer {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// The NATS server for this test: `A3S_TEST_NATS_URL` when set (the guard is then `None`),
+/// else a fresh one that lives as long as the returned guard.
+pub fn nats() -> (String, Option<NatsServer>) {
+    match std::env::var("A3S_TEST_NATS_URL") {
+        Ok(url) if !url.is_empty() => (url, None),
+        _ => {
+            let server = NatsServer::start();
+            (server.url(), Some(server))
+        }
+    }
+}
+
+/// A subject/stream prefix no other test run uses: `t<12 hex>`.
+pub fn unique_prefix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id()));
+    h.write_u64(free_port().into());
+    format!("t{:012x}", h.finish() & 0xffff_ffff_ffff)
+}
+
+/// A TCP port nothing listens on right now.
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .expect("bind")
+        .local_addr()
+        .expect("addr")
+        .port()
+}
+
+fn wait_for_port(port: u16, timeout: Duration) {
+    let start = Instant::now();
+    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            start.elapsed() < timeout,
+            "nats-server did not listen on {port} within {timeout:?}"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// The nats-server binary to run.
+pub fn nats_server_bin() -> PathBuf {
+    if let Ok(bin) = std::env::var("NATS_SERVER_BIN") {
+        return bin.into();
+    }
+    for dir in std::env::var("PATH")
+        .unwrap_or_default()
+        .split(':')
+        .chain(["/usr/sbin", "/usr/local/bin"])
+    {
+        let candidate = Path::new(dir).join("nats-server");
+        if candidate.is_file() {
+            return candidate;
+        }
+    }
+    PathBuf::from("nats-server")
+}
+
+/// Whether a nats-server binary can be found.
+pub fn has_nats_server() -> bool {
+    nats_server_bin().is_file()
+}

@@ -23,7 +23,7 @@ use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering as AtomicOrdering};
-use std::sync::{Arc, Weak};
+use std::sync::{Arc, OnceLock, Weak};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ use super::dlq::{DeadLetter, DeadLetterQueue};
 use super::events::{AlertKind, EventStream, QueueEvent};
 use super::metrics::{LaneStats, MetricsRecorder, QueueMetrics, QueueStats};
 use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, TaskHandlerMode};
+use crate::broker::wire::{ResultEnvelope, ResultKind};
+use crate::broker::{Dispatcher, Ended};
 use crate::error::{Error, Result};
 use crate::task::{ExternalTask, ExternalTaskResult, epoch_ms};
 use crate::tools::BUILTIN_TOOLS;
@@ -193,6 +195,8 @@ enum Phase {
     Claimable,
     /// Claimed by an external worker.
     Claimed,
+    /// Published to a broker for remote workers.
+    Published,
     /// Waiting for a retry.
     Backoff(Instant),
     /// Between attempts, for the instant the scheduler decides what follows.
@@ -324,6 +328,8 @@ pub(crate) struct Scheduler {
     timer_notify: Arc<Notify>,
     /// A monotonic instant and the wall clock at that instant: `created_at` without a clock read.
     base: (Instant, u64),
+    /// The broker External tasks are published to; `None` keeps them claimable in process.
+    dispatcher: OnceLock<Arc<dyn Dispatcher>>,
 }
 
 impl Drop for Scheduler {
@@ -377,6 +383,7 @@ impl Scheduler {
             claimable: Notify::new(),
             timer_notify: Arc::new(Notify::new()),
             base: (Instant::now(), epoch_ms()),
+            dispatcher: OnceLock::new(),
         })
     }
 
@@ -386,6 +393,62 @@ impl Scheduler {
 
     pub(crate) fn config(&self) -> &SessionQueueConfig {
         &self.config
+    }
+
+    /// Hands External tasks to `dispatcher` from now on (set once, before the first submit).
+    pub(crate) fn attach_dispatcher(&self, dispatcher: Arc<dyn Dispatcher>) {
+        let _ = self.dispatcher.set(dispatcher);
+    }
+
+    /// Applies a result that came through the broker.
+    pub(crate) fn remote_result(self: &Arc<Self>, env: ResultEnvelope) {
+        let Ok(seq) = self.seq_of(&env.task_id) else {
+            tracing::warn!(
+                task_id = env.task_id,
+                "dropping a result for a task this session never issued"
+            );
+            return;
+        };
+        let mut st = self.state.lock();
+        let published = matches!(st.live.get(&seq), Some(e) if matches!(e.phase, Phase::Published));
+        match env.kind {
+            ResultKind::Result => {
+                if let Some(e) = st.live.get_mut(&seq) {
+                    e.attempt = e.attempt.max(env.attempt);
+                    let lane = e.lane;
+                    if published && let Some(m) = &mut st.metrics {
+                        for _ in 1..env.attempt {
+                            m.retried(lane);
+                        }
+                    }
+                }
+                if let Err(err) = self.complete_locked(&mut st, seq, &env.task_id, env.result) {
+                    tracing::debug!(task_id = env.task_id, error = %err, "ignoring a result: the task already ended");
+                }
+            }
+            ResultKind::Exhausted if published => {
+                let reason = env
+                    .result
+                    .error
+                    .unwrap_or_else(|| "every attempt was lost".to_owned());
+                let err = Error::RetriesExhausted {
+                    task_id: env.task_id,
+                    attempts: env.attempt.saturating_sub(1).max(1),
+                    reason,
+                };
+                self.finish(&mut st, seq, Err(err));
+            }
+            ResultKind::Exhausted => {}
+        }
+    }
+
+    /// Surfaces an output chunk a remote worker streamed.
+    pub(crate) fn remote_output(&self, task_id: String, stream: String, chunk: String) {
+        self.state.lock().emit(|| QueueEvent::Output {
+            task_id,
+            stream,
+            chunk,
+        });
     }
 
     fn task_id(&self, seq: u64) -> String {
@@ -588,7 +651,7 @@ impl Scheduler {
     fn start_attempt(self: &Arc<Self>, st: &mut State, seq: u64) {
         let Some(e) = st.live.get(&seq) else { return };
         let (lane, mode, attempt) = (e.lane, e.mode, e.attempt);
-        st.emit(|| QueueEvent::Started {
+        self.announce(st, mode, lane, || QueueEvent::Started {
             task_id: self.task_id(seq),
             lane,
             command_type: e.command.as_str().to_owned(),
@@ -596,6 +659,11 @@ impl Scheduler {
             attempt,
         });
         if mode == TaskHandlerMode::External {
+            if let Some(dispatcher) = self.dispatcher.get() {
+                dispatcher.publish(self.external_task(seq, e));
+                st.live.get_mut(&seq).expect("checked above").phase = Phase::Published;
+                return;
+            }
             st.live.get_mut(&seq).expect("checked above").phase = Phase::Claimable;
             st.lanes[lane.index()].claimable.push_back(seq);
             self.claimable.notify_one();
@@ -627,6 +695,22 @@ impl Scheduler {
             e.attempt,
             e.deadline,
         )
+    }
+
+    /// Emits a lifecycle event to subscribers, and to the broker for Hybrid lanes.
+    fn announce(
+        &self,
+        st: &State,
+        mode: TaskHandlerMode,
+        lane: SessionLane,
+        event: impl Fn() -> QueueEvent,
+    ) {
+        st.emit(&event);
+        if mode == TaskHandlerMode::Hybrid
+            && let Some(dispatcher) = self.dispatcher.get()
+        {
+            dispatcher.hybrid_event(lane, &event());
+        }
     }
 
     fn internal_attempt_done(
@@ -860,6 +944,18 @@ impl Scheduler {
             match &e.phase {
                 Phase::Claimed => l.claimed -= 1,
                 Phase::Running(abort) => abort.abort(),
+                Phase::Published => {
+                    let how = match &outcome {
+                        Ok(_) => Ended::Completed,
+                        Err(Error::TaskTimedOut { .. }) => Ended::Withdrawn("timed_out"),
+                        Err(Error::TaskCancelled { .. }) => Ended::Withdrawn("cancelled"),
+                        Err(Error::ShutDown) => Ended::Withdrawn("closed"),
+                        Err(_) => Ended::Withdrawn("failed"),
+                    };
+                    if let Some(d) = self.dispatcher.get() {
+                        d.task_ended(&self.task_id(seq), lane, how);
+                    }
+                }
                 Phase::Claimable | Phase::Backoff(_) | Phase::Idle => {}
             }
         }
@@ -878,7 +974,7 @@ impl Scheduler {
                     m.completed(lane, success, latency);
                 }
                 self.latency_alert(st, lane, latency);
-                st.emit(|| match success {
+                self.announce(st, e.mode, lane, || match success {
                     true => QueueEvent::Completed {
                         task_id: task_id(),
                         lane,
@@ -908,7 +1004,7 @@ impl Scheduler {
                         _ => m.failed(lane),
                     }
                 }
-                st.emit(|| QueueEvent::Failed {
+                self.announce(st, e.mode, lane, || QueueEvent::Failed {
                     task_id: task_id(),
                     lane,
                     command_type: e.command.as_str().to_owned(),
@@ -918,7 +1014,7 @@ impl Scheduler {
                 let dead =
                     !matches!(remembered, Outcome::Cancelled) && !matches!(err, Error::ShutDown);
                 if dead && let Some(dlq) = st.dlq.as_mut() {
-                    dlq.push(DeadLetter {
+                    let letter = DeadLetter {
                         task_id: task_id(),
                         lane,
                         command_type: e.command.as_str().to_owned(),
@@ -927,7 +1023,11 @@ impl Scheduler {
                         error: err.to_string(),
                         attempts: e.attempt,
                         dead_lettered_at: epoch_ms(),
-                    });
+                    };
+                    if let Some(d) = self.dispatcher.get() {
+                        d.dead_letter(&letter);
+                    }
+                    dlq.push(letter);
                     if let Some(m) = &mut st.metrics {
                         m.dead_lettered(lane);
                     }
@@ -1133,11 +1233,12 @@ impl Scheduler {
     }
 
     /// Fails every queued and live task with [`Error::ShutDown`], aborts internal handlers and
-    /// wakes every waiter. Idempotent.
-    pub(crate) fn close(self: &Arc<Self>) {
+    /// wakes every waiter. Idempotent. The future resolves when the broker (if any) has cleaned
+    /// up; the closing itself does not depend on awaiting it.
+    pub(crate) fn close(self: &Arc<Self>) -> BoxFuture<'static, ()> {
         let mut st = self.state.lock();
         if st.closed {
-            return;
+            return Box::pin(async {});
         }
         st.closed = true;
         for lane in SessionLane::ALL {
@@ -1156,6 +1257,10 @@ impl Scheduler {
         drop(st);
         self.claimable.notify_waiters();
         self.timer_notify.notify_one();
+        match self.dispatcher.get() {
+            Some(d) => d.close(),
+            None => Box::pin(async {}),
+        }
     }
 }
 

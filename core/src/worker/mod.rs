@@ -10,14 +10,19 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
-use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
 use crate::queue::scheduler::TaskHandler;
 use crate::session::AgentSession;
 use crate::task::{ExternalTask, ExternalTaskResult};
-use crate::tools::{Workspace, execute_builtin};
+use crate::tools::{OutputSink, ToolContext, Workspace, execute_builtin_with};
+
+#[cfg(feature = "nats")]
+mod remote;
+#[cfg(feature = "nats")]
+pub use remote::{RemoteOptions, RemoteSession};
 
 /// Where a worker claims tasks and reports results.
 pub trait TaskSource: Send + Sync + 'static {
@@ -28,6 +33,15 @@ pub trait TaskSource: Send + Sync + 'static {
         &self,
         results: Vec<(String, ExternalTaskResult)>,
     ) -> BoxFuture<'_, Result<Vec<Result<()>>>>;
+    /// Ids of tasks to stop running (cancelled or timed out by their session), if the source
+    /// can tell.
+    fn cancellations(&self) -> Option<broadcast::Receiver<String>> {
+        None
+    }
+    /// Where a task's output chunks go while it runs, if the source streams them.
+    fn output_sink(&self, _task: &ExternalTask) -> Option<OutputSink> {
+        None
+    }
 }
 
 impl TaskSource for AgentSession {
@@ -43,20 +57,47 @@ impl TaskSource for AgentSession {
     }
 }
 
-/// The built-in tools as a handler: what `a3s-code worker` runs.
+/// What a [`Worker`] runs its tasks with.
+#[derive(Clone)]
+pub enum Executor {
+    /// The built-in tools, confined to a workspace; `bash` output is streamed to the source.
+    Builtin(Workspace),
+    /// Your own handler.
+    Handler(Arc<dyn TaskHandler>),
+}
+
+impl<H: TaskHandler> From<H> for Executor {
+    fn from(handler: H) -> Self {
+        Executor::Handler(Arc::new(handler))
+    }
+}
+
+impl Executor {
+    async fn run(&self, task: ExternalTask, output: Option<OutputSink>) -> ExternalTaskResult {
+        match self {
+            Executor::Builtin(ws) => {
+                let mut ctx = ToolContext::new();
+                if let Some(sink) = output {
+                    ctx = ctx.with_output(sink);
+                }
+                execute_builtin_with(&task, ws, &ctx).await
+            }
+            Executor::Handler(h) => h.handle(task).await,
+        }
+    }
+}
+
+/// The built-in tools as an executor: what `a3s-code worker` runs.
 ///
 /// # Examples
 ///
 /// ```
 /// # use a3s_code_core::{tools::Workspace, worker::builtin_handler};
-/// let handler = builtin_handler(Workspace::new(".").unwrap().with_bash(false));
-/// # let _ = handler;
+/// let executor = builtin_handler(Workspace::new(".").unwrap().with_bash(false));
+/// # let _ = executor;
 /// ```
-pub fn builtin_handler(workspace: Workspace) -> impl TaskHandler {
-    move |task: ExternalTask| {
-        let ws = workspace.clone();
-        async move { execute_builtin(&task, &ws).await }
-    }
+pub fn builtin_handler(workspace: Workspace) -> Executor {
+    Executor::Builtin(workspace)
 }
 
 /// Settings of a [`Worker`].
@@ -161,7 +202,7 @@ impl Worker {
     /// Starts the loop on the current tokio runtime.
     pub fn spawn(
         source: Arc<dyn TaskSource>,
-        handler: impl TaskHandler,
+        executor: impl Into<Executor>,
         config: WorkerConfig,
     ) -> Self {
         let concurrency = config.concurrency.max(1);
@@ -170,7 +211,7 @@ impl Worker {
         let slots = Arc::new(Semaphore::new(concurrency));
         let join = tokio::spawn(run(
             source,
-            Arc::new(handler),
+            executor.into(),
             config,
             stop_rx,
             counters.clone(),
@@ -212,7 +253,7 @@ impl Worker {
 
 async fn run(
     source: Arc<dyn TaskSource>,
-    handler: Arc<dyn TaskHandler>,
+    executor: Executor,
     config: WorkerConfig,
     mut stop: watch::Receiver<bool>,
     counters: Arc<Counters>,
@@ -220,6 +261,26 @@ async fn run(
 ) {
     let (done_tx, done_rx) = mpsc::unbounded_channel::<(String, ExternalTaskResult)>();
     let reporter = tokio::spawn(report(source.clone(), done_rx, counters.clone()));
+    // Running tasks by id, so a cancel from the session can abort them (a bash child is killed).
+    let running: Arc<
+        parking_lot::Mutex<std::collections::HashMap<String, tokio::task::AbortHandle>>,
+    > = Default::default();
+    let canceller = source.cancellations().map(|mut rx| {
+        let running = running.clone();
+        tokio::spawn(async move {
+            loop {
+                match rx.recv().await {
+                    Ok(id) => {
+                        if let Some(h) = running.lock().remove(&id) {
+                            h.abort();
+                        }
+                    }
+                    Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return,
+                }
+            }
+        })
+    });
     loop {
         // Claim only what we have room for: wait for at least one free slot first.
         let first = tokio::select! {
@@ -256,21 +317,31 @@ async fn run(
                 counters.skipped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
-            let (handler, done) = (handler.clone(), done_tx.clone());
-            tokio::spawn(async move {
+            let (executor, done, running2) = (executor.clone(), done_tx.clone(), running.clone());
+            let output = source.output_sink(&task);
+            let id = task.task_id.clone();
+            let mut guard = running.lock();
+            let join = tokio::spawn(async move {
                 let _permit = permit;
                 let deadline = task.deadline();
                 let id = task.task_id.clone();
                 // Past the deadline the session has already failed the task: drop the attempt.
-                if let Ok(result) = tokio::time::timeout_at(deadline, handler.handle(task)).await {
+                let outcome = tokio::time::timeout_at(deadline, executor.run(task, output)).await;
+                running2.lock().remove(&id);
+                if let Ok(result) = outcome {
                     let _ = done.send((id, result));
                 }
             });
+            guard.insert(id, join.abort_handle());
         }
     }
-    // Graceful: wait for running tasks, then flush their results.
+    // Graceful: wait for running tasks (their permits), then flush their results.
+    let _ = slots.acquire_many(config.concurrency.max(1) as u32).await;
     drop(done_tx);
     let _ = reporter.await;
+    if let Some(c) = canceller {
+        c.abort();
+    }
 }
 
 async fn report(

@@ -1,0 +1,631 @@
+//! The session's side of NATS JetStream: publishes tasks that hold a lane slot, rings doorbells,
+//! applies results, withdraws ended tasks, records dead letters.
+//!
+//! One task owns the connection. The scheduler talks to it through an unbounded channel (it
+//! calls under its lock, so it must never wait); tasks queue there while NATS is unreachable and
+//! go out when it is back (their deadline still runs in the session).
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::future::BoxFuture;
+use futures_util::stream::FuturesUnordered;
+use futures_util::{FutureExt, StreamExt};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use super::wire::{
+    self, ANY_ROUTE, CancelNotice, Doorbell, Names, OutputChunk, PROTOCOL_VERSION, ResultEnvelope,
+    TaskEnvelope,
+};
+use super::{Dispatcher, Ended, NatsConfig};
+use crate::error::{Error, Result};
+use crate::queue::scheduler::Scheduler;
+use crate::queue::{DeadLetter, QueueEvent, SessionLane};
+use crate::task::ExternalTask;
+
+/// Where the broker connection stands.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) enum BrokerStatus {
+    /// Connecting (or reconnecting after a failure).
+    Connecting(Option<String>),
+    /// Streams and consumers are in place; tasks flow.
+    Ready,
+    /// The session closed.
+    Closed,
+}
+
+enum Cmd {
+    Publish(ExternalTask),
+    Ended { task_id: String, how: Ended },
+    DeadLetter(Vec<u8>),
+    Event { lane: SessionLane, payload: Vec<u8> },
+    Close(oneshot::Sender<()>),
+}
+
+/// The handle the scheduler holds.
+pub(crate) struct NatsBroker {
+    tx: mpsc::UnboundedSender<Cmd>,
+    status: watch::Receiver<BrokerStatus>,
+    closing: watch::Sender<bool>,
+}
+
+impl NatsBroker {
+    /// Starts the broker task on the current runtime.
+    pub(crate) fn start(
+        config: NatsConfig,
+        session_id: String,
+        scheduler: Weak<Scheduler>,
+    ) -> Result<Arc<Self>> {
+        let names = config.validate()?;
+        let handle = tokio::runtime::Handle::try_current().map_err(|_| {
+            Error::invalid_config("a session that uses NATS must be opened inside a tokio runtime")
+        })?;
+        let (tx, rx) = mpsc::unbounded_channel();
+        let (status_tx, status) = watch::channel(BrokerStatus::Connecting(None));
+        let (closing, closing_rx) = watch::channel(false);
+        handle.spawn(run(
+            config, names, session_id, scheduler, rx, status_tx, closing_rx,
+        ));
+        Ok(Arc::new(Self {
+            tx,
+            status,
+            closing,
+        }))
+    }
+
+    /// Waits until the broker is ready, or `timeout` passes.
+    pub(crate) async fn ready(&self, timeout: Duration) -> Result<()> {
+        let mut status = self.status.clone();
+        let wait = status.wait_for(|s| matches!(s, BrokerStatus::Ready | BrokerStatus::Closed));
+        match tokio::time::timeout(timeout, wait).await {
+            Ok(Ok(s)) if *s == BrokerStatus::Ready => Ok(()),
+            Ok(_) => Err(Error::ShutDown),
+            Err(_) => Err(Error::BrokerUnavailable {
+                reason: match &*self.status.borrow() {
+                    BrokerStatus::Connecting(Some(why)) => why.clone(),
+                    _ => format!("not ready after {timeout:?}"),
+                },
+            }),
+        }
+    }
+}
+
+impl Dispatcher for NatsBroker {
+    fn publish(&self, task: ExternalTask) {
+        let _ = self.tx.send(Cmd::Publish(task));
+    }
+
+    fn task_ended(&self, task_id: &str, lane: SessionLane, how: Ended) {
+        let _ = (
+            lane,
+            self.tx.send(Cmd::Ended {
+                task_id: task_id.to_owned(),
+                how,
+            }),
+        );
+    }
+
+    fn dead_letter(&self, letter: &DeadLetter) {
+        let _ = self.tx.send(Cmd::DeadLetter(
+            serde_json::to_vec(letter).expect("dead letters serialize"),
+        ));
+    }
+
+    fn hybrid_event(&self, lane: SessionLane, event: &QueueEvent) {
+        let payload = serde_json::to_vec(event).expect("events serialize");
+        let _ = self.tx.send(Cmd::Event { lane, payload });
+    }
+
+    fn close(&self) -> BoxFuture<'static, ()> {
+        let (done, wait) = oneshot::channel();
+        let sent = self.tx.send(Cmd::Close(done)).is_ok();
+        let _ = self.closing.send(true);
+        Box::pin(async move {
+            if sent {
+                let _ = wait.await;
+            }
+        })
+    }
+}
+
+/// A published task the broker keeps track of until it ends.
+struct Outstanding {
+    lane: SessionLane,
+    route: String,
+    /// Its stream sequence, once the publish was acknowledged.
+    seq: Option<u64>,
+    /// The envelope, kept until the publish is acknowledged (to publish again on failure).
+    bytes: Option<bytes::Bytes>,
+    /// It ended before its publish was acknowledged: withdraw it once it is.
+    withdrawn: Option<&'static str>,
+}
+
+struct Conn {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    tasks: stream::Stream,
+}
+
+struct State {
+    config: NatsConfig,
+    names: Names,
+    session_id: String,
+    retry: crate::queue::RetryPolicy,
+    outstanding: HashMap<String, Outstanding>,
+    consumers: HashSet<(SessionLane, String)>,
+    /// Lanes and routes published to since the last doorbell.
+    ring: HashSet<(SessionLane, String)>,
+}
+
+type AckFuture = BoxFuture<'static, (String, std::result::Result<u64, String>)>;
+
+async fn run(
+    config: NatsConfig,
+    names: Names,
+    session_id: String,
+    scheduler: Weak<Scheduler>,
+    mut rx: mpsc::UnboundedReceiver<Cmd>,
+    status: watch::Sender<BrokerStatus>,
+    mut closing: watch::Receiver<bool>,
+) {
+    let Some(retry) = scheduler.upgrade().map(|s| s.config().retry_policy) else {
+        return;
+    };
+    let mut st = State {
+        config,
+        names,
+        session_id,
+        retry,
+        outstanding: HashMap::new(),
+        consumers: HashSet::new(),
+        ring: HashSet::new(),
+    };
+    // Connect and set up, retrying until it works or the session closes. Commands wait in the
+    // channel meanwhile, in order.
+    let mut delay = Duration::from_millis(200);
+    let conn = loop {
+        match setup(&mut st).await {
+            Ok(conn) => break conn,
+            Err(err) => {
+                tracing::warn!(error = %err, "NATS not ready; retrying");
+                let _ = status.send(BrokerStatus::Connecting(Some(err.to_string())));
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => delay = (delay * 2).min(Duration::from_secs(5)),
+                    _ = closing.wait_for(|c| *c) => {
+                        let _ = status.send(BrokerStatus::Closed);
+                        while let Ok(cmd) = rx.try_recv() {
+                            if let Cmd::Close(done) = cmd {
+                                let _ = done.send(());
+                            }
+                        }
+                        return;
+                    }
+                }
+            }
+        }
+    };
+    let _ = status.send(BrokerStatus::Ready);
+    let listeners = [
+        tokio::spawn(consume_results(
+            conn.js.clone(),
+            st.names.clone(),
+            st.session_id.clone(),
+            scheduler.clone(),
+        )),
+        tokio::spawn(consume_output(
+            conn.client.clone(),
+            st.names.clone(),
+            st.session_id.clone(),
+            scheduler.clone(),
+        )),
+    ];
+
+    let mut acks: FuturesUnordered<AckFuture> = FuturesUnordered::new();
+    let mut republish: FuturesUnordered<BoxFuture<'static, String>> = FuturesUnordered::new();
+    let mut rering = tokio::time::interval(Duration::from_secs(1));
+    rering.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        let (acks_pending, republish_pending) = (!acks.is_empty(), !republish.is_empty());
+        tokio::select! {
+            cmd = rx.recv() => {
+                let Some(cmd) = cmd else { break };
+                let mut next = Some(cmd);
+                // Drain what is queued, then ring each touched lane once.
+                while let Some(cmd) = next.take() {
+                    if let Cmd::Close(done) = cmd {
+                        shutdown(&st, &conn).await;
+                        for l in &listeners { l.abort(); }
+                        let _ = status.send(BrokerStatus::Closed);
+                        let _ = done.send(());
+                        return;
+                    }
+                    handle(&mut st, &conn, cmd, &mut acks).await;
+                    next = rx.try_recv().ok();
+                }
+                ring(&mut st, &conn).await;
+            }
+            Some((task_id, outcome)) = acks.next(), if acks_pending => {
+                acked(&mut st, &conn, task_id, outcome, &mut republish).await;
+            }
+            Some(task_id) = republish.next(), if republish_pending => {
+                if let Some(o) = st.outstanding.get(&task_id) && let Some(bytes) = o.bytes.clone() {
+                    let subject = st.names.task_subject(&st.session_id, o.lane, &o.route);
+                    let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+                    acks.push(ack);
+                }
+            }
+            _ = rering.tick() => {
+                st.ring.extend(st.outstanding.values().map(|o| (o.lane, o.route.clone())));
+                ring(&mut st, &conn).await;
+            }
+        }
+    }
+    for l in &listeners {
+        l.abort();
+    }
+}
+
+fn unavailable(what: &str, e: impl std::fmt::Display) -> Error {
+    Error::BrokerUnavailable {
+        reason: format!("{what}: {e}"),
+    }
+}
+
+/// Connects, creates the streams if needed and the session's consumers.
+async fn setup(st: &mut State) -> Result<Conn> {
+    let client = st.config.connect().await?;
+    let js = jetstream::new(client.clone());
+    let names = &st.names;
+    let work_queue = |name: String, subject: String| stream::Config {
+        name,
+        subjects: vec![subject],
+        retention: stream::RetentionPolicy::WorkQueue,
+        discard: stream::DiscardPolicy::New,
+        storage: stream::StorageType::File,
+        max_age: st.config.stream_max_age,
+        max_bytes: st.config.stream_max_bytes,
+        duplicate_window: Duration::from_secs(120),
+        ..Default::default()
+    };
+    let tasks = js
+        .get_or_create_stream(work_queue(names.tasks_stream(), names.all_tasks()))
+        .await
+        .map_err(|e| unavailable("creating the tasks stream", e))?;
+    let results = js
+        .get_or_create_stream(work_queue(names.results_stream(), names.all_results()))
+        .await
+        .map_err(|e| unavailable("creating the results stream", e))?;
+    js.get_or_create_stream(stream::Config {
+        name: names.dlq_stream(),
+        subjects: vec![names.all_dlq()],
+        retention: stream::RetentionPolicy::Limits,
+        storage: stream::StorageType::File,
+        max_age: Duration::from_secs(7 * 24 * 3600),
+        max_bytes: st.config.stream_max_bytes,
+        ..Default::default()
+    })
+    .await
+    .map_err(|e| unavailable("creating the dead-letter stream", e))?;
+    let conn = Conn { client, js, tasks };
+    results
+        .get_or_create_consumer(
+            &names.result_consumer(&st.session_id),
+            consumer::pull::Config {
+                durable_name: Some(names.result_consumer(&st.session_id)),
+                filter_subject: names.result_subject(&st.session_id),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: Duration::from_secs(30),
+                inactive_threshold: st.config.inactive_threshold,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unavailable("creating the results consumer", e))?;
+    // Workers bind to the default-route consumers of every lane as soon as the session exists.
+    for lane in SessionLane::ALL {
+        ensure_consumer(st, &conn, lane, ANY_ROUTE).await?;
+    }
+    Ok(conn)
+}
+
+async fn ensure_consumer(
+    st: &mut State,
+    conn: &Conn,
+    lane: SessionLane,
+    route: &str,
+) -> Result<()> {
+    if st.consumers.contains(&(lane, route.to_owned())) {
+        return Ok(());
+    }
+    let name = st.names.task_consumer(&st.session_id, lane, route);
+    let max_attempts = st.retry.max_attempts();
+    conn.tasks
+        .get_or_create_consumer(
+            &name,
+            consumer::pull::Config {
+                durable_name: Some(name.clone()),
+                filter_subject: st.names.task_subject(&st.session_id, lane, route),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ack_wait: st.config.lease,
+                // A safety net only: the session's retry policy decides (workers report a
+                // delivery beyond max_attempts as exhausted without running it).
+                max_deliver: i64::from(max_attempts) + 2,
+                inactive_threshold: st.config.inactive_threshold,
+                ..Default::default()
+            },
+        )
+        .await
+        .map_err(|e| unavailable(&format!("creating consumer {name}"), e))?;
+    st.consumers.insert((lane, route.to_owned()));
+    Ok(())
+}
+
+async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnordered<AckFuture>) {
+    match cmd {
+        Cmd::Publish(task) => {
+            let lane = task.lane;
+            let route = wire::route_token(&BTreeMap::new());
+            if let Err(err) = ensure_consumer(st, conn, lane, &route).await {
+                tracing::warn!(error = %err, "could not create the consumer; publishing anyway");
+            }
+            let task_id = task.task_id.clone();
+            let envelope = TaskEnvelope {
+                v: PROTOCOL_VERSION,
+                max_attempts: st.retry.max_attempts(),
+                retry: st.retry,
+                delivery: st.config.delivery(lane),
+                labels: BTreeMap::new(),
+                payload_ref: None,
+                task,
+            };
+            let bytes = bytes::Bytes::from(wire::encode(&envelope));
+            let subject = st.names.task_subject(&st.session_id, lane, &route);
+            st.ring.insert((lane, route.clone()));
+            st.outstanding.insert(
+                task_id.clone(),
+                Outstanding {
+                    lane,
+                    route,
+                    seq: None,
+                    bytes: Some(bytes.clone()),
+                    withdrawn: None,
+                },
+            );
+            let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+            acks.push(ack);
+        }
+        Cmd::Ended { task_id, how, .. } => {
+            let Some(mut o) = st.outstanding.remove(&task_id) else {
+                return;
+            };
+            if let Ended::Withdrawn(reason) = how {
+                match o.seq {
+                    Some(seq) => withdraw(st, conn, &task_id, seq, reason).await,
+                    None => {
+                        // Still being published: withdraw it once the server acknowledges.
+                        o.withdrawn = Some(reason);
+                        st.outstanding.insert(task_id, o);
+                    }
+                }
+            }
+        }
+        Cmd::DeadLetter(bytes) => {
+            let subject = st.names.dlq_subject(&st.session_id);
+            if let Err(e) = conn.js.publish(subject, bytes.into()).await {
+                tracing::warn!(error = %e, "could not record a dead letter in NATS");
+            }
+        }
+        Cmd::Event { lane, payload } => {
+            let _ = conn
+                .client
+                .publish(st.names.event_subject(&st.session_id, lane), payload.into())
+                .await;
+        }
+        Cmd::Close(_) => unreachable!("handled by the loop"),
+    }
+}
+
+async fn publish_bytes(
+    js: &jetstream::Context,
+    subject: String,
+    task_id: String,
+    bytes: bytes::Bytes,
+) -> AckFuture {
+    // The task id as message id: a publish retried after a failure is deduplicated by the server.
+    let publish = PublishMessage::build()
+        .payload(bytes)
+        .message_id(task_id.clone());
+    match js.send_publish(subject, publish).await {
+        Ok(ack) => async move {
+            (
+                task_id,
+                ack.await.map(|a| a.sequence).map_err(|e| e.to_string()),
+            )
+        }
+        .boxed(),
+        Err(e) => {
+            let reason = e.to_string();
+            async move { (task_id, Err(reason)) }.boxed()
+        }
+    }
+}
+
+async fn acked(
+    st: &mut State,
+    conn: &Conn,
+    task_id: String,
+    outcome: std::result::Result<u64, String>,
+    republish: &mut FuturesUnordered<BoxFuture<'static, String>>,
+) {
+    let Some(o) = st.outstanding.get_mut(&task_id) else {
+        return;
+    };
+    match outcome {
+        Ok(seq) => {
+            o.seq = Some(seq);
+            o.bytes = None;
+            if let Some(reason) = o.withdrawn {
+                st.outstanding.remove(&task_id);
+                withdraw(st, conn, &task_id, seq, reason).await;
+            }
+        }
+        Err(reason) => {
+            if let Some(why) = o.withdrawn {
+                // It ended meanwhile; nothing to publish. Workers may still get it if the server
+                // stored it after all: cancel it.
+                st.outstanding.remove(&task_id);
+                cancel(st, conn, &task_id, why).await;
+                return;
+            }
+            tracing::warn!(task_id, reason, "publishing a task failed; retrying");
+            republish.push(
+                async move {
+                    tokio::time::sleep(Duration::from_millis(250)).await;
+                    task_id
+                }
+                .boxed(),
+            );
+        }
+    }
+}
+
+/// Removes an ended task from the work queue and tells workers running it to stop.
+async fn withdraw(st: &State, conn: &Conn, task_id: &str, seq: u64, reason: &'static str) {
+    // Fails harmlessly when a worker already acknowledged (removed) it.
+    let _ = conn.tasks.delete_message(seq).await;
+    cancel(st, conn, task_id, reason).await;
+}
+
+async fn cancel(st: &State, conn: &Conn, task_id: &str, reason: &'static str) {
+    let notice = CancelNotice {
+        v: PROTOCOL_VERSION,
+        task_id: task_id.to_owned(),
+        reason: reason.to_owned(),
+    };
+    let _ = conn
+        .client
+        .publish(
+            st.names.cancel_subject(&st.session_id),
+            wire::encode(&notice).into(),
+        )
+        .await;
+}
+
+async fn ring(st: &mut State, conn: &Conn) {
+    for (lane, route) in st.ring.drain() {
+        let bell = Doorbell {
+            v: PROTOCOL_VERSION,
+            lane,
+            route,
+            labels: BTreeMap::new(),
+        };
+        let _ = conn
+            .client
+            .publish(
+                st.names.ready_subject(&st.session_id),
+                wire::encode(&bell).into(),
+            )
+            .await;
+    }
+}
+
+/// The session closed: drop what is left of its tasks and delete its consumers.
+async fn shutdown(st: &State, conn: &Conn) {
+    for (task_id, o) in &st.outstanding {
+        if let Some(seq) = o.seq {
+            withdraw(st, conn, task_id, seq, "closed").await;
+        }
+    }
+    for (lane, route) in &st.consumers {
+        let _ = conn
+            .tasks
+            .delete_consumer(&st.names.task_consumer(&st.session_id, *lane, route))
+            .await;
+    }
+    if let Ok(results) = conn.js.get_stream(st.names.results_stream()).await {
+        let _ = results
+            .delete_consumer(&st.names.result_consumer(&st.session_id))
+            .await;
+    }
+    let _ = conn.client.flush().await;
+}
+
+/// Applies results as they arrive, then acknowledges them (a result seen twice is applied once).
+async fn consume_results(
+    js: jetstream::Context,
+    names: Names,
+    session_id: String,
+    scheduler: Weak<Scheduler>,
+) {
+    let mut delay = Duration::from_millis(100);
+    loop {
+        let consumer: Result<consumer::PullConsumer> = async {
+            js.get_stream(names.results_stream())
+                .await
+                .map_err(|e| unavailable("results stream", e))?
+                .get_consumer(&names.result_consumer(&session_id))
+                .await
+                .map_err(|e| unavailable("results consumer", e))
+        }
+        .await;
+        let messages = match consumer {
+            Ok(c) => c
+                .messages()
+                .await
+                .map_err(|e| unavailable("pulling results", e)),
+            Err(e) => Err(e),
+        };
+        match messages {
+            Ok(mut messages) => {
+                delay = Duration::from_millis(100);
+                while let Some(message) = messages.next().await {
+                    let Ok(message) = message else { break };
+                    let Some(scheduler) = scheduler.upgrade() else {
+                        return;
+                    };
+                    match wire::decode::<ResultEnvelope>(&message.payload) {
+                        Ok(env) if env.session_id == session_id => scheduler.remote_result(env),
+                        Ok(env) => tracing::warn!(
+                            session = env.session_id,
+                            "dropping a result addressed to another session"
+                        ),
+                        Err(err) => {
+                            tracing::warn!(error = %err, "dropping a malformed result message")
+                        }
+                    }
+                    let _ = message.ack().await;
+                }
+            }
+            Err(err) => tracing::warn!(error = %err, "cannot read results; retrying"),
+        }
+        if scheduler.strong_count() == 0 {
+            return;
+        }
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(2));
+    }
+}
+
+/// Turns workers' output chunks into `QueueEvent::Output`.
+async fn consume_output(
+    client: async_nats::Client,
+    names: Names,
+    session_id: String,
+    scheduler: Weak<Scheduler>,
+) {
+    let Ok(mut sub) = client.subscribe(names.output_subject(&session_id)).await else {
+        return;
+    };
+    while let Some(msg) = sub.next().await {
+        let Some(scheduler) = scheduler.upgrade() else {
+            return;
+        };
+        match wire::decode::<OutputChunk>(&msg.payload) {
+            Ok(chunk) => scheduler.remote_output(chunk.task_id, chunk.stream, chunk.chunk),
+            Err(err) => tracing::debug!(error = %err, "dropping a malformed output chunk"),
+        }
+    }
+}

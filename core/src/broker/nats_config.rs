@@ -1,0 +1,311 @@
+//! Connection settings for NATS, shared by sessions and workers.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use super::wire::{DeliveryMode, Names};
+use crate::error::{Error, Result};
+use crate::queue::SessionLane;
+
+/// How to authenticate to NATS.
+#[derive(Clone, Default, PartialEq, Eq)]
+pub enum NatsAuth {
+    /// No credentials (or credentials in the URL: `nats://user:pass@host:4222`).
+    #[default]
+    None,
+    /// A token.
+    Token(String),
+    /// A user and password.
+    UserPassword {
+        /// The user.
+        user: String,
+        /// The password.
+        password: String,
+    },
+    /// An NKey seed (`SU...`).
+    NKey(String),
+    /// A `.creds` file (JWT + NKey seed), as issued by `nsc`.
+    CredentialsFile(PathBuf),
+}
+
+impl fmt::Debug for NatsAuth {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            NatsAuth::None => f.write_str("None"),
+            NatsAuth::Token(_) => f.write_str("Token(<redacted>)"),
+            NatsAuth::UserPassword { user, .. } => {
+                write!(f, "UserPassword {{ user: {user:?}, password: <redacted> }}")
+            }
+            NatsAuth::NKey(_) => f.write_str("NKey(<redacted>)"),
+            NatsAuth::CredentialsFile(p) => write!(f, "CredentialsFile({})", p.display()),
+        }
+    }
+}
+
+/// TLS settings. Connecting to a `tls://` URL, or setting any of these, turns TLS on.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct NatsTls {
+    /// A PEM file of CA certificates to trust (besides the system's).
+    pub ca_file: Option<PathBuf>,
+    /// A PEM client certificate, for servers that verify clients.
+    pub client_cert: Option<PathBuf>,
+    /// The client certificate's PEM private key.
+    pub client_key: Option<PathBuf>,
+}
+
+/// Where and how to reach NATS JetStream, and the names and limits of what the session creates
+/// there.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use a3s_code_core::broker::NatsConfig;
+/// use a3s_code_core::queue::SessionLane;
+///
+/// let cfg = NatsConfig::new("nats://10.0.0.5:4222,nats://10.0.0.6:4222")
+///     .with_prefix("build")
+///     .with_token("s3cret")
+///     .with_lease(Duration::from_secs(5))
+///     .with_at_most_once(SessionLane::Execute);
+/// assert_eq!(cfg.servers.len(), 2);
+/// assert!(!format!("{cfg:?}").contains("s3cret"));
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct NatsConfig {
+    /// Server URLs (`nats://`, `tls://`); several for a cluster.
+    pub servers: Vec<String>,
+    /// The first token of every subject, and of stream names (default `a3s`).
+    pub prefix: String,
+    /// Credentials.
+    pub auth: NatsAuth,
+    /// TLS, if any.
+    pub tls: Option<NatsTls>,
+    /// A worker's lease on a task (JetStream `AckWait`). Workers renew it every third of it while
+    /// the task runs, so a dead worker's task comes back after at most this long (default 10 s).
+    pub lease: Duration,
+    /// Oldest task or result a stream keeps (default 24 h).
+    pub stream_max_age: Duration,
+    /// Bytes a stream may hold; beyond it publishing fails rather than dropping tasks (default 1 GiB).
+    pub stream_max_bytes: i64,
+    /// Consumers nobody pulled from for this long are deleted by the server (default 1 h).
+    pub inactive_threshold: Duration,
+    /// Per-lane acknowledgement mode (default at least once).
+    pub lane_delivery: HashMap<SessionLane, DeliveryMode>,
+    /// Client name shown by the server's monitoring.
+    pub name: Option<String>,
+}
+
+impl NatsConfig {
+    /// Settings for `url`: one server, or several separated by commas.
+    pub fn new(url: impl AsRef<str>) -> Self {
+        Self {
+            servers: url
+                .as_ref()
+                .split(',')
+                .map(|s| s.trim().to_owned())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            prefix: "a3s".to_owned(),
+            auth: NatsAuth::None,
+            tls: None,
+            lease: Duration::from_secs(10),
+            stream_max_age: Duration::from_secs(24 * 3600),
+            stream_max_bytes: 1 << 30,
+            inactive_threshold: Duration::from_secs(3600),
+            lane_delivery: HashMap::new(),
+            name: None,
+        }
+    }
+
+    /// Settings from the environment: `A3S_NATS_URL` (required), and optionally
+    /// `A3S_NATS_PREFIX`, `A3S_NATS_TOKEN`, `A3S_NATS_USER` + `A3S_NATS_PASSWORD`,
+    /// `A3S_NATS_NKEY`, `A3S_NATS_CREDS`, `A3S_NATS_CA`, `A3S_NATS_CERT` + `A3S_NATS_KEY`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when `A3S_NATS_URL` is not set.
+    pub fn from_env() -> Result<Self> {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        let url =
+            var("A3S_NATS_URL").ok_or_else(|| Error::invalid_config("A3S_NATS_URL is not set"))?;
+        let mut cfg = Self::new(url);
+        if let Some(p) = var("A3S_NATS_PREFIX") {
+            cfg.prefix = p;
+        }
+        cfg.auth = match (
+            var("A3S_NATS_TOKEN"),
+            var("A3S_NATS_USER"),
+            var("A3S_NATS_NKEY"),
+            var("A3S_NATS_CREDS"),
+        ) {
+            (Some(t), ..) => NatsAuth::Token(t),
+            (_, Some(user), ..) => NatsAuth::UserPassword {
+                user,
+                password: var("A3S_NATS_PASSWORD").unwrap_or_default(),
+            },
+            (_, _, Some(seed), _) => NatsAuth::NKey(seed),
+            (.., Some(path)) => NatsAuth::CredentialsFile(path.into()),
+            _ => NatsAuth::None,
+        };
+        let (ca, cert, key) = (
+            var("A3S_NATS_CA"),
+            var("A3S_NATS_CERT"),
+            var("A3S_NATS_KEY"),
+        );
+        if ca.is_some() || cert.is_some() {
+            cfg.tls = Some(NatsTls {
+                ca_file: ca.map(Into::into),
+                client_cert: cert.map(Into::into),
+                client_key: key.map(Into::into),
+            });
+        }
+        Ok(cfg)
+    }
+
+    /// Sets the subject and stream prefix (one token; default `a3s`).
+    pub fn with_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.prefix = prefix.into();
+        self
+    }
+
+    /// Authenticates with a token.
+    pub fn with_token(mut self, token: impl Into<String>) -> Self {
+        self.auth = NatsAuth::Token(token.into());
+        self
+    }
+
+    /// Authenticates with a user and password.
+    pub fn with_user_password(
+        mut self,
+        user: impl Into<String>,
+        password: impl Into<String>,
+    ) -> Self {
+        self.auth = NatsAuth::UserPassword {
+            user: user.into(),
+            password: password.into(),
+        };
+        self
+    }
+
+    /// Authenticates with an NKey seed.
+    pub fn with_nkey(mut self, seed: impl Into<String>) -> Self {
+        self.auth = NatsAuth::NKey(seed.into());
+        self
+    }
+
+    /// Authenticates with a `.creds` file.
+    pub fn with_credentials_file(mut self, path: impl Into<PathBuf>) -> Self {
+        self.auth = NatsAuth::CredentialsFile(path.into());
+        self
+    }
+
+    /// Uses TLS with these files.
+    pub fn with_tls(mut self, tls: NatsTls) -> Self {
+        self.tls = Some(tls);
+        self
+    }
+
+    /// Sets the lease (JetStream `AckWait`).
+    pub fn with_lease(mut self, lease: Duration) -> Self {
+        self.lease = lease;
+        self
+    }
+
+    /// Makes a lane at-most-once: workers acknowledge before running, so a crash fails the task
+    /// (at its timeout) instead of running it twice.
+    pub fn with_at_most_once(mut self, lane: SessionLane) -> Self {
+        self.lane_delivery.insert(lane, DeliveryMode::AtMostOnce);
+        self
+    }
+
+    /// Sets the client name.
+    pub fn with_name(mut self, name: impl Into<String>) -> Self {
+        self.name = Some(name.into());
+        self
+    }
+
+    /// The acknowledgement mode of a lane.
+    pub fn delivery(&self, lane: SessionLane) -> DeliveryMode {
+        self.lane_delivery.get(&lane).copied().unwrap_or_default()
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for no server, a bad prefix, a lease under 1 s, or a non-positive
+    /// limit.
+    pub fn validate(&self) -> Result<Names> {
+        if self.servers.is_empty() {
+            return Err(Error::invalid_config("NATS: no server URL given"));
+        }
+        if self.lease < Duration::from_secs(1) {
+            return Err(Error::invalid_config("NATS: lease must be at least 1 s"));
+        }
+        if self.stream_max_bytes <= 0
+            || self.stream_max_age.is_zero()
+            || self.inactive_threshold.is_zero()
+        {
+            return Err(Error::invalid_config(
+                "NATS: stream_max_bytes, stream_max_age and inactive_threshold must be positive",
+            ));
+        }
+        Names::new(&self.prefix)
+    }
+
+    /// Connects.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] when no server answers or the credentials are refused,
+    /// [`Error::InvalidConfig`] for unreadable credential files or bad URLs.
+    pub(crate) async fn connect(&self) -> Result<async_nats::Client> {
+        self.validate()?;
+        let mut opts = match &self.auth {
+            NatsAuth::None => async_nats::ConnectOptions::new(),
+            NatsAuth::Token(t) => async_nats::ConnectOptions::with_token(t.clone()),
+            NatsAuth::UserPassword { user, password } => {
+                async_nats::ConnectOptions::with_user_and_password(user.clone(), password.clone())
+            }
+            NatsAuth::NKey(seed) => async_nats::ConnectOptions::with_nkey(seed.clone()),
+            NatsAuth::CredentialsFile(path) => {
+                async_nats::ConnectOptions::with_credentials_file(path)
+                    .await
+                    .map_err(|e| {
+                        Error::invalid_config(format!(
+                            "NATS credentials file {}: {e}",
+                            path.display()
+                        ))
+                    })?
+            }
+        };
+        if let Some(tls) = &self.tls {
+            opts = opts.require_tls(true);
+            if let Some(ca) = &tls.ca_file {
+                opts = opts.add_root_certificates(ca.clone());
+            }
+            if let (Some(cert), Some(key)) = (&tls.client_cert, &tls.client_key) {
+                opts = opts.add_client_certificate(cert.clone(), key.clone());
+            }
+        }
+        opts = opts
+            .name(self.name.clone().unwrap_or_else(|| "a3s-code".to_owned()))
+            .connection_timeout(Duration::from_secs(5))
+            .request_timeout(Some(Duration::from_secs(10)))
+            .max_reconnects(None);
+        let addrs = self
+            .servers
+            .iter()
+            .map(|s| s.parse::<async_nats::ServerAddr>())
+            .collect::<std::result::Result<Vec<_>, _>>()
+            .map_err(|e| Error::invalid_config(format!("NATS URL: {e}")))?;
+        opts.connect(addrs)
+            .await
+            .map_err(|e| Error::BrokerUnavailable {
+                reason: format!("cannot connect to {}: {e}", self.servers.join(",")),
+            })
+    }
+}

@@ -1,0 +1,440 @@
+//! Version 1 of the wire protocol: subjects, stream and consumer names, and the JSON envelopes.
+//! `docs/protocol.md` is the normative description; these types implement it, and
+//! `tests/fixtures/v1/wire/` holds one canonical example of each envelope.
+//!
+//! Every envelope carries `"v": 1`. A message with another major version, or that is not valid
+//! JSON of the expected shape, is rejected with [`Error::UnsupportedProtocol`] or
+//! [`Error::InvalidPayload`]; receivers log the reason and drop the message.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+use crate::error::{Error, Result};
+use crate::queue::{RetryPolicy, SessionLane};
+use crate::task::{ExternalTask, ExternalTaskResult};
+
+/// The protocol major version this build speaks.
+pub const PROTOCOL_VERSION: u32 = 1;
+
+/// The route token of tasks without required labels.
+pub const ANY_ROUTE: &str = "_";
+
+/// How a worker acknowledges a task.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum DeliveryMode {
+    /// Acknowledge after the result is stored: a crashed worker's task runs again elsewhere.
+    #[default]
+    AtLeastOnce,
+    /// Acknowledge before running: a crash fails the task (by its timeout) instead of running it
+    /// twice. For side effects that must not repeat.
+    AtMostOnce,
+}
+
+/// Subject, stream and consumer names under one prefix (default `a3s`).
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::broker::wire::Names;
+/// use a3s_code_core::queue::SessionLane;
+/// let n = Names::new("a3s").unwrap();
+/// assert_eq!(n.task_subject("s1", SessionLane::Query, "_"), "a3s.task.s1.query._");
+/// assert_eq!(n.tasks_stream(), "A3S_TASKS");
+/// assert_eq!(n.task_consumer("s1", SessionLane::Query, "_"), "t_s1_query__");
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Names {
+    prefix: String,
+}
+
+impl Names {
+    /// Names under `prefix`: one subject token of letters, digits, `-` and `_`.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for an empty or invalid prefix.
+    pub fn new(prefix: &str) -> Result<Self> {
+        if !is_token(prefix) {
+            return Err(Error::invalid_config(format!(
+                "NATS prefix {prefix:?} must be 1 to 64 letters, digits, '-' or '_'"
+            )));
+        }
+        Ok(Self {
+            prefix: prefix.to_owned(),
+        })
+    }
+
+    /// The prefix.
+    pub fn prefix(&self) -> &str {
+        &self.prefix
+    }
+
+    fn stream(&self, what: &str) -> String {
+        format!(
+            "{}_{what}",
+            self.prefix.to_ascii_uppercase().replace('-', "_")
+        )
+    }
+
+    /// The work-queue stream of tasks (subjects `<prefix>.task.>`).
+    pub fn tasks_stream(&self) -> String {
+        self.stream("TASKS")
+    }
+
+    /// The work-queue stream of results (subjects `<prefix>.result.>`).
+    pub fn results_stream(&self) -> String {
+        self.stream("RESULTS")
+    }
+
+    /// The dead-letter stream (subjects `<prefix>.dlq.>`, limits retention, browsable).
+    pub fn dlq_stream(&self) -> String {
+        self.stream("DLQ")
+    }
+
+    /// Where a session publishes the tasks of one lane and route.
+    pub fn task_subject(&self, session: &str, lane: SessionLane, route: &str) -> String {
+        format!("{}.task.{session}.{lane}.{route}", self.prefix)
+    }
+
+    /// Every task subject (the tasks stream's subject).
+    pub fn all_tasks(&self) -> String {
+        format!("{}.task.>", self.prefix)
+    }
+
+    /// Where workers publish a session's results.
+    pub fn result_subject(&self, session: &str) -> String {
+        format!("{}.result.{session}", self.prefix)
+    }
+
+    /// Every result subject.
+    pub fn all_results(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+
+    /// Where a session publishes its dead letters.
+    pub fn dlq_subject(&self, session: &str) -> String {
+        format!("{}.dlq.{session}", self.prefix)
+    }
+
+    /// Every dead-letter subject.
+    pub fn all_dlq(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    /// Core NATS: a session rings it when tasks are waiting (`*` for every session).
+    pub fn ready_subject(&self, session: &str) -> String {
+        format!("{}.ready.{session}", self.prefix)
+    }
+
+    /// Core NATS: a session pushes cancels of its tasks (`*` for every session).
+    pub fn cancel_subject(&self, session: &str) -> String {
+        format!("{}.cancel.{session}", self.prefix)
+    }
+
+    /// Core NATS: workers stream task output chunks to the session.
+    pub fn output_subject(&self, session: &str) -> String {
+        format!("{}.output.{session}", self.prefix)
+    }
+
+    /// Core NATS: Hybrid lanes publish their lifecycle events.
+    pub fn event_subject(&self, session: &str, lane: SessionLane) -> String {
+        format!("{}.event.{session}.{lane}", self.prefix)
+    }
+
+    /// The durable pull consumer workers share for one session, lane and route.
+    pub fn task_consumer(&self, session: &str, lane: SessionLane, route: &str) -> String {
+        format!("t_{session}_{lane}_{route}")
+    }
+
+    /// The durable pull consumer a session reads its results with.
+    pub fn result_consumer(&self, session: &str) -> String {
+        format!("r_{session}")
+    }
+}
+
+/// Whether `s` can be one subject token: 1 to 64 of `[A-Za-z0-9_-]`.
+pub(crate) fn is_token(s: &str) -> bool {
+    !s.is_empty()
+        && s.len() <= 64
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+}
+
+/// The route token of a set of required labels: [`ANY_ROUTE`] for none, else `r` followed by the
+/// 16 lowercase hex digits of the 64-bit FNV-1a hash of `k1=v1,k2=v2,...` (keys sorted, UTF-8).
+///
+/// # Examples
+///
+/// ```
+/// use std::collections::BTreeMap;
+/// use a3s_code_core::broker::wire::route_token;
+/// assert_eq!(route_token(&BTreeMap::new()), "_");
+/// let eu = BTreeMap::from([("region".to_owned(), "eu-west".to_owned())]);
+/// assert_eq!(route_token(&eu), "r7be5d1e1e8b0d6a5");
+/// ```
+pub fn route_token(labels: &BTreeMap<String, String>) -> String {
+    if labels.is_empty() {
+        return ANY_ROUTE.to_owned();
+    }
+    let canonical = labels
+        .iter()
+        .map(|(k, v)| format!("{k}={v}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let mut hash: u64 = 0xcbf2_9ce4_8422_2325;
+    for byte in canonical.bytes() {
+        hash ^= u64::from(byte);
+        hash = hash.wrapping_mul(0x0000_0100_0000_01b3);
+    }
+    format!("r{hash:016x}")
+}
+
+/// Whether a worker with `worker_labels` may run a task that requires `required`.
+pub fn labels_match(
+    required: &BTreeMap<String, String>,
+    worker_labels: &BTreeMap<String, String>,
+) -> bool {
+    required
+        .iter()
+        .all(|(k, v)| worker_labels.get(k) == Some(v))
+}
+
+/// A reference to a large payload or result kept in the JetStream object store.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ObjectRef {
+    /// The object store bucket.
+    pub bucket: String,
+    /// The object's name.
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// A task as published on `<prefix>.task.<session>.<lane>.<route>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TaskEnvelope {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// The task (its fields at the top level, `remaining_ms` as of publication).
+    #[serde(flatten)]
+    pub task: ExternalTask,
+    /// Attempts allowed in all; a delivery beyond it is reported as exhausted, not run.
+    pub max_attempts: u32,
+    /// The session's retry policy: the delay a worker asks for when it gives a task back.
+    pub retry: RetryPolicy,
+    /// When the worker acknowledges.
+    #[serde(default)]
+    pub delivery: DeliveryMode,
+    /// Labels a worker must have to run the task.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Where the payload is when it was too large to inline (then `payload` is null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub payload_ref: Option<ObjectRef>,
+}
+
+/// What a result message reports.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum ResultKind {
+    /// The task ran; `result` holds its outcome (which may report `success: false`).
+    Result,
+    /// The task's deliveries exceeded `max_attempts`: it was not run again.
+    Exhausted,
+}
+
+/// A result as published on `<prefix>.result.<session>`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultEnvelope {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// What this reports.
+    pub kind: ResultKind,
+    /// The task.
+    pub task_id: String,
+    /// Its session.
+    pub session_id: String,
+    /// The delivery count of the attempt that produced this (JetStream's `delivered`).
+    pub attempt: u32,
+    /// Who ran it.
+    #[serde(default)]
+    pub worker_id: String,
+    /// The outcome (for `exhausted`: `success: false` and the reason in `error`).
+    pub result: ExternalTaskResult,
+    /// Where the result is when it was too large to inline (then `result.result` is null).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result_ref: Option<ObjectRef>,
+}
+
+/// A doorbell on `<prefix>.ready.<session>`: tasks are waiting in one lane and route.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Doorbell {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// The lane.
+    pub lane: SessionLane,
+    /// The route token.
+    pub route: String,
+    /// The labels behind the route token.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// A cancel on `<prefix>.cancel.<session>`: stop the task if it runs, drop it otherwise.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelNotice {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// The task.
+    pub task_id: String,
+    /// `cancelled`, `timed_out` or `closed`.
+    pub reason: String,
+}
+
+/// An output chunk on `<prefix>.output.<session>`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutputChunk {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// The task.
+    pub task_id: String,
+    /// `stdout` or `stderr`.
+    pub stream: String,
+    /// The text.
+    pub chunk: String,
+    /// 0, 1, 2... per task, so receivers can spot gaps (core NATS is at most once).
+    pub seq: u64,
+}
+
+/// Decodes a version-1 envelope, checking the version first.
+///
+/// # Errors
+///
+/// [`Error::UnsupportedProtocol`] for another or a missing version, [`Error::InvalidPayload`]
+/// for anything that is not the expected JSON.
+pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+    #[derive(Deserialize)]
+    struct Version {
+        v: Option<Value>,
+    }
+    let version: Version = serde_json::from_slice(bytes)
+        .map_err(|e| Error::invalid_payload(format!("not a JSON object: {e}")))?;
+    match version.v {
+        Some(Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
+        other => {
+            return Err(Error::UnsupportedProtocol {
+                version: other.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+                supported: PROTOCOL_VERSION.to_string(),
+            });
+        }
+    }
+    serde_json::from_slice(bytes).map_err(|e| Error::invalid_payload(e.to_string()))
+}
+
+/// Encodes an envelope.
+pub fn encode<T: Serialize>(envelope: &T) -> Vec<u8> {
+    serde_json::to_vec(envelope).expect("envelopes always serialize")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn task_envelopes_round_trip() {
+        let task = ExternalTask::new(
+            "abc-1",
+            "s1",
+            SessionLane::Query,
+            "read",
+            json!({"path": "a"}),
+            5_000,
+        );
+        let env = TaskEnvelope {
+            v: 1,
+            task,
+            max_attempts: 3,
+            retry: RetryPolicy::exponential(2, 100),
+            delivery: DeliveryMode::AtMostOnce,
+            labels: BTreeMap::from([("gpu".into(), "yes".into())]),
+            payload_ref: None,
+        };
+        let bytes = encode(&env);
+        let v: Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["task_id"], "abc-1");
+        assert_eq!(v["delivery"], "at_most_once");
+        assert_eq!(v["retry"]["strategy"], "exponential");
+        let back: TaskEnvelope = decode(&bytes).unwrap();
+        assert_eq!(back, env);
+    }
+
+    #[test]
+    fn versions_and_garbage_are_rejected() {
+        assert_eq!(
+            decode::<Doorbell>(br#"{"v":2,"lane":"query","route":"_"}"#)
+                .unwrap_err()
+                .code(),
+            "UnsupportedProtocol"
+        );
+        assert_eq!(
+            decode::<Doorbell>(br#"{"lane":"query","route":"_"}"#)
+                .unwrap_err()
+                .code(),
+            "UnsupportedProtocol"
+        );
+        assert_eq!(
+            decode::<Doorbell>(br#"{"v":"1","lane":"query"}"#)
+                .unwrap_err()
+                .code(),
+            "UnsupportedProtocol"
+        );
+        assert_eq!(
+            decode::<Doorbell>(b"\xff\x00").unwrap_err().code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            decode::<Doorbell>(br#"{"v":1,"lane":"fast","route":"_"}"#)
+                .unwrap_err()
+                .code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            decode::<ResultEnvelope>(br#"[1,2]"#).unwrap_err().code(),
+            "InvalidPayload"
+        );
+    }
+
+    #[test]
+    fn routes_are_stable_and_order_independent() {
+        let a = BTreeMap::from([
+            ("region".to_owned(), "eu-west".to_owned()),
+            ("gpu".to_owned(), "a100".to_owned()),
+        ]);
+        let token = route_token(&a);
+        assert!(token.starts_with('r') && token.len() == 17 && is_token(&token));
+        let worker = BTreeMap::from([
+            ("region".to_owned(), "eu-west".to_owned()),
+            ("gpu".to_owned(), "a100".to_owned()),
+            ("zone".to_owned(), "b".to_owned()),
+        ]);
+        assert!(labels_match(&a, &worker));
+        assert!(!labels_match(&worker, &a));
+        assert!(labels_match(&BTreeMap::new(), &a));
+    }
+
+    #[test]
+    fn prefixes_are_single_tokens() {
+        assert!(Names::new("a3s-test_1").is_ok());
+        for bad in ["", "a.b", "a*", "a b"] {
+            assert_eq!(Names::new(bad).unwrap_err().code(), "InvalidConfig");
+        }
+        assert_eq!(
+            Names::new("my-app").unwrap().results_stream(),
+            "MY_APP_RESULTS"
+        );
+    }
+}

@@ -1,0 +1,825 @@
+//! [`RemoteSession`]: the worker's side of NATS JetStream, with the same methods as
+//! [`AgentSession`](crate::AgentSession) so the spec's worker loop runs unchanged on another
+//! machine.
+//!
+//! A claimed task is leased: while it is outstanding the session renews the lease (`InProgress`)
+//! every third of the consumer's `AckWait`, so only a dead worker loses it. The result is stored
+//! in the results stream before the task is acknowledged, so a crash in between runs the task again
+//! rather than losing it (at least once; a lane configured at-most-once is acknowledged first).
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use async_nats::Subject;
+use async_nats::jetstream::message::PublishMessage;
+use async_nats::jetstream::{self, AckKind, consumer, stream};
+use futures_util::StreamExt;
+use futures_util::future::{BoxFuture, join_all};
+use parking_lot::Mutex;
+use tokio::sync::{broadcast, mpsc, watch};
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+
+use super::TaskSource;
+use crate::broker::NatsConfig;
+use crate::broker::wire::{
+    self, ANY_ROUTE, CancelNotice, DeliveryMode, Doorbell, Names, OutputChunk, PROTOCOL_VERSION,
+    ResultEnvelope, ResultKind, TaskEnvelope,
+};
+use crate::error::{Error, Result};
+use crate::queue::{RetryPolicy, SessionLane};
+use crate::task::{ExternalTask, ExternalTaskResult};
+use crate::tools::OutputSink;
+
+/// Which tasks a [`RemoteSession`] takes.
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::queue::SessionLane;
+/// use a3s_code_core::worker::RemoteOptions;
+/// let opts = RemoteOptions::session("abc123")
+///     .with_lanes([SessionLane::Query])
+///     .with_label("region", "eu-west");
+/// assert_eq!(opts.session_id.as_deref(), Some("abc123"));
+/// assert!(RemoteOptions::pool().session_id.is_none());
+/// ```
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// The session to serve; `None` serves every session (a pool worker).
+    pub session_id: Option<String>,
+    /// The lanes to serve (default: all four).
+    pub lanes: Vec<SessionLane>,
+    /// This worker's labels; it takes tasks whose required labels it has, and tasks with none.
+    pub labels: BTreeMap<String, String>,
+    /// Reported with every result (default: a random id).
+    pub worker_id: String,
+}
+
+impl RemoteOptions {
+    /// Serve one session.
+    pub fn session(session_id: impl Into<String>) -> Self {
+        Self {
+            session_id: Some(session_id.into()),
+            ..Self::pool()
+        }
+    }
+
+    /// Serve every session on the broker.
+    pub fn pool() -> Self {
+        Self {
+            session_id: None,
+            lanes: SessionLane::ALL.to_vec(),
+            labels: BTreeMap::new(),
+            worker_id: format!(
+                "worker-{}",
+                &uuid::Uuid::new_v4().simple().to_string()[..12]
+            ),
+        }
+    }
+
+    /// Serve only these lanes.
+    pub fn with_lanes(mut self, lanes: impl IntoIterator<Item = SessionLane>) -> Self {
+        self.lanes = lanes.into_iter().collect();
+        self.lanes.sort();
+        self.lanes.dedup();
+        self
+    }
+
+    /// Adds a label (`region=eu-west`, `gpu=a100`).
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets the worker id.
+    pub fn with_worker_id(mut self, id: impl Into<String>) -> Self {
+        self.worker_id = id.into();
+        self
+    }
+}
+
+/// A task this worker holds, until it reports or gives it back.
+struct Claim {
+    /// The delivery's reply subject: acknowledgements go there.
+    reply: Subject,
+    session_id: String,
+    delivery: DeliveryMode,
+    attempt: u32,
+    max_attempts: u32,
+    retry: RetryPolicy,
+}
+
+/// A consumer that may have work: (lane, session, route), ordered by lane priority first.
+type Source = (SessionLane, String, String);
+
+struct Inner {
+    client: async_nats::Client,
+    js: jetstream::Context,
+    names: Names,
+    options: RemoteOptions,
+    lease: Duration,
+    tasks_stream: stream::Stream,
+    consumers: Mutex<HashMap<String, consumer::PullConsumer>>,
+    /// Consumers a doorbell (or a full batch) says may have work, with a generation so a hint that
+    /// arrives during a fetch is not lost.
+    hints: Mutex<BTreeMap<Source, u64>>,
+    hint_gen: Mutex<u64>,
+    bell: watch::Sender<u64>,
+    claims: Mutex<HashMap<String, Claim>>,
+    cancels: broadcast::Sender<String>,
+    output: mpsc::UnboundedSender<(String, Vec<u8>)>,
+    background: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Inner {
+    /// Sends an acknowledgement of `kind` for a delivery (fire and forget).
+    async fn ack(&self, reply: &Subject, kind: AckKind) {
+        if let Err(e) = self.client.publish(reply.clone(), kind.into()).await {
+            tracing::debug!(error = %e, "could not send an acknowledgement");
+        }
+    }
+
+    /// Acknowledges and waits for the server to confirm it (at-most-once lanes).
+    async fn ack_confirmed(&self, reply: &Subject) -> bool {
+        self.client
+            .request(reply.clone(), AckKind::Ack.into())
+            .await
+            .is_ok()
+    }
+}
+
+impl Drop for Inner {
+    fn drop(&mut self) {
+        for h in self.background.lock().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+/// The worker's side of a session on another machine. See the [module docs](self).
+///
+/// Cloning is cheap; clones share the connection and the claims. Every method is safe to call
+/// concurrently.
+///
+/// # Examples
+///
+/// The spec's worker loop, pointed at NATS:
+///
+/// ```no_run
+/// use a3s_code_core::ExternalTaskResult;
+/// use a3s_code_core::worker::RemoteSession;
+/// # #[tokio::main] async fn main() -> a3s_code_core::Result<()> {
+/// let session = RemoteSession::connect("nats://127.0.0.1:4222", "abc123").await?;
+/// loop {
+///     let tasks = session.pending_external_tasks().await?;
+///     if tasks.is_empty() {
+///         tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+///         continue;
+///     }
+///     for task in tasks {
+///         let result = ExternalTaskResult::ok(serde_json::json!({"done": task.command_type}));
+///         session.complete_external_task(&task.task_id, result).await?;
+///     }
+/// }
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct RemoteSession {
+    inner: Arc<Inner>,
+}
+
+impl std::fmt::Debug for RemoteSession {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RemoteSession")
+            .field("session_id", &self.inner.options.session_id)
+            .field("worker_id", &self.inner.options.worker_id)
+            .field("claims", &self.inner.claims.lock().len())
+            .finish_non_exhaustive()
+    }
+}
+
+const MAX_PENDING_CLAIM: usize = 256;
+
+impl RemoteSession {
+    /// Connects to `url` (one or more comma-separated servers) as a worker of `session_id`
+    /// (`"*"` for every session).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] when NATS cannot be reached or has no streams for this
+    /// prefix yet (no session was ever opened on it).
+    pub async fn connect(url: &str, session_id: &str) -> Result<Self> {
+        let options = match session_id {
+            "*" => RemoteOptions::pool(),
+            id => RemoteOptions::session(id),
+        };
+        Self::connect_with(NatsConfig::new(url), options).await
+    }
+
+    /// Connects with full settings (auth, TLS, prefix, lanes, labels, worker id).
+    ///
+    /// # Errors
+    ///
+    /// As [`connect`](Self::connect), plus [`Error::InvalidConfig`] for bad settings.
+    pub async fn connect_with(config: NatsConfig, options: RemoteOptions) -> Result<Self> {
+        let names = config.validate()?;
+        if let Some(id) = &options.session_id
+            && !wire::is_token(id)
+        {
+            return Err(Error::invalid_config(format!(
+                "session id {id:?} is not a valid session id"
+            )));
+        }
+        if options.lanes.is_empty() {
+            return Err(Error::invalid_config(
+                "a worker must serve at least one lane",
+            ));
+        }
+        let client = config.connect().await?;
+        let js = jetstream::new(client.clone());
+        let tasks_stream =
+            js.get_stream(names.tasks_stream())
+                .await
+                .map_err(|e| Error::BrokerUnavailable {
+                    reason: format!(
+                        "no tasks stream {} (has a session been opened with this prefix?): {e}",
+                        names.tasks_stream()
+                    ),
+                })?;
+        let (output, output_rx) = mpsc::unbounded_channel();
+        let inner = Arc::new(Inner {
+            client: client.clone(),
+            js,
+            names: names.clone(),
+            options,
+            lease: config.lease,
+            tasks_stream,
+            consumers: Mutex::new(HashMap::new()),
+            hints: Mutex::new(BTreeMap::new()),
+            hint_gen: Mutex::new(0),
+            bell: watch::channel(0).0,
+            claims: Mutex::new(HashMap::new()),
+            cancels: broadcast::channel(1024).0,
+            output,
+            background: Mutex::new(Vec::new()),
+        });
+        let target = inner
+            .options
+            .session_id
+            .clone()
+            .unwrap_or_else(|| "*".to_owned());
+        let doorbells = client
+            .subscribe(names.ready_subject(&target))
+            .await
+            .map_err(unavailable)?;
+        let cancels = client
+            .subscribe(names.cancel_subject(&target))
+            .await
+            .map_err(unavailable)?;
+        let weak = Arc::downgrade(&inner);
+        *inner.background.lock() = vec![
+            tokio::spawn(listen_doorbells(weak.clone(), doorbells)),
+            tokio::spawn(listen_cancels(weak.clone(), cancels)),
+            tokio::spawn(heartbeat(weak.clone())),
+            tokio::spawn(publish_output(client, output_rx)),
+        ];
+        let me = Self { inner };
+        me.sweep().await;
+        Ok(me)
+    }
+
+    /// This worker's id, reported with its results.
+    pub fn worker_id(&self) -> &str {
+        &self.inner.options.worker_id
+    }
+
+    /// Tasks claimed and not yet reported.
+    pub fn claimed_count(&self) -> usize {
+        self.inner.claims.lock().len()
+    }
+
+    /// Claims what is waiting now (up to 256), highest-priority lane first, without waiting.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] when NATS cannot be reached.
+    pub async fn pending_external_tasks(&self) -> Result<Vec<ExternalTask>> {
+        self.claim_external_tasks(MAX_PENDING_CLAIM, Duration::ZERO)
+            .await
+    }
+
+    /// Claims at most `max` tasks (pass your free slots), highest-priority lane first, waiting up
+    /// to `wait` for the first one.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::BrokerUnavailable`] when NATS cannot be reached.
+    pub async fn claim_external_tasks(
+        &self,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ExternalTask>> {
+        if max == 0 {
+            return Ok(Vec::new());
+        }
+        let until = Instant::now() + wait;
+        let mut bell = self.inner.bell.subscribe();
+        loop {
+            bell.borrow_and_update();
+            let tasks = self.fetch(max).await?;
+            if !tasks.is_empty() {
+                return Ok(tasks);
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(tasks);
+            }
+            // Wait for a doorbell; sweep every consumer now and then in case one was missed.
+            let sweep = until.min(now + Duration::from_secs(1));
+            tokio::select! {
+                _ = bell.changed() => {}
+                _ = tokio::time::sleep_until(sweep) => self.sweep().await,
+            }
+        }
+    }
+
+    /// Hints every consumer this worker serves (after a timeout or at start).
+    async fn sweep(&self) {
+        let inner = &self.inner;
+        let mut sources: Vec<Source> = Vec::new();
+        match &inner.options.session_id {
+            Some(sid) => {
+                for &lane in &inner.options.lanes {
+                    sources.push((lane, sid.clone(), ANY_ROUTE.to_owned()));
+                }
+            }
+            None => {
+                // Pool: every session's consumers, read from their filter subjects.
+                let mut list = inner.tasks_stream.consumers();
+                while let Some(Ok(info)) = list.next().await {
+                    let subject = info.config.filter_subject;
+                    let parts: Vec<&str> = subject.split('.').collect();
+                    if let [_, "task", sid, lane, route] = parts[..]
+                        && let Ok(lane) = lane.parse::<SessionLane>()
+                        && inner.options.lanes.contains(&lane)
+                        && route == ANY_ROUTE
+                    {
+                        sources.push((lane, sid.to_owned(), route.to_owned()));
+                    }
+                }
+            }
+        }
+        let mut hints = inner.hints.lock();
+        let generation = next_gen(&inner.hint_gen);
+        for s in sources {
+            hints.insert(s, generation);
+        }
+    }
+
+    /// One pass over the hinted consumers, highest priority first.
+    async fn fetch(&self, max: usize) -> Result<Vec<ExternalTask>> {
+        let inner = &self.inner;
+        let candidates: Vec<(Source, u64)> = inner
+            .hints
+            .lock()
+            .iter()
+            .map(|(s, g)| (s.clone(), *g))
+            .collect();
+        let mut out = Vec::new();
+        for ((lane, sid, route), generation) in candidates {
+            if out.len() >= max {
+                break;
+            }
+            let want = max - out.len();
+            let name = inner.names.task_consumer(&sid, lane, &route);
+            let consumer = match self.consumer(&name).await {
+                Ok(c) => c,
+                Err(Error::TaskNotFound { .. }) => {
+                    // The session is gone.
+                    inner.hints.lock().remove(&(lane, sid, route));
+                    continue;
+                }
+                Err(e) => return Err(e),
+            };
+            let mut batch = consumer
+                .fetch()
+                .max_messages(want)
+                .messages()
+                .await
+                .map_err(unavailable)?;
+            let mut got = 0;
+            while let Some(msg) = batch.next().await {
+                let msg = match msg {
+                    Ok(m) => m,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "fetch ended early");
+                        break;
+                    }
+                };
+                got += 1;
+                if let Some(task) = self.accept(msg).await {
+                    out.push(task);
+                }
+            }
+            if got < want {
+                // Drained: forget the hint unless a doorbell renewed it meanwhile.
+                let mut hints = inner.hints.lock();
+                let key = (lane, sid, route);
+                if hints.get(&key) == Some(&generation) {
+                    hints.remove(&key);
+                }
+            }
+        }
+        Ok(out)
+    }
+
+    async fn consumer(&self, name: &str) -> Result<consumer::PullConsumer> {
+        if let Some(c) = self.inner.consumers.lock().get(name) {
+            return Ok(c.clone());
+        }
+        match self
+            .inner
+            .tasks_stream
+            .get_consumer::<consumer::pull::Config>(name)
+            .await
+        {
+            Ok(c) => {
+                self.inner
+                    .consumers
+                    .lock()
+                    .insert(name.to_owned(), c.clone());
+                Ok(c)
+            }
+            Err(e) if e.to_string().contains("not found") => Err(Error::TaskNotFound {
+                task_id: name.to_owned(),
+            }),
+            Err(e) => Err(unavailable(e)),
+        }
+    }
+
+    /// Turns a delivery into a claimed task, or disposes of it (malformed, exhausted).
+    async fn accept(&self, msg: jetstream::Message) -> Option<ExternalTask> {
+        let delivered = msg.info().map(|i| i.delivered).unwrap_or(1).max(1) as u32;
+        let reply = msg.reply.clone()?;
+        let env = match wire::decode::<TaskEnvelope>(&msg.payload) {
+            Ok(env) => env,
+            Err(err) => {
+                tracing::warn!(error = %err, subject = %msg.subject, "dropping a malformed task message");
+                self.inner.ack(&reply, AckKind::Term).await;
+                return None;
+            }
+        };
+        let mut task = env.task;
+        task.attempt = delivered;
+        if delivered > env.max_attempts {
+            self.inner.ack(&reply, AckKind::Term).await;
+            let reason = format!(
+                "{} attempts were lost (worker crashes or expired leases)",
+                delivered - 1
+            );
+            let report = self.envelope(
+                ResultKind::Exhausted,
+                &task.task_id,
+                &task.session_id,
+                delivered,
+                ExternalTaskResult::err(reason),
+            );
+            let _ = self
+                .publish_result(&task.session_id, &task.task_id, delivered, report)
+                .await;
+            return None;
+        }
+        if env.delivery == DeliveryMode::AtMostOnce && !self.inner.ack_confirmed(&reply).await {
+            // Not acknowledged: another worker may get it; we must not run it.
+            return None;
+        }
+        self.inner.claims.lock().insert(
+            task.task_id.clone(),
+            Claim {
+                reply,
+                session_id: task.session_id.clone(),
+                delivery: env.delivery,
+                attempt: delivered,
+                max_attempts: env.max_attempts,
+                retry: env.retry,
+            },
+        );
+        Some(task)
+    }
+
+    fn envelope(
+        &self,
+        kind: ResultKind,
+        task_id: &str,
+        session_id: &str,
+        attempt: u32,
+        result: ExternalTaskResult,
+    ) -> ResultEnvelope {
+        ResultEnvelope {
+            v: PROTOCOL_VERSION,
+            kind,
+            task_id: task_id.to_owned(),
+            session_id: session_id.to_owned(),
+            attempt,
+            worker_id: self.inner.options.worker_id.clone(),
+            result,
+            result_ref: None,
+        }
+    }
+
+    async fn publish_result(
+        &self,
+        session_id: &str,
+        task_id: &str,
+        attempt: u32,
+        envelope: ResultEnvelope,
+    ) -> Result<BoxFuture<'static, Result<()>>> {
+        let publish = PublishMessage::build()
+            .payload(wire::encode(&envelope).into())
+            .message_id(format!("{task_id}:{attempt}"));
+        let ack = self
+            .inner
+            .js
+            .send_publish(self.inner.names.result_subject(session_id), publish)
+            .await
+            .map_err(unavailable)?;
+        Ok(Box::pin(async move {
+            ack.await.map(|_| ()).map_err(unavailable)
+        }))
+    }
+
+    /// Reports a task's result: stored durably, then the task is acknowledged.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`] when this worker holds no such task (never claimed, already
+    /// reported, or cancelled); [`Error::BrokerUnavailable`] when the result could not be stored
+    /// (the task stays claimed, so you can retry).
+    pub async fn complete_external_task(
+        &self,
+        task_id: &str,
+        result: ExternalTaskResult,
+    ) -> Result<()> {
+        let mut out = self
+            .complete_external_tasks([(task_id.to_owned(), result)])
+            .await?;
+        out.pop().unwrap_or(Ok(()))
+    }
+
+    /// Reports many results: all are published, then acknowledged, in one round trip.
+    ///
+    /// # Errors
+    ///
+    /// One outcome per result, as [`complete_external_task`](Self::complete_external_task).
+    pub async fn complete_external_tasks(
+        &self,
+        results: impl IntoIterator<Item = (String, ExternalTaskResult)>,
+    ) -> Result<Vec<Result<()>>> {
+        let mut pending = Vec::new();
+        for (task_id, result) in results {
+            let claim = self.inner.claims.lock().remove(&task_id);
+            let Some(claim) = claim else {
+                pending.push(Err(Error::TaskNotFound { task_id }));
+                continue;
+            };
+            let env = self.envelope(
+                ResultKind::Result,
+                &task_id,
+                &claim.session_id,
+                claim.attempt,
+                result,
+            );
+            match self
+                .publish_result(&claim.session_id, &task_id, claim.attempt, env)
+                .await
+            {
+                Ok(ack) => pending.push(Ok((task_id, claim, ack))),
+                Err(e) => {
+                    self.inner.claims.lock().insert(task_id, claim);
+                    pending.push(Err(e));
+                }
+            }
+        }
+        let mut outcomes = Vec::with_capacity(pending.len());
+        let acks: Vec<_> = pending
+            .into_iter()
+            .map(|p| async move {
+                match p {
+                    Ok((task_id, claim, ack)) => match ack.await {
+                        Ok(()) => {
+                            if claim.delivery == DeliveryMode::AtLeastOnce {
+                                self.inner.ack(&claim.reply, AckKind::Ack).await;
+                            }
+                            (None, Ok(()))
+                        }
+                        Err(e) => (Some((task_id, claim)), Err(e)),
+                    },
+                    Err(e) => (None, Err(e)),
+                }
+            })
+            .collect();
+        for (back, outcome) in join_all(acks).await {
+            if let Some((task_id, claim)) = back {
+                self.inner.claims.lock().insert(task_id, claim);
+            }
+            outcomes.push(outcome);
+        }
+        Ok(outcomes)
+    }
+
+    /// Gives a task back without a result: it is delivered again after the session's retry
+    /// delay, or reported exhausted when it has no attempts left.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`] when this worker holds no such task.
+    pub async fn abandon_external_task(&self, task_id: &str, reason: &str) -> Result<()> {
+        let claim = self.inner.claims.lock().remove(task_id);
+        let claim = claim.ok_or_else(|| Error::TaskNotFound {
+            task_id: task_id.to_owned(),
+        })?;
+        if claim.delivery == DeliveryMode::AtMostOnce {
+            // Already acknowledged: nobody will run it again. Report it as failed.
+            let env = self.envelope(
+                ResultKind::Result,
+                task_id,
+                &claim.session_id,
+                claim.attempt,
+                ExternalTaskResult::err(reason),
+            );
+            return self
+                .publish_result(&claim.session_id, task_id, claim.attempt, env)
+                .await?
+                .await;
+        }
+        if claim.attempt >= claim.max_attempts {
+            self.inner.ack(&claim.reply, AckKind::Term).await;
+            let why = format!("{} attempt(s) failed; last: {reason}", claim.attempt);
+            let env = self.envelope(
+                ResultKind::Exhausted,
+                task_id,
+                &claim.session_id,
+                claim.attempt + 1,
+                ExternalTaskResult::err(why),
+            );
+            return self
+                .publish_result(&claim.session_id, task_id, claim.attempt, env)
+                .await?
+                .await;
+        }
+        let delay = claim.retry.delay_before_retry(claim.attempt);
+        self.inner
+            .ack(&claim.reply, AckKind::Nak(Some(delay)))
+            .await;
+        Ok(())
+    }
+
+    /// Task ids the session cancelled (or timed out) while this worker may be running them.
+    pub fn cancellations(&self) -> broadcast::Receiver<String> {
+        self.inner.cancels.subscribe()
+    }
+
+    /// A sink that streams a task's output chunks to its session.
+    pub fn output_sink(&self, task: &ExternalTask) -> OutputSink {
+        let subject = self.inner.names.output_subject(&task.session_id);
+        let task_id = task.task_id.clone();
+        let tx = self.inner.output.clone();
+        let seq = std::sync::atomic::AtomicU64::new(0);
+        Arc::new(move |stream: &str, chunk: &str| {
+            let n = seq.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let msg = OutputChunk {
+                v: PROTOCOL_VERSION,
+                task_id: task_id.clone(),
+                stream: stream.to_owned(),
+                chunk: chunk.to_owned(),
+                seq: n,
+            };
+            let _ = tx.send((subject.clone(), wire::encode(&msg)));
+        })
+    }
+
+    /// Gives back every task still claimed (delivered again at once elsewhere) and stops.
+    pub async fn close(&self) {
+        let claims: Vec<Claim> = self.inner.claims.lock().drain().map(|(_, c)| c).collect();
+        for c in claims {
+            if c.delivery == DeliveryMode::AtLeastOnce {
+                self.inner.ack(&c.reply, AckKind::Nak(None)).await;
+            }
+        }
+        let _ = self.inner.client.flush().await;
+        for h in self.inner.background.lock().drain(..) {
+            h.abort();
+        }
+    }
+}
+
+impl TaskSource for RemoteSession {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
+        Box::pin(self.claim_external_tasks(max, wait))
+    }
+
+    fn complete(
+        &self,
+        results: Vec<(String, ExternalTaskResult)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
+        Box::pin(self.complete_external_tasks(results))
+    }
+
+    fn cancellations(&self) -> Option<broadcast::Receiver<String>> {
+        Some(self.inner.cancels.subscribe())
+    }
+
+    fn output_sink(&self, task: &ExternalTask) -> Option<OutputSink> {
+        Some(RemoteSession::output_sink(self, task))
+    }
+}
+
+fn unavailable(e: impl std::fmt::Display) -> Error {
+    Error::BrokerUnavailable {
+        reason: e.to_string(),
+    }
+}
+
+fn next_gen(counter: &Mutex<u64>) -> u64 {
+    let mut g = counter.lock();
+    *g += 1;
+    *g
+}
+
+async fn listen_doorbells(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(sid) = msg.subject.split('.').nth(2).map(str::to_owned) else {
+            continue;
+        };
+        let bell = match wire::decode::<Doorbell>(&msg.payload) {
+            Ok(b) => b,
+            Err(err) => {
+                tracing::debug!(error = %err, "ignoring a malformed doorbell");
+                continue;
+            }
+        };
+        if !inner.options.lanes.contains(&bell.lane)
+            || !wire::labels_match(&bell.labels, &inner.options.labels)
+        {
+            continue;
+        }
+        let generation = next_gen(&inner.hint_gen);
+        inner
+            .hints
+            .lock()
+            .insert((bell.lane, sid, bell.route), generation);
+        inner.bell.send_modify(|n| *n += 1);
+    }
+}
+
+async fn listen_cancels(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
+    while let Some(msg) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Ok(notice) = wire::decode::<CancelNotice>(&msg.payload) else {
+            continue;
+        };
+        let claim = inner.claims.lock().remove(&notice.task_id);
+        if let Some(claim) = claim {
+            // The session no longer wants it: remove it from the queue.
+            inner.ack(&claim.reply, AckKind::Ack).await;
+        }
+        let _ = inner.cancels.send(notice.task_id);
+    }
+}
+
+/// Renews the lease of every outstanding claim.
+async fn heartbeat(inner: std::sync::Weak<Inner>) {
+    let period = match inner.upgrade() {
+        Some(i) => (i.lease / 3).max(Duration::from_millis(200)),
+        None => return,
+    };
+    let mut tick = tokio::time::interval(period);
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let Some(inner) = inner.upgrade() else { return };
+        let replies: Vec<Subject> = {
+            let claims = inner.claims.lock();
+            claims
+                .values()
+                .filter(|c| c.delivery == DeliveryMode::AtLeastOnce)
+                .map(|c| c.reply.clone())
+                .collect()
+        };
+        for reply in replies {
+            inner.ack(&reply, AckKind::Progress).await;
+        }
+    }
+}
+
+async fn publish_output(
+    client: async_nats::Client,
+    mut rx: mpsc::UnboundedReceiver<(String, Vec<u8>)>,
+) {
+    while let Some((subject, payload)) = rx.recv().await {
+        let _ = client.publish(subject, payload.into()).await;
+    }
+}
