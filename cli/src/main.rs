@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod worker;
 
 /// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
 /// workers in process or on other machines.
@@ -18,16 +19,26 @@ enum Command {
     /// Search a directory with in-process External workers (no broker needed) and show the
     /// queue's stats and metrics.
     Demo(demo::DemoArgs),
+    /// Run the built-in tools for sessions on other machines, over NATS JetStream.
+    Worker(worker::WorkerArgs),
 }
 
 fn main() -> anyhow::Result<()> {
     let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("A3S_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
     runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Worker(args) => worker::run(args).await,
         }
     })
 }

@@ -84,8 +84,11 @@ async fn abandoned_attempts_are_retried_with_exponential_backoff_then_dead_lette
 
 #[tokio::test]
 async fn without_a_retry_policy_a_lost_attempt_fails_the_task() {
-    let (session, _dir) =
-        common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
+    let cfg = SessionQueueConfig {
+        retry_policy: RetryPolicy::none(),
+        ..Default::default()
+    };
+    let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 60_000);
     let h = session
         .submit(SessionLane::Query, "read", json!({}))
         .await

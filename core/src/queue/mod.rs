@@ -253,9 +253,11 @@ pub struct RetryPolicy {
 }
 
 impl Default for RetryPolicy {
+    /// Up to 3 retries of lost attempts, 100 ms then doubling, at most 10 s apart: a crashed
+    /// worker's task runs again elsewhere. (A failed result is never retried.)
     fn default() -> Self {
         Self {
-            strategy: RetryStrategy::None,
+            strategy: RetryStrategy::Exponential,
             max_retries: 3,
             initial_delay_ms: 100,
             max_delay_ms: 10_000,
@@ -264,9 +266,12 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
-    /// No retries.
+    /// No retries: a lost attempt fails the task.
     pub fn none() -> Self {
-        Self::default()
+        Self {
+            strategy: RetryStrategy::None,
+            ..Self::default()
+        }
     }
 
     /// Up to `max_retries` retries, `delay_ms` apart.
@@ -355,7 +360,7 @@ pub struct SessionQueueConfig {
     pub latency_alert_threshold_ms: u64,
     /// Timeout of lanes without their own entry in `lane_handlers` (default 60 000 ms).
     pub default_timeout_ms: u64,
-    /// Retries of lost attempts (default: none).
+    /// Retries of lost attempts (default: 3, exponential from 100 ms).
     pub retry_policy: RetryPolicy,
     /// Per-lane handler mode and timeout; lanes not listed are Internal with `default_timeout_ms`.
     pub lane_handlers: HashMap<SessionLane, LaneHandlerConfig>,

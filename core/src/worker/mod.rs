@@ -259,7 +259,7 @@ async fn run(
     counters: Arc<Counters>,
     slots: Arc<Semaphore>,
 ) {
-    let (done_tx, done_rx) = mpsc::unbounded_channel::<(String, ExternalTaskResult)>();
+    let (done_tx, done_rx) = mpsc::unbounded_channel::<Report>();
     let reporter = tokio::spawn(report(source.clone(), done_rx, counters.clone()));
     // Running tasks by id, so a cancel from the session can abort them (a bash child is killed).
     let running: Arc<
@@ -329,7 +329,11 @@ async fn run(
                 let outcome = tokio::time::timeout_at(deadline, executor.run(task, output)).await;
                 running2.lock().remove(&id);
                 if let Ok(result) = outcome {
-                    let _ = done.send((id, result));
+                    let _ = done.send(Report {
+                        task_id: id,
+                        result,
+                        deadline,
+                    });
                 }
             });
             guard.insert(id, join.abort_handle());
@@ -344,31 +348,73 @@ async fn run(
     }
 }
 
+/// A finished task's result on its way to the source.
+struct Report {
+    task_id: String,
+    result: ExternalTaskResult,
+    /// Past it the session has failed the task: stop trying to report.
+    deadline: tokio::time::Instant,
+}
+
+/// Reports results in batches. A result the source could not take because the broker is
+/// unreachable is retried until the task's deadline: dropping it would leave the task claimed.
 async fn report(
     source: Arc<dyn TaskSource>,
-    mut done: mpsc::UnboundedReceiver<(String, ExternalTaskResult)>,
+    mut done: mpsc::UnboundedReceiver<Report>,
     counters: Arc<Counters>,
 ) {
-    let mut batch = Vec::with_capacity(256);
-    while done.recv_many(&mut batch, 256).await > 0 {
-        let successes: Vec<bool> = batch.iter().map(|(_, r)| r.success).collect();
-        match source.complete(std::mem::take(&mut batch)).await {
-            Ok(outcomes) => {
-                for (outcome, success) in outcomes.into_iter().zip(successes) {
-                    let counter = match (outcome, success) {
-                        (Ok(()), true) => &counters.succeeded,
-                        (Ok(()), false) => &counters.failed,
-                        (Err(_), _) => &counters.rejected,
-                    };
-                    counter.fetch_add(1, Ordering::Relaxed);
+    let mut retry: Vec<Report> = Vec::new();
+    loop {
+        let mut batch = std::mem::take(&mut retry);
+        if batch.is_empty() {
+            if done.recv_many(&mut batch, 256).await == 0 {
+                return;
+            }
+        } else {
+            while batch.len() < 256
+                && let Ok(r) = done.try_recv()
+            {
+                batch.push(r);
+            }
+        }
+        let request: Vec<_> = batch
+            .iter()
+            .map(|r| (r.task_id.clone(), r.result.clone()))
+            .collect();
+        let outcomes: Vec<Result<()>> = match source.complete(request).await {
+            Ok(outcomes) => outcomes,
+            Err(err) => batch
+                .iter()
+                .map(|_| {
+                    Err(Error::BrokerUnavailable {
+                        reason: err.to_string(),
+                    })
+                })
+                .collect(),
+        };
+        let now = tokio::time::Instant::now();
+        for (r, outcome) in batch.into_iter().zip(outcomes) {
+            let counter = match outcome {
+                Ok(()) if r.result.success => &counters.succeeded,
+                Ok(()) => &counters.failed,
+                Err(Error::BrokerUnavailable { reason }) if now < r.deadline => {
+                    tracing::debug!(
+                        task_id = r.task_id,
+                        reason,
+                        "reporting a result failed; retrying"
+                    );
+                    retry.push(r);
+                    continue;
                 }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, lost = successes.len(), "reporting results failed");
-                counters
-                    .rejected
-                    .fetch_add(successes.len() as u64, Ordering::Relaxed);
-            }
+                Err(err) => {
+                    tracing::debug!(task_id = r.task_id, error = %err, "result refused");
+                    &counters.rejected
+                }
+            };
+            counter.fetch_add(1, Ordering::Relaxed);
+        }
+        if !retry.is_empty() {
+            tokio::time::sleep(Duration::from_millis(200)).await;
         }
     }
 }

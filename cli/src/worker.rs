@@ -1,0 +1,185 @@
+//! `a3s-code worker`: runs the built-in tools for sessions on other machines, over NATS.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use a3s_code_core::broker::{NatsConfig, NatsTls};
+use a3s_code_core::queue::SessionLane;
+use a3s_code_core::tools::Workspace;
+use a3s_code_core::worker::{RemoteOptions, RemoteSession, Worker, WorkerConfig, builtin_handler};
+use anyhow::{Context, bail};
+
+#[derive(clap::Args)]
+pub(crate) struct WorkerArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long, env = "A3S_NATS_URL", default_value = "nats://127.0.0.1:4222")]
+    nats: String,
+    /// The session to serve, or '*' for every session.
+    #[arg(long, env = "SESSION_ID")]
+    session_id: String,
+    /// Lanes to serve, comma-separated (control, query, execute, generate).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "control,query,execute,generate"
+    )]
+    lanes: Vec<String>,
+    /// Tasks run at once.
+    #[arg(long, default_value_t = 8)]
+    concurrency: usize,
+    /// Directory the built-in tools are confined to.
+    #[arg(long, default_value = ".")]
+    workspace: PathBuf,
+    /// This worker's labels (k=v,k=v); it takes tasks that require no label or labels it has.
+    #[arg(long, value_delimiter = ',')]
+    labels: Vec<String>,
+    /// Allow the bash tool (off by default).
+    #[arg(long)]
+    allow_bash: bool,
+    /// Id reported with results (default: random).
+    #[arg(long, env = "A3S_WORKER_ID")]
+    worker_id: Option<String>,
+    /// Subject and stream prefix (must match the session's).
+    #[arg(long, env = "A3S_NATS_PREFIX", default_value = "a3s")]
+    prefix: String,
+    /// Lease on a task before it is delivered elsewhere (must match the session's).
+    #[arg(long, default_value_t = 10_000)]
+    lease_ms: u64,
+    /// Token authentication.
+    #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
+    token: Option<String>,
+    /// User for user/password authentication.
+    #[arg(long, env = "A3S_NATS_USER")]
+    user: Option<String>,
+    /// Password for user/password authentication.
+    #[arg(long, env = "A3S_NATS_PASSWORD", hide_env_values = true)]
+    password: Option<String>,
+    /// NKey seed authentication.
+    #[arg(long, env = "A3S_NATS_NKEY", hide_env_values = true)]
+    nkey: Option<String>,
+    /// A .creds file (JWT + NKey).
+    #[arg(long, env = "A3S_NATS_CREDS")]
+    creds: Option<PathBuf>,
+    /// CA certificates (PEM) to trust for TLS.
+    #[arg(long, env = "A3S_NATS_CA")]
+    tls_ca: Option<PathBuf>,
+    /// Client certificate (PEM) for TLS.
+    #[arg(long, env = "A3S_NATS_CERT")]
+    tls_cert: Option<PathBuf>,
+    /// Client key (PEM) for TLS.
+    #[arg(long, env = "A3S_NATS_KEY")]
+    tls_key: Option<PathBuf>,
+}
+
+impl WorkerArgs {
+    fn nats_config(&self) -> anyhow::Result<NatsConfig> {
+        let mut cfg = NatsConfig::new(&self.nats)
+            .with_prefix(&self.prefix)
+            .with_lease(Duration::from_millis(self.lease_ms))
+            .with_name(format!(
+                "a3s-code worker {}",
+                self.worker_id.as_deref().unwrap_or("")
+            ));
+        match (&self.token, &self.user, &self.nkey, &self.creds) {
+            (Some(t), ..) => cfg = cfg.with_token(t),
+            (_, Some(u), ..) => {
+                cfg = cfg.with_user_password(u, self.password.clone().unwrap_or_default())
+            }
+            (_, _, Some(k), _) => cfg = cfg.with_nkey(k),
+            (.., Some(c)) => cfg = cfg.with_credentials_file(c),
+            _ => {}
+        }
+        if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            cfg = cfg.with_tls(NatsTls {
+                ca_file: self.tls_ca.clone(),
+                client_cert: self.tls_cert.clone(),
+                client_key: self.tls_key.clone(),
+            });
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+
+    fn remote_options(&self) -> anyhow::Result<RemoteOptions> {
+        let mut opts = match self.session_id.as_str() {
+            "*" => RemoteOptions::pool(),
+            id => RemoteOptions::session(id),
+        };
+        let lanes = self
+            .lanes
+            .iter()
+            .map(|l| l.trim().parse::<SessionLane>())
+            .collect::<Result<Vec<_>, _>>()?;
+        opts = opts.with_lanes(lanes);
+        let mut labels = BTreeMap::new();
+        for kv in &self.labels {
+            let Some((k, v)) = kv.split_once('=') else {
+                bail!("label {kv:?} is not key=value")
+            };
+            labels.insert(k.trim().to_owned(), v.trim().to_owned());
+        }
+        for (k, v) in labels {
+            opts = opts.with_label(k, v);
+        }
+        if let Some(id) = &self.worker_id {
+            opts = opts.with_worker_id(id);
+        }
+        Ok(opts)
+    }
+}
+
+pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    let workspace = Workspace::new(&args.workspace)
+        .with_context(|| format!("workspace {}", args.workspace.display()))?
+        .with_bash(args.allow_bash);
+    let options = args.remote_options()?;
+    let lanes: Vec<&str> = options.lanes.iter().map(|l| l.as_str()).collect();
+    let remote = RemoteSession::connect_with(args.nats_config()?, options.clone())
+        .await
+        .with_context(|| format!("connecting to {}", args.nats))?;
+    tracing::info!(
+        worker = remote.worker_id(),
+        session = %args.session_id,
+        lanes = %lanes.join(","),
+        concurrency = args.concurrency,
+        workspace = %workspace.root().display(),
+        bash = args.allow_bash,
+        "worker ready"
+    );
+    let worker = Worker::spawn(
+        Arc::new(remote.clone()),
+        builtin_handler(workspace),
+        WorkerConfig {
+            concurrency: args.concurrency.max(1),
+            ..Default::default()
+        },
+    );
+    shutdown_signal().await;
+    tracing::info!("draining: finishing running tasks, taking no new ones");
+    let stats = worker.shutdown().await;
+    remote.close().await;
+    tracing::info!(
+        claimed = stats.claimed,
+        succeeded = stats.succeeded,
+        failed = stats.failed,
+        rejected = stats.rejected,
+        "worker stopped"
+    );
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler");
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = tokio::signal::ctrl_c() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = tokio::signal::ctrl_c().await;
+}

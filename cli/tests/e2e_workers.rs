@@ -1,0 +1,298 @@
+//! End to end: this test process is the session; `a3s-code worker` processes on the same NATS
+//! server run its tasks. Workers are killed, the server restarts; every task must end exactly once.
+
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use a3s_code_core::broker::NatsConfig;
+use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
+use serde_json::json;
+
+struct WorkerProc(Child);
+
+impl WorkerProc {
+    fn spawn(
+        url: &str,
+        prefix: &str,
+        session: &str,
+        workspace: &std::path::Path,
+        extra: &[&str],
+    ) -> Self {
+        let child = Command::new(env!("CARGO_BIN_EXE_a3s-code"))
+            .args([
+                "worker",
+                "--nats",
+                url,
+                "--prefix",
+                prefix,
+                "--session-id",
+                session,
+                "--lease-ms",
+                "2000",
+            ])
+            .arg("--workspace")
+            .arg(workspace)
+            .args(extra)
+            .env("A3S_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .expect("spawn a3s-code worker");
+        Self(child)
+    }
+
+    fn kill9(&mut self) {
+        let _ = self.0.kill(); // SIGKILL
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for WorkerProc {
+    fn drop(&mut self) {
+        self.kill9();
+    }
+}
+
+fn session(
+    url: &str,
+    prefix: &str,
+    workspace: &std::path::Path,
+    lane: SessionLane,
+    timeout_ms: u64,
+) -> AgentSession {
+    let cfg = SessionQueueConfig {
+        execute_max_concurrency: 64,
+        query_max_concurrency: 64,
+        max_pending: 100_000,
+        enable_metrics: true,
+        enable_dlq: true,
+        lane_handlers: [(
+            lane,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let nats = NatsConfig::new(url)
+        .with_prefix(prefix)
+        .with_lease(Duration::from_secs(2));
+    Agent::from_config(AgentConfig::default())
+        .session(
+            workspace,
+            Some(SessionOptions::new().with_queue_config(cfg).with_nats(nats)),
+        )
+        .expect("session")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn killing_a_worker_mid_run_loses_and_doubles_nothing() {
+    const TASKS: usize = 3_000;
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let session = session(&url, &prefix, dir.path(), SessionLane::Execute, 120_000);
+    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let mut events = session.subscribe_events();
+    let counting = tokio::spawn(async move {
+        let mut completed = std::collections::HashMap::<String, u32>::new();
+        while let Some(ev) = events.recv().await {
+            if let a3s_code_core::queue::QueueEvent::Completed { task_id, .. } = ev {
+                *completed.entry(task_id).or_default() += 1;
+            }
+        }
+        (completed, events.lagged())
+    });
+
+    let mut workers: Vec<WorkerProc> = (0..3)
+        .map(|_| {
+            WorkerProc::spawn(
+                &url,
+                &prefix,
+                session.id(),
+                dir.path(),
+                &["--allow-bash", "--concurrency", "16"],
+            )
+        })
+        .collect();
+
+    let mut handles = Vec::new();
+    for i in 0..TASKS {
+        let h = session
+            .submit(
+                SessionLane::Execute,
+                "bash",
+                json!({"command": format!("sleep 0.01; echo {i}")}),
+            )
+            .await
+            .unwrap();
+        handles.push((i, h));
+    }
+    // Kill one worker once the run is well under way (it holds running tasks then).
+    loop {
+        let m = session.queue_metrics().await.unwrap();
+        if m.total_processed >= (TASKS / 4) as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    workers[0].kill9();
+
+    for (i, h) in handles {
+        let out = tokio::time::timeout(Duration::from_secs(120), h)
+            .await
+            .expect("no task is lost")
+            .unwrap();
+        assert!(out.success, "task {i}: {out:?}");
+        assert_eq!(
+            out.result["stdout"],
+            format!("{i}\n"),
+            "task {i} got its own result"
+        );
+    }
+    let m = session.queue_metrics().await.unwrap();
+    assert_eq!(
+        (m.total_processed, m.total_failed, m.total_timed_out),
+        (TASKS as u64, 0, 0)
+    );
+    assert!(
+        m.total_retried >= 1,
+        "the killed worker's tasks were delivered again: {m:?}"
+    );
+    session.close().await;
+    let (completed, lagged) = counting.await.unwrap();
+    assert_eq!(lagged, 0, "the event subscriber kept up");
+    assert_eq!(completed.len(), TASKS, "every task completed");
+    assert!(
+        completed.values().all(|&n| n == 1),
+        "no task completed twice"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_nats_restart_mid_run_loses_nothing() {
+    const TASKS: usize = 1_000;
+    let mut server = test_support::NatsServer::start();
+    let url = server.url();
+    let prefix = test_support::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("f.txt"), "hello\n").unwrap();
+    let session = session(&url, &prefix, dir.path(), SessionLane::Query, 120_000);
+    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let _workers: Vec<WorkerProc> = (0..3)
+        .map(|_| {
+            WorkerProc::spawn(
+                &url,
+                &prefix,
+                session.id(),
+                dir.path(),
+                &["--concurrency", "8"],
+            )
+        })
+        .collect();
+
+    let mut handles = Vec::new();
+    for _ in 0..TASKS / 2 {
+        handles.push(
+            session
+                .submit(SessionLane::Query, "read", json!({"path": "f.txt"}))
+                .await
+                .unwrap(),
+        );
+    }
+    loop {
+        if session.queue_metrics().await.unwrap().total_processed >= (TASKS / 8) as u64 {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    server.kill();
+    // Submitted while the server is down: queued in the session, published when it is back.
+    for _ in TASKS / 2..TASKS {
+        handles.push(
+            session
+                .submit(SessionLane::Query, "read", json!({"path": "f.txt"}))
+                .await
+                .unwrap(),
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.restart();
+
+    for h in handles {
+        let out = tokio::time::timeout(Duration::from_secs(120), h)
+            .await
+            .expect("no task is lost")
+            .unwrap();
+        assert!(out.success, "{out:?}");
+        assert_eq!(out.result["content"], "hello\n");
+    }
+    let m = session.queue_metrics().await.unwrap();
+    assert_eq!((m.total_processed, m.total_failed), (TASKS as u64, 0));
+    session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cancel_kills_a_running_bash_on_a_worker() {
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let session = session(&url, &prefix, dir.path(), SessionLane::Execute, 120_000);
+    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let _worker = WorkerProc::spawn(&url, &prefix, session.id(), dir.path(), &["--allow-bash"]);
+    let mut events = session.subscribe_events();
+    let h = session
+        .submit(
+            SessionLane::Execute,
+            "bash",
+            json!({"command": "echo $$ > pid; echo started; sleep 60"}),
+        )
+        .await
+        .unwrap();
+    // Output streams back while it runs.
+    let started = tokio::time::timeout(Duration::from_secs(20), async {
+        while let Some(ev) = events.recv().await {
+            if let a3s_code_core::queue::QueueEvent::Output { chunk, .. } = ev
+                && chunk.contains("started")
+            {
+                return;
+            }
+        }
+    })
+    .await;
+    assert!(
+        started.is_ok(),
+        "the bash output was streamed to the session"
+    );
+    let pid: i32 = std::fs::read_to_string(dir.path().join("pid"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    h.cancel().await.unwrap();
+    assert_eq!(h.await.unwrap_err().code(), "TaskCancelled");
+    let gone = (0..200).any(|_| {
+        std::thread::sleep(Duration::from_millis(50));
+        !std::path::Path::new(&format!("/proc/{pid}")).exists()
+            || std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "))
+    });
+    assert!(gone, "the bash child {pid} was killed");
+    session.close().await;
+}
+
+#[test]
+fn the_spec_deployment_step_reads_session_id_and_nats_url_from_the_environment() {
+    let out = Command::new(env!("CARGO_BIN_EXE_a3s-code"))
+        .args(["worker", "--help"])
+        .output()
+        .unwrap();
+    let help = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        help.contains("SESSION_ID") && help.contains("A3S_NATS_URL"),
+        "{help}"
+    );
+}
