@@ -1,15 +1,35 @@
 #!/usr/bin/env bash
 # The whole test suite. Usage: ./scripts/test.sh
 #
-# Runs every Rust test of the workspace (core, CLI, spec samples). Tests that need a NATS
-# server use $A3S_TEST_NATS_URL when it is set; otherwise this script starts its own
-# `nats-server -js` on a free port (stopped on exit).
+# Runs every Rust test of the workspace (core, CLI, spec samples, end-to-end worker processes).
+# Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this script starts its
+# own `nats-server -js` on a free port with a temporary store, and stops it on exit. (Tests that
+# restart or reconfigure a server start their own.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
 export CARGO_TERM_COLOR="${CARGO_TERM_COLOR:-never}"
 
 step() { printf '\n==> %s\n' "$*"; }
+
+if [ -z "${A3S_TEST_NATS_URL:-}" ]; then
+  nats_bin="${NATS_SERVER_BIN:-$(command -v nats-server || echo /usr/sbin/nats-server)}"
+  if [ ! -x "$nats_bin" ]; then
+    echo "nats-server not found: install it (Debian: apt-get install nats-server) or set A3S_TEST_NATS_URL" >&2
+    exit 1
+  fi
+  nats_dir="$(mktemp -d)"
+  nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
+  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir" >"$nats_dir/server.log" 2>&1 &
+  nats_pid=$!
+  trap 'kill "$nats_pid" 2>/dev/null || true; rm -rf "$nats_dir"' EXIT
+  for _ in $(seq 100); do
+    (exec 3<>"/dev/tcp/127.0.0.1/$nats_port") 2>/dev/null && break
+    sleep 0.1
+  done
+  export A3S_TEST_NATS_URL="nats://127.0.0.1:$nats_port"
+  step "started nats-server $("$nats_bin" --version 2>&1 | head -1) at $A3S_TEST_NATS_URL"
+fi
 
 step "Rust: cargo test --workspace"
 cargo test --workspace --locked

@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod bench;
 mod demo;
 mod worker;
 
@@ -21,6 +22,8 @@ enum Command {
     Demo(demo::DemoArgs),
     /// Run the built-in tools for sessions on other machines, over NATS JetStream.
     Worker(worker::WorkerArgs),
+    /// Benchmarks (results in docs/PERFORMANCE.md).
+    Bench(bench::BenchArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -39,6 +42,7 @@ fn main() -> anyhow::Result<()> {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Worker(args) => worker::run(args).await,
+            Command::Bench(args) => bench::run(args).await,
         }
     })
 }

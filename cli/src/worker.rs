@@ -8,7 +8,10 @@ use std::time::Duration;
 use a3s_code_core::broker::{NatsConfig, NatsTls};
 use a3s_code_core::queue::SessionLane;
 use a3s_code_core::tools::Workspace;
-use a3s_code_core::worker::{RemoteOptions, RemoteSession, Worker, WorkerConfig, builtin_handler};
+use a3s_code_core::worker::{
+    Executor, RemoteOptions, RemoteSession, Worker, WorkerConfig, builtin_handler,
+};
+use a3s_code_core::{ExternalTask, ExternalTaskResult};
 use anyhow::{Context, bail};
 
 #[derive(clap::Args)]
@@ -71,6 +74,10 @@ pub(crate) struct WorkerArgs {
     /// Client key (PEM) for TLS.
     #[arg(long, env = "A3S_NATS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Complete every task at once with an empty result instead of running it (for measuring
+    /// the transport).
+    #[arg(long, hide = true)]
+    noop: bool,
 }
 
 impl WorkerArgs {
@@ -148,9 +155,16 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         bash = args.allow_bash,
         "worker ready"
     );
+    let executor = if args.noop {
+        Executor::from(|_task: ExternalTask| async {
+            ExternalTaskResult::ok(serde_json::json!({}))
+        })
+    } else {
+        builtin_handler(workspace)
+    };
     let worker = Worker::spawn(
         Arc::new(remote.clone()),
-        builtin_handler(workspace),
+        executor,
         WorkerConfig {
             concurrency: args.concurrency.max(1),
             ..Default::default()

@@ -158,7 +158,14 @@ struct State {
     consumers: HashSet<(SessionLane, String)>,
     /// Lanes and routes published to since the last doorbell.
     ring: HashSet<(SessionLane, String)>,
+    /// Doorbells go out at most once per [`RING_INTERVAL`]; a ring within it is deferred to
+    /// `ring_due`.
+    last_ring: Option<tokio::time::Instant>,
+    ring_due: Option<tokio::time::Instant>,
 }
+
+/// Under load, one doorbell per interval instead of one per stored task.
+const RING_INTERVAL: Duration = Duration::from_millis(1);
 
 type AckFuture = BoxFuture<'static, (String, std::result::Result<u64, String>)>;
 
@@ -182,6 +189,8 @@ async fn run(
         outstanding: HashMap::new(),
         consumers: HashSet::new(),
         ring: HashSet::new(),
+        last_ring: None,
+        ring_due: None,
     };
     // Connect and set up, retrying until it works or the session closes. Commands wait in the
     // channel meanwhile, in order.
@@ -229,7 +238,12 @@ async fn run(
     rering.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         let (acks_pending, republish_pending) = (!acks.is_empty(), !republish.is_empty());
+        let ring_due = st.ring_due;
         tokio::select! {
+            _ = tokio::time::sleep_until(ring_due.unwrap_or_else(tokio::time::Instant::now)), if ring_due.is_some() => {
+                st.ring_due = None;
+                ring(&mut st, &conn).await;
+            }
             cmd = rx.recv() => {
                 let Some(cmd) = cmd else { break };
                 let mut next = Some(cmd);
@@ -249,6 +263,10 @@ async fn run(
             }
             Some((task_id, outcome)) = acks.next(), if acks_pending => {
                 acked(&mut st, &conn, task_id, outcome, &mut republish).await;
+                while let Some(Some((task_id, outcome))) = acks.next().now_or_never() {
+                    acked(&mut st, &conn, task_id, outcome, &mut republish).await;
+                }
+                ring(&mut st, &conn).await;
             }
             Some(task_id) = republish.next(), if republish_pending => {
                 if let Some(o) = st.outstanding.get(&task_id) && let Some(bytes) = o.bytes.clone() {
@@ -383,7 +401,6 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
             };
             let bytes = bytes::Bytes::from(wire::encode(&envelope));
             let subject = st.names.task_subject(&st.session_id, lane, &route);
-            st.ring.insert((lane, route.clone()));
             st.outstanding.insert(
                 task_id.clone(),
                 Outstanding {
@@ -467,6 +484,8 @@ async fn acked(
         Ok(seq) => {
             o.seq = Some(seq);
             o.bytes = None;
+            // Ring only once the task is stored, or a worker may look before it is there.
+            st.ring.insert((o.lane, o.route.clone()));
             if let Some(reason) = o.withdrawn {
                 st.outstanding.remove(&task_id);
                 withdraw(st, conn, &task_id, seq, reason).await;
@@ -515,6 +534,18 @@ async fn cancel(st: &State, conn: &Conn, task_id: &str, reason: &'static str) {
 }
 
 async fn ring(st: &mut State, conn: &Conn) {
+    if st.ring.is_empty() {
+        return;
+    }
+    let now = tokio::time::Instant::now();
+    if let Some(last) = st.last_ring
+        && now < last + RING_INTERVAL
+    {
+        st.ring_due.get_or_insert(last + RING_INTERVAL);
+        return;
+    }
+    st.last_ring = Some(now);
+    st.ring_due = None;
     for (lane, route) in st.ring.drain() {
         let bell = Doorbell {
             v: PROTOCOL_VERSION,

@@ -114,6 +114,42 @@ struct Claim {
 /// A consumer that may have work: (lane, session, route), ordered by lane priority first.
 type Source = (SessionLane, String, String);
 
+/// A worker with exactly one source (one session, one lane, no labels) keeps pull requests open
+/// on it, like a bare JetStream worker: a task reaches it as soon as it is stored. The open
+/// requests never ask for more tasks than the caller had free slots.
+struct Direct {
+    /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
+    next_subject: String,
+    inbox: Subject,
+    /// Open pull requests, oldest first: (local expiry, tasks still owed).
+    credit: Mutex<std::collections::VecDeque<(Instant, usize)>>,
+    /// Tasks delivered and claimed, waiting for the caller.
+    ready: Mutex<std::collections::VecDeque<ExternalTask>>,
+    arrived: tokio::sync::Notify,
+}
+
+impl Direct {
+    /// Tasks still owed by open requests (expired ones dropped).
+    fn outstanding(&self) -> usize {
+        let now = Instant::now();
+        let mut credit = self.credit.lock();
+        credit.retain(|(expires, _)| *expires > now);
+        credit.iter().map(|(_, n)| n).sum()
+    }
+
+    /// One delivery (or the end of a request, `whole`) against the oldest open request.
+    fn consume(&self, whole: bool) {
+        let mut credit = self.credit.lock();
+        if let Some(front) = credit.front_mut() {
+            if whole || front.1 <= 1 {
+                credit.pop_front();
+            } else {
+                front.1 -= 1;
+            }
+        }
+    }
+}
+
 struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
@@ -131,6 +167,7 @@ struct Inner {
     cancels: broadcast::Sender<String>,
     output: mpsc::UnboundedSender<(String, Vec<u8>)>,
     background: Mutex<Vec<JoinHandle<()>>>,
+    direct: Option<Direct>,
 }
 
 impl Inner {
@@ -249,6 +286,33 @@ impl RemoteSession {
                     ),
                 })?;
         let (output, output_rx) = mpsc::unbounded_channel();
+        let direct = match (
+            &options.session_id,
+            &options.lanes[..],
+            options.labels.is_empty(),
+        ) {
+            (Some(sid), [lane], true) => Some(Direct {
+                next_subject: format!(
+                    "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+                    names.tasks_stream(),
+                    names.task_consumer(sid, *lane, ANY_ROUTE)
+                ),
+                inbox: Subject::from(client.new_inbox()),
+                credit: Mutex::default(),
+                ready: Mutex::default(),
+                arrived: tokio::sync::Notify::new(),
+            }),
+            _ => None,
+        };
+        let direct_sub = match &direct {
+            Some(d) => Some(
+                client
+                    .subscribe(d.inbox.clone())
+                    .await
+                    .map_err(unavailable)?,
+            ),
+            None => None,
+        };
         let inner = Arc::new(Inner {
             client: client.clone(),
             js,
@@ -264,6 +328,7 @@ impl RemoteSession {
             cancels: broadcast::channel(1024).0,
             output,
             background: Mutex::new(Vec::new()),
+            direct,
         });
         let target = inner
             .options
@@ -285,6 +350,12 @@ impl RemoteSession {
             tokio::spawn(heartbeat(weak.clone())),
             tokio::spawn(publish_output(client, output_rx)),
         ];
+        if let Some(sub) = direct_sub {
+            inner
+                .background
+                .lock()
+                .push(tokio::spawn(direct_deliveries(weak.clone(), sub)));
+        }
         let me = Self { inner };
         me.sweep().await;
         Ok(me)
@@ -324,6 +395,11 @@ impl RemoteSession {
         if max == 0 {
             return Ok(Vec::new());
         }
+        if let Some(direct) = &self.inner.direct
+            && !wait.is_zero()
+        {
+            return self.claim_direct(direct, max, wait).await;
+        }
         let until = Instant::now() + wait;
         let mut bell = self.inner.bell.subscribe();
         loop {
@@ -341,6 +417,53 @@ impl RemoteSession {
             tokio::select! {
                 _ = bell.changed() => {}
                 _ = tokio::time::sleep_until(sweep) => self.sweep().await,
+            }
+        }
+    }
+
+    /// Claims through the open pull requests of a single-source worker.
+    async fn claim_direct(
+        &self,
+        d: &Direct,
+        max: usize,
+        wait: Duration,
+    ) -> Result<Vec<ExternalTask>> {
+        let until = Instant::now() + wait;
+        loop {
+            let arrived = d.arrived.notified();
+            tokio::pin!(arrived);
+            arrived.as_mut().enable();
+            {
+                let mut ready = d.ready.lock();
+                if !ready.is_empty() {
+                    let n = ready.len().min(max);
+                    return Ok(ready.drain(..n).collect());
+                }
+            }
+            let now = Instant::now();
+            if now >= until {
+                return Ok(Vec::new());
+            }
+            // Ask for the free slots not yet covered by open requests, in batches: a request per
+            // freed slot would cost the server as much as the task itself.
+            let owed = d.outstanding();
+            if owed == 0 || owed * 2 <= max {
+                let expires =
+                    (until - now).clamp(Duration::from_millis(500), Duration::from_secs(30));
+                let want = max - owed;
+                d.credit
+                    .lock()
+                    .push_back((now + expires + Duration::from_millis(500), want));
+                let body = format!("{{\"batch\":{want},\"expires\":{}}}", expires.as_nanos());
+                self.inner
+                    .client
+                    .publish_with_reply(d.next_subject.clone(), d.inbox.clone(), body.into())
+                    .await
+                    .map_err(unavailable)?;
+            }
+            tokio::select! {
+                _ = arrived => {}
+                _ = tokio::time::sleep_until(until) => {}
             }
         }
     }
@@ -811,6 +934,35 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
         };
         for reply in replies {
             inner.ack(&reply, AckKind::Progress).await;
+        }
+    }
+}
+
+/// Receives what the open pull requests of a single-source worker deliver.
+async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
+    use async_nats::StatusCode;
+    while let Some(msg) = sub.next().await {
+        let Some(inner) = inner.upgrade() else { return };
+        let Some(d) = &inner.direct else { return };
+        match msg.status {
+            Some(StatusCode::IDLE_HEARTBEAT) => continue,
+            // A request expired or was cut short: it owes nothing more.
+            Some(_) => {
+                d.consume(true);
+                continue;
+            }
+            None => d.consume(false),
+        }
+        let session = RemoteSession {
+            inner: inner.clone(),
+        };
+        let message = jetstream::Message {
+            message: msg,
+            context: inner.js.clone(),
+        };
+        if let Some(task) = session.accept(message).await {
+            d.ready.lock().push_back(task);
+            d.arrived.notify_waiters();
         }
     }
 }

@@ -1,0 +1,454 @@
+//! `a3s-code bench nats`: end-to-end throughput and latency over NATS JetStream with real worker
+//! processes, beside a bare async-nats work-queue pattern measured in the same run.
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use a3s_code_core::broker::NatsConfig;
+use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
+use anyhow::Context;
+use async_nats::jetstream::{self, consumer, stream};
+use futures_util::StreamExt;
+use hdrhistogram::Histogram;
+use parking_lot_free::Mutex;
+use serde_json::json;
+
+mod parking_lot_free {
+    pub(crate) type Mutex<T> = std::sync::Mutex<T>;
+}
+
+#[derive(clap::Args)]
+pub(crate) struct BenchArgs {
+    #[command(subcommand)]
+    which: Which,
+}
+
+#[derive(clap::Subcommand)]
+enum Which {
+    /// Session + `a3s-code worker` processes over NATS, beside a bare JetStream work queue.
+    Nats(NatsBench),
+    /// A bare JetStream worker (pull, publish result, ack): the baseline's worker process.
+    #[command(hide = true)]
+    BareWorker(BareWorker),
+}
+
+#[derive(clap::Args)]
+struct NatsBench {
+    /// NATS URL; without it a `nats-server -js` is started on a free port.
+    #[arg(long)]
+    nats: Option<String>,
+    /// Tasks of the full-load run.
+    #[arg(long, default_value_t = 20_000)]
+    tasks: usize,
+    /// Worker processes.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Tasks each worker runs at once.
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+    /// Rate of the steady run, tasks/s.
+    #[arg(long, default_value_t = 500)]
+    steady_rate: u64,
+    /// Length of the steady and half-load runs.
+    #[arg(long, default_value_t = 10)]
+    steady_secs: u64,
+    /// Run only the full-load part of one pattern (`a3s` or `bare`), for profiling.
+    #[arg(long)]
+    only: Option<String>,
+}
+
+#[derive(clap::Args)]
+struct BareWorker {
+    #[arg(long)]
+    nats: String,
+    #[arg(long)]
+    prefix: String,
+    #[arg(long, default_value_t = 16)]
+    concurrency: usize,
+}
+
+pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
+    match args.which {
+        Which::Nats(b) => nats_bench(b).await,
+        Which::BareWorker(w) => bare_worker(w).await,
+    }
+}
+
+/// Latency percentiles of one run.
+struct Run {
+    tasks: usize,
+    elapsed: Duration,
+    latency_us: Histogram<u64>,
+}
+
+impl Run {
+    fn rate(&self) -> f64 {
+        self.tasks as f64 / self.elapsed.as_secs_f64()
+    }
+    fn p(&self, q: f64) -> f64 {
+        self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+}
+
+/// Something that runs one task end to end and reports when it is done.
+trait Pattern: Send + Sync + 'static {
+    fn one(self: Arc<Self>, i: u64) -> futures_util::future::BoxFuture<'static, ()>;
+}
+
+/// Full load: everything at once. Otherwise: `rate` tasks/s for `secs`.
+async fn drive<P: Pattern>(p: Arc<P>, tasks: usize, pace: Option<(f64, u64)>) -> Run {
+    let (count, interval) = match pace {
+        None => (tasks, None),
+        Some((rate, secs)) => (
+            (rate * secs as f64) as usize,
+            Some(Duration::from_secs_f64(1.0 / rate)),
+        ),
+    };
+    let start = Instant::now();
+    let mut joins = Vec::with_capacity(count);
+    let mut ticker = interval.map(|d| {
+        let mut t = tokio::time::interval(d);
+        t.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+        t
+    });
+    for i in 0..count {
+        if let Some(t) = &mut ticker {
+            t.tick().await;
+        }
+        let p = p.clone();
+        joins.push(tokio::spawn(async move {
+            let t0 = Instant::now();
+            p.one(i as u64).await;
+            t0.elapsed()
+        }));
+    }
+    let mut latency_us = Histogram::<u64>::new(3).expect("valid");
+    for j in joins {
+        let d = j.await.expect("task");
+        let _ = latency_us.record(d.as_micros() as u64);
+    }
+    Run {
+        tasks: count,
+        elapsed: start.elapsed(),
+        latency_us,
+    }
+}
+
+struct Session(AgentSession);
+
+impl Pattern for Session {
+    fn one(self: Arc<Self>, i: u64) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let out = self
+                .0
+                .submit(SessionLane::Query, "noop", json!({"i": i}))
+                .await
+                .expect("submit")
+                .await;
+            assert!(out.expect("result").success);
+        })
+    }
+}
+
+struct Bare {
+    js: jetstream::Context,
+    subject: String,
+    waiting: Arc<Mutex<HashMap<u64, tokio::sync::oneshot::Sender<()>>>>,
+    next: std::sync::atomic::AtomicU64,
+}
+
+impl Pattern for Bare {
+    fn one(self: Arc<Self>, _i: u64) -> futures_util::future::BoxFuture<'static, ()> {
+        Box::pin(async move {
+            let id = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            let (tx, rx) = tokio::sync::oneshot::channel();
+            self.waiting.lock().expect("lock").insert(id, tx);
+            let payload = serde_json::to_vec(&json!({"id": id})).expect("json");
+            let ack = self
+                .js
+                .publish(self.subject.clone(), payload.into())
+                .await
+                .expect("publish");
+            ack.await.expect("stored");
+            rx.await.expect("result");
+        })
+    }
+}
+
+struct Server(Child, #[allow(dead_code)] tempfile::TempDir);
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+fn start_server() -> anyhow::Result<(String, Server)> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
+    let dir = tempfile::tempdir()?;
+    let bin = ["nats-server", "/usr/sbin/nats-server"]
+        .into_iter()
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .context("nats-server not found")?;
+    let child = Command::new(bin)
+        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
+        .arg(dir.path())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()?;
+    for _ in 0..200 {
+        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    Ok((format!("nats://127.0.0.1:{port}"), Server(child, dir)))
+}
+
+struct Procs(Vec<Child>);
+
+impl Drop for Procs {
+    fn drop(&mut self) {
+        for c in &mut self.0 {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+}
+
+fn spawn_procs(n: usize, args: &[String]) -> anyhow::Result<Procs> {
+    let exe: PathBuf = std::env::current_exe()?;
+    let mut procs = Procs(Vec::new());
+    for _ in 0..n {
+        procs.0.push(
+            Command::new(&exe)
+                .args(args)
+                .env("A3S_LOG", "error")
+                .stdout(Stdio::null())
+                .stderr(Stdio::inherit())
+                .spawn()?,
+        );
+    }
+    Ok(procs)
+}
+
+async fn measure<P: Pattern>(p: Arc<P>, b: &NatsBench, label: &str) -> anyhow::Result<[Run; 3]> {
+    drive(p.clone(), 500, None).await; // warm-up: connections, consumers, caches
+    let full = drive(p.clone(), b.tasks, None).await;
+    eprintln!("{label}: full load {:.0} tasks/s", full.rate());
+    if b.only.is_some() {
+        std::process::exit(0);
+    }
+    let half = drive(p.clone(), 0, Some((full.rate() / 2.0, b.steady_secs))).await;
+    let steady = drive(p, 0, Some((b.steady_rate as f64, b.steady_secs))).await;
+    Ok([full, half, steady])
+}
+
+async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
+    let (url, _server) = match &b.nats {
+        Some(u) => (u.clone(), None),
+        None => {
+            let (u, s) = start_server()?;
+            (u, Some(s))
+        }
+    };
+    let client = async_nats::connect(&url).await?;
+    let version = client.server_info().version;
+    let stamp = format!(
+        "{:x}",
+        Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+    );
+
+    // The bare pattern.
+    let prefix = format!("bb{stamp}");
+    let js = jetstream::new(client.clone());
+    for (name, subject) in [("TASKS", "bt"), ("RES", "br")] {
+        js.get_or_create_stream(stream::Config {
+            name: format!("{}_{name}", prefix.to_uppercase()),
+            subjects: vec![format!("{prefix}.{subject}")],
+            retention: stream::RetentionPolicy::WorkQueue,
+            storage: stream::StorageType::File,
+            ..Default::default()
+        })
+        .await?;
+    }
+    let results = js
+        .get_stream(format!("{}_RES", prefix.to_uppercase()))
+        .await?;
+    let rc = results
+        .get_or_create_consumer(
+            "r",
+            consumer::pull::Config {
+                durable_name: Some("r".into()),
+                ..Default::default()
+            },
+        )
+        .await?;
+    let bare = Arc::new(Bare {
+        js: js.clone(),
+        subject: format!("{prefix}.bt"),
+        waiting: Arc::default(),
+        next: Default::default(),
+    });
+    let waiting = bare.waiting.clone();
+    let listener = tokio::spawn(async move {
+        let mut msgs = rc.messages().await.expect("results");
+        while let Some(Ok(m)) = msgs.next().await {
+            let id = serde_json::from_slice::<serde_json::Value>(&m.payload)
+                .ok()
+                .and_then(|v| v["id"].as_u64());
+            let _ = m.ack().await;
+            if let Some(tx) = id.and_then(|id| waiting.lock().expect("lock").remove(&id)) {
+                let _ = tx.send(());
+            }
+        }
+    });
+    let bare_runs = if b.only.as_deref() == Some("a3s") {
+        None
+    } else {
+        let _workers = spawn_procs(
+            b.workers,
+            &[
+                "bench".into(),
+                "bare-worker".into(),
+                "--nats".into(),
+                url.clone(),
+                "--prefix".into(),
+                prefix.clone(),
+                "--concurrency".into(),
+                b.concurrency.to_string(),
+            ],
+        )?;
+        Some(measure(bare, &b, "bare").await?)
+    };
+    listener.abort();
+    for name in ["TASKS", "RES"] {
+        let _ = js
+            .delete_stream(format!("{}_{name}", prefix.to_uppercase()))
+            .await;
+    }
+
+    // a3s: this process is the session, the workers are `a3s-code worker --noop` processes.
+    let prefix = format!("ab{stamp}");
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: b.workers * b.concurrency * 2,
+        max_pending: b.tasks * 2 + 100_000,
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 120_000,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let session = Agent::from_config(AgentConfig::default()).session(
+        ".",
+        Some(
+            SessionOptions::new()
+                .with_queue_config(cfg)
+                .with_nats(NatsConfig::new(&url).with_prefix(&prefix)),
+        ),
+    )?;
+    session.broker_ready(Duration::from_secs(10)).await?;
+    let ours = {
+        let _workers = spawn_procs(
+            b.workers,
+            &[
+                "worker".into(),
+                "--nats".into(),
+                url.clone(),
+                "--prefix".into(),
+                prefix.clone(),
+                "--session-id".into(),
+                session.id().to_owned(),
+                "--lanes".into(),
+                "query".into(),
+                "--concurrency".into(),
+                b.concurrency.to_string(),
+                "--noop".into(),
+            ],
+        )?;
+        measure(Arc::new(Session(session.clone())), &b, "a3s").await?
+    };
+    session.close().await;
+    for name in ["TASKS", "RESULTS", "DLQ"] {
+        let _ = js
+            .delete_stream(format!("{}_{name}", prefix.to_uppercase()))
+            .await;
+    }
+
+    let bare_runs = bare_runs.expect("measured unless --only a3s, which exits after a3s");
+    println!(
+        "nats-server {version}, loopback, {} worker processes x {} slots, {} tasks at full load\n",
+        b.workers, b.concurrency, b.tasks
+    );
+    println!(
+        "| pattern | full load tasks/s | full p50 ms | full p99 ms | half load p50 ms | half p99 ms | {}/s p50 ms | {}/s p99 ms |",
+        b.steady_rate, b.steady_rate
+    );
+    println!("|---|---|---|---|---|---|---|---|");
+    for (name, r) in [
+        ("bare async-nats work queue", &bare_runs),
+        ("a3s session + a3s-code worker", &ours),
+    ] {
+        println!(
+            "| {name} | {:.0} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} | {:.2} |",
+            r[0].rate(),
+            r[0].p(0.5),
+            r[0].p(0.99),
+            r[1].p(0.5),
+            r[1].p(0.99),
+            r[2].p(0.5),
+            r[2].p(0.99)
+        );
+    }
+    println!(
+        "\nthroughput: {:.0}% of the bare pattern (target >= 70%); p99 at {}/s: {:.2}x the bare pattern's (target <= 1.5x)",
+        ours[0].rate() / bare_runs[0].rate() * 100.0,
+        b.steady_rate,
+        ours[2].p(0.99) / bare_runs[2].p(0.99)
+    );
+    Ok(())
+}
+
+async fn bare_worker(w: BareWorker) -> anyhow::Result<()> {
+    let client = async_nats::connect(&w.nats).await?;
+    let js = jetstream::new(client);
+    let tasks = js
+        .get_stream(format!("{}_TASKS", w.prefix.to_uppercase()))
+        .await?;
+    let c = tasks
+        .get_or_create_consumer(
+            "w",
+            consumer::pull::Config {
+                durable_name: Some("w".into()),
+                ack_policy: consumer::AckPolicy::Explicit,
+                ..Default::default()
+            },
+        )
+        .await?;
+    let subject = format!("{}.br", w.prefix);
+    let msgs = c.messages().await?;
+    msgs.for_each_concurrent(w.concurrency, |m| {
+        let (js, subject) = (js.clone(), subject.clone());
+        async move {
+            let Ok(m) = m else { return };
+            if let Ok(ack) = js.publish(subject, m.payload.clone()).await
+                && ack.await.is_ok()
+            {
+                let _ = m.ack().await;
+            }
+        }
+    })
+    .await;
+    Ok(())
+}
