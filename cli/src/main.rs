@@ -3,6 +3,7 @@
 use clap::{Parser, Subcommand};
 
 mod demo;
+mod run;
 
 /// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
 /// workers in process or on other machines.
@@ -18,6 +19,8 @@ enum Command {
     /// Search a directory with in-process External workers (no broker needed) and show the
     /// queue's stats and metrics.
     Demo(demo::DemoArgs),
+    /// Run a prompt through the agent loop (model from --config), showing tool calls as they go.
+    Run(run::RunArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -28,6 +31,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Run(args) => run::run(args).await,
         }
     })
 }
