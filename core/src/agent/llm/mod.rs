@@ -29,9 +29,10 @@
 //! the Generate lane (command type [`GENERATE_COMMAND`]), so an External Generate worker reads the
 //! same JSON the built-in handler does.
 //!
-//! Requests time out at the task's deadline; 429, 5xx and 529 answers and connection failures are
-//! retried with exponential backoff (honouring `retry-after` and `retry-after-ms`) while the
-//! deadline allows; other answers become [`Error::Model`] at once.
+//! Requests time out at the task's deadline; 408, 409, 429 and 5xx answers (Anthropic's 529
+//! included) and connection failures are retried up to 4 times with exponential backoff,
+//! honouring `retry-after` and `retry-after-ms`, while the deadline allows; other answers become
+//! [`Error::Model`] at once.
 
 mod anthropic;
 mod openai;
@@ -423,8 +424,8 @@ fn api_key_env_var(src: &str, provider: &str) -> Option<String> {
     })
 }
 
-/// Retries after the first attempt, by default.
-const DEFAULT_MAX_RETRIES: u32 = 4;
+/// Retries after the first attempt.
+const MAX_RETRIES: u32 = 4;
 /// First backoff; doubled on every retry up to [`MAX_BACKOFF`].
 const INITIAL_BACKOFF: Duration = Duration::from_millis(500);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
@@ -438,7 +439,6 @@ const CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 #[derive(Debug, Clone)]
 pub struct ModelClient {
     http: reqwest::Client,
-    max_retries: u32,
 }
 
 impl ModelClient {
@@ -463,20 +463,11 @@ impl ModelClient {
                 .map_err(|e| error_chain(&e))
         });
         match http {
-            Ok(http) => Ok(Self {
-                http: http.clone(),
-                max_retries: DEFAULT_MAX_RETRIES,
-            }),
+            Ok(http) => Ok(Self { http: http.clone() }),
             Err(e) => Err(Error::invalid_config(format!(
                 "cannot set up the HTTP client: {e}"
             ))),
         }
-    }
-
-    /// Sets how many times a failed request is retried (default 4).
-    pub fn with_max_retries(mut self, max_retries: u32) -> Self {
-        self.max_retries = max_retries;
-        self
     }
 
     /// Makes one model call. With `request.stream`, the reply is streamed and `on_text` gets
@@ -603,7 +594,7 @@ impl ModelClient {
                 ),
             };
             let in_time = deadline.is_none_or(|d| Instant::now() + delay < d);
-            if !retryable || retry >= self.max_retries || !in_time {
+            if !retryable || retry >= MAX_RETRIES || !in_time {
                 return Err(err);
             }
             tracing::debug!(provider = %endpoint.provider, retry, ?delay, "retrying model request: {err}");
