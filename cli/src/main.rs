@@ -4,6 +4,7 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+mod run;
 mod worker;
 
 /// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
@@ -20,6 +21,8 @@ enum Command {
     /// Search a directory with in-process External workers (no broker needed) and show the
     /// queue's stats and metrics.
     Demo(demo::DemoArgs),
+    /// Run a prompt through the agent loop (model from --config), showing tool calls as they go.
+    Run(run::RunArgs),
     /// Run the built-in tools for sessions on other machines, over NATS JetStream.
     Worker(worker::WorkerArgs),
     /// Benchmarks (results in docs/PERFORMANCE.md).
@@ -41,6 +44,7 @@ fn main() -> anyhow::Result<()> {
     runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
+            Command::Run(args) => run::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Bench(args) => bench::run(args).await,
         }

@@ -137,6 +137,20 @@ pub enum Error {
         supported: String,
     },
 
+    /// A model provider refused or failed a request (bad API key, unknown model, rate limit
+    /// after the retries, network failure, unreadable reply), or a Generate lane worker
+    /// reported a failure.
+    #[error("{provider}: {}{message}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
+    Model {
+        /// The provider's name from `agent.hcl` (`"openai"`).
+        provider: String,
+        /// The HTTP status, when the provider answered (401 for a bad key, 404 for an unknown
+        /// model, 429 when rate limited, ...).
+        status: Option<u16>,
+        /// What went wrong, with the provider's own message when it gave one.
+        message: String,
+    },
+
     /// The session (or worker) is closed.
     #[error("the session is shut down")]
     ShutDown,
@@ -176,6 +190,7 @@ impl Error {
             Error::Tool { .. } => "ToolFailed",
             Error::BrokerUnavailable { .. } => "BrokerUnavailable",
             Error::UnsupportedProtocol { .. } => "UnsupportedProtocol",
+            Error::Model { .. } => "ModelFailed",
             Error::ShutDown => "ShutDown",
             Error::Io(_) => "Io",
         }
@@ -198,6 +213,7 @@ impl Error {
         "ToolFailed",
         "BrokerUnavailable",
         "UnsupportedProtocol",
+        "ModelFailed",
         "ShutDown",
         "Io",
     ];

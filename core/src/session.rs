@@ -7,6 +7,8 @@ use std::time::Duration;
 use serde_json::Value;
 
 use crate::agent::AgentConfig;
+use crate::agent::llm::{GENERATE_COMMAND, Message};
+use crate::agent::run::{AgentResponse, AgentStream, Conversation};
 use crate::error::{Error, Result};
 use crate::queue::scheduler::Scheduler;
 use crate::queue::{
@@ -133,6 +135,8 @@ struct SessionInner {
     agent: Arc<AgentConfig>,
     #[cfg(feature = "nats")]
     broker: Option<Arc<crate::broker::nats::NatsBroker>>,
+    /// The agent loop's conversation ([`send`](AgentSession::send)).
+    conversation: Conversation,
 }
 
 impl Drop for SessionInner {
@@ -170,6 +174,9 @@ impl AgentSession {
             async move { execute_builtin(&task, &ws).await }
         };
         let scheduler = Scheduler::new(id.clone(), config, Arc::new(builtin));
+        // The agent loop: the model-call handler of the Generate lane.
+        let conversation = Conversation::new(Arc::clone(&agent));
+        scheduler.register_handler(GENERATE_COMMAND.into(), conversation.generate_handler());
         #[cfg(feature = "nats")]
         let broker = match nats_config(options.nats, &agent) {
             Some(cfg) => {
@@ -186,6 +193,7 @@ impl AgentSession {
             agent,
             #[cfg(feature = "nats")]
             broker,
+            conversation,
         };
         Ok(Self {
             inner: Arc::new(inner),
@@ -413,6 +421,57 @@ impl AgentSession {
     /// handlers are aborted, waiting workers return. Idempotent.
     pub async fn close(&self) {
         self.inner.scheduler.close().await;
+    }
+
+    // ----- the agent loop (agent/run.rs) ----------------------------------------------------
+
+    /// Sends `prompt` to the model and runs the tool calls it asks for, through the lanes,
+    /// until it answers; see [`agent::run`](crate::agent::run) and the example of
+    /// [`AgentResponse`].
+    ///
+    /// Sends of one session run one after the other; the conversation
+    /// ([`history`](Self::history)) is updated only when a send succeeds.
+    ///
+    /// ```no_run
+    /// # async fn f(session: a3s_code_core::AgentSession) -> a3s_code_core::Result<()> {
+    /// let result = session.send("Search for all authentication functions").await?;
+    /// println!("{} ({} tool calls, {} tokens)", result.text, result.tool_calls.len(), result.usage.total_tokens());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Model`] when the provider refuses or fails (bad key, unknown model, rate limit
+    /// after retries), [`Error::InvalidConfig`] when the model or its API key is not configured,
+    /// the Generate task's own failures ([`Error::TaskTimedOut`], ...), [`Error::ShutDown`]
+    /// after `close()`. A failed tool call is not an error: the model gets it as a result.
+    pub async fn send(&self, prompt: impl Into<String>) -> Result<AgentResponse> {
+        self.inner.conversation.send(self, prompt.into()).await
+    }
+
+    /// Like [`send`](Self::send), but streams the model's text, the tool calls and the
+    /// session's queue events as they happen. Must be called inside a tokio runtime.
+    ///
+    /// ```no_run
+    /// # async fn f(session: a3s_code_core::AgentSession) -> a3s_code_core::Result<()> {
+    /// use a3s_code_core::agent::AgentEvent;
+    /// let mut stream = session.stream("Run all tests in parallel");
+    /// while let Some(event) = stream.recv().await {
+    ///     if let AgentEvent::TextDelta { text } = event {
+    ///         print!("{text}");
+    ///     }
+    /// }
+    /// let result = stream.finish().await?;
+    /// # Ok(()) }
+    /// ```
+    pub fn stream(&self, prompt: impl Into<String>) -> AgentStream {
+        self.inner.conversation.stream(self, prompt.into())
+    }
+
+    /// The conversation so far (user, assistant and tool messages; the system prompt is not
+    /// included).
+    pub fn history(&self) -> Vec<Message> {
+        self.inner.conversation.history()
     }
 }
 

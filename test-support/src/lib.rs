@@ -1,6 +1,8 @@
 //! Test helpers: a NATS server per test run (or the one in `A3S_TEST_NATS_URL`), unique subject
-//! prefixes, and free ports.
+//! prefixes, free ports, and [`model_server`], a scripted OpenAI / Anthropic model server.
 #![allow(clippy::missing_panics_doc)]
+
+pub mod model_server;
 
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};

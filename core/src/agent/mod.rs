@@ -1,8 +1,16 @@
-//! [`Agent`]: the configuration loaded from `agent.hcl`, and the sessions opened from it.
+//! [`Agent`]: the configuration loaded from `agent.hcl`, and the sessions opened from it; the
+//! model providers ([`llm`]) and the agent loop behind
+//! [`AgentSession::send`](crate::AgentSession::send) ([`run`]).
 
 mod config;
+pub mod llm;
+pub mod run;
+mod tool_defs;
 
 pub use config::{AgentConfig, DistributionConfig, ModelConfig, ProviderConfig};
+pub use llm::{Message, ToolCall, Usage};
+pub use run::{AgentEvent, AgentResponse, AgentStream, StopReason, ToolCallRecord};
+pub use tool_defs::builtin_tool_definitions;
 
 use std::path::Path;
 use std::sync::Arc;
