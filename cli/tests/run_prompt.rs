@@ -41,8 +41,14 @@ async fn run_shows_tool_calls_then_the_answer_and_usage() {
     );
     assert!(out.status.success(), "{stderr}");
     assert_eq!(stdout, "Reading.\nIt says hello.\n");
-    assert!(stderr.contains("→ query    read path=hello.txt"), "{stderr}");
-    assert!(stderr.contains("✓ query    read path=hello.txt"), "{stderr}");
+    assert!(
+        stderr.contains("→ query    read path=hello.txt"),
+        "{stderr}"
+    );
+    assert!(
+        stderr.contains("✓ query    read path=hello.txt"),
+        "{stderr}"
+    );
     assert!(
         stderr.contains("2 model call(s), 1 tool call(s), tokens: 20 in + 10 out = 30"),
         "{stderr}"

@@ -455,7 +455,15 @@ async fn publish_bytes(
     let publish = PublishMessage::build()
         .payload(bytes)
         .message_id(task_id.clone());
-    match js.send_publish(subject, publish).await {
+    // Bounded: a publish in flight when the connection drops may never be answered.
+    let sent = tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject, publish))
+        .await
+        .unwrap_or_else(|_| {
+            Err(async_nats::jetstream::context::PublishError::new(
+                async_nats::jetstream::context::PublishErrorKind::TimedOut,
+            ))
+        });
+    match sent {
         Ok(ack) => async move {
             (
                 task_id,

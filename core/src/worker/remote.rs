@@ -526,18 +526,23 @@ impl RemoteSession {
                 }
                 Err(e) => return Err(e),
             };
-            let mut batch = consumer
-                .fetch()
-                .max_messages(want)
-                .messages()
-                .await
-                .map_err(unavailable)?;
+            // Bounded: a request in flight when the connection drops is never answered.
+            let mut batch = timed(
+                "fetching tasks",
+                consumer.fetch().max_messages(want).messages(),
+            )
+            .await?;
             let mut got = 0;
-            while let Some(msg) = batch.next().await {
-                let msg = match msg {
-                    Ok(m) => m,
-                    Err(e) => {
+            loop {
+                let msg = match tokio::time::timeout(OP_TIMEOUT, batch.next()).await {
+                    Ok(Some(Ok(m))) => m,
+                    Ok(None) => break,
+                    Ok(Some(Err(e))) => {
                         tracing::debug!(error = %e, "fetch ended early");
+                        break;
+                    }
+                    Err(_) => {
+                        tracing::debug!("fetch got no answer; the connection may have dropped");
                         break;
                     }
                 };
@@ -662,12 +667,13 @@ impl RemoteSession {
         let publish = PublishMessage::build()
             .payload(wire::encode(&envelope).into())
             .message_id(format!("{task_id}:{attempt}"));
-        let ack = self
-            .inner
-            .js
-            .send_publish(self.inner.names.result_subject(session_id), publish)
-            .await
-            .map_err(unavailable)?;
+        let ack = timed(
+            "publishing a result",
+            self.inner
+                .js
+                .send_publish(self.inner.names.result_subject(session_id), publish),
+        )
+        .await?;
         Ok(Box::pin(async move {
             ack.await.map(|_| ()).map_err(unavailable)
         }))
@@ -856,6 +862,24 @@ impl TaskSource for RemoteSession {
 
     fn output_sink(&self, task: &ExternalTask) -> Option<OutputSink> {
         Some(RemoteSession::output_sink(self, task))
+    }
+}
+
+/// The longest a single broker operation may take before it counts as failed.
+const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Runs a broker operation with [`OP_TIMEOUT`], mapping both failures to `BrokerUnavailable`.
+async fn timed<T, E: std::fmt::Display>(
+    what: &str,
+    op: impl std::future::Future<Output = std::result::Result<T, E>>,
+) -> Result<T> {
+    match tokio::time::timeout(OP_TIMEOUT, op).await {
+        Ok(r) => r.map_err(|e| Error::BrokerUnavailable {
+            reason: format!("{what}: {e}"),
+        }),
+        Err(_) => Err(Error::BrokerUnavailable {
+            reason: format!("{what}: no answer within {OP_TIMEOUT:?}"),
+        }),
     }
 }
 
