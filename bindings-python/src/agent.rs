@@ -38,6 +38,9 @@ impl PyAgent {
     }
 
     fn __repr__(&self) -> String {
-        format!("Agent(default_model={:?})", self.inner.config().default_model)
+        format!(
+            "Agent(default_model={:?})",
+            self.inner.config().default_model
+        )
     }
 }

@@ -53,9 +53,9 @@ fn convert(obj: &Bound<'_, PyAny>, what: &str, depth: usize) -> PyResult<Value> 
         }
     } else if let Ok(f) = obj.cast::<PyFloat>() {
         let x = f.value();
-        Number::from_f64(x).map(Value::Number).ok_or_else(|| {
-            PyValueError::new_err(format!("{what}: {x} is not a valid JSON number"))
-        })
+        Number::from_f64(x)
+            .map(Value::Number)
+            .ok_or_else(|| PyValueError::new_err(format!("{what}: {x} is not a valid JSON number")))
     } else if let Ok(list) = obj.cast::<PyList>() {
         list.iter()
             .map(|v| convert(&v, what, depth + 1))

@@ -41,6 +41,7 @@ mod _native {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
+        crate::runtime::register_fork_hook(m)?;
         crate::error::register(m)
     }
 }

@@ -3,13 +3,13 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3s_code_core::queue::{
-    DeadLetter, EventStream, LaneHandlerConfig, LaneMetrics, QueueEvent, QueueMetrics,
-    QueueStats, RetryPolicy, RetryStrategy, SessionLane, TaskHandlerMode,
-};
 use a3s_code_core::SessionQueueConfig;
-use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
+use a3s_code_core::queue::{
+    DeadLetter, EventStream, LaneHandlerConfig, LaneMetrics, QueueEvent, QueueMetrics, QueueStats,
+    RetryPolicy, RetryStrategy, SessionLane, TaskHandlerMode,
+};
 use pyo3::IntoPyObjectExt;
+use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
@@ -74,7 +74,13 @@ fn py_bool(b: bool) -> &'static str {
 }
 
 /// How one lane handles its tasks and how long each may take.
-#[pyclass(frozen, eq, from_py_object, name = "LaneHandlerConfig", module = "a3s_code")]
+#[pyclass(
+    frozen,
+    eq,
+    from_py_object,
+    name = "LaneHandlerConfig",
+    module = "a3s_code"
+)]
 #[derive(Clone, PartialEq)]
 pub(crate) struct PyLaneHandlerConfig {
     pub(crate) inner: LaneHandlerConfig,
@@ -198,7 +204,13 @@ impl PyRetryPolicy {
 }
 
 /// The queue configuration of a session.
-#[pyclass(frozen, eq, from_py_object, name = "SessionQueueConfig", module = "a3s_code")]
+#[pyclass(
+    frozen,
+    eq,
+    from_py_object,
+    name = "SessionQueueConfig",
+    module = "a3s_code"
+)]
 #[derive(Clone, PartialEq)]
 pub(crate) struct PySessionQueueConfig {
     pub(crate) inner: SessionQueueConfig,
@@ -333,7 +345,10 @@ impl PySessionQueueConfig {
     fn lane_handlers<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyDict>> {
         let dict = PyDict::new(py);
         for (lane, cfg) in &self.inner.lane_handlers {
-            dict.set_item(PySessionLane::from(*lane), PyLaneHandlerConfig { inner: *cfg })?;
+            dict.set_item(
+                PySessionLane::from(*lane),
+                PyLaneHandlerConfig { inner: *cfg },
+            )?;
         }
         Ok(dict)
     }
@@ -342,7 +357,9 @@ impl PySessionQueueConfig {
     ///
     /// Raises `InvalidConfigError` naming the first bad field.
     fn validate(&self) -> PyResult<()> {
-        self.inner.validate().map_err(|e| crate::error::CoreError(e).into())
+        self.inner
+            .validate()
+            .map_err(|e| crate::error::CoreError(e).into())
     }
 
     fn __repr__(&self) -> String {
@@ -373,7 +390,10 @@ impl PySessionQueueConfig {
             c.queue_depth_alert_threshold,
             c.latency_alert_threshold_ms,
             c.default_timeout_ms,
-            PyRetryPolicy { inner: c.retry_policy }.__repr__(),
+            PyRetryPolicy {
+                inner: c.retry_policy
+            }
+            .__repr__(),
             handlers.join(", ")
         )
     }
@@ -416,7 +436,16 @@ macro_rules! repr_of_clone {
         }
     )*};
 }
-repr_of_clone!(usize, u64, u32, f64, String, Duration, PySessionLane, PyTaskHandlerMode);
+repr_of_clone!(
+    usize,
+    u64,
+    u32,
+    f64,
+    String,
+    Duration,
+    PySessionLane,
+    PyTaskHandlerMode
+);
 
 impl<T> ReprOf for Py<T> {
     fn repr_of(&self, py: Python<'_>) -> PyResult<String> {
@@ -622,7 +651,9 @@ impl PyEventStream {
 
     fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let inner = Arc::clone(&self.inner);
-        runtime::awaitable(py, async move { Ok(NextEvent(inner.lock().await.recv().await)) })
+        runtime::awaitable(
+            py,
+            async move { Ok(NextEvent(inner.lock().await.recv().await)) },
+        )
     }
-
 }

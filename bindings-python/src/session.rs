@@ -67,7 +67,9 @@ pub(crate) struct PyAgentSession {
 /// A number of seconds (a float) as a `Duration`; `what` names the argument in errors.
 pub(crate) fn seconds(secs: f64, what: &str) -> PyResult<Duration> {
     Duration::try_from_secs_f64(secs).map_err(|_| {
-        PyValueError::new_err(format!("{what} must be a number of seconds >= 0, got {secs}"))
+        PyValueError::new_err(format!(
+            "{what} must be a number of seconds >= 0, got {secs}"
+        ))
     })
 }
 
@@ -117,12 +119,18 @@ impl PyAgentSession {
     ) -> PyResult<Bound<'py, PyAny>> {
         let session = self.inner.clone();
         if limit.is_none() && wait.is_none() {
-            return runtime::awaitable(py, async move { Ok(session.pending_external_tasks().await) });
+            return runtime::awaitable(
+                py,
+                async move { Ok(session.pending_external_tasks().await) },
+            );
         }
         let wait = seconds(wait.unwrap_or(0.0), "wait")?;
         let limit = limit.unwrap_or(usize::MAX);
         runtime::awaitable(py, async move {
-            Ok(session.claim_external_tasks(limit, wait).await.map_err(CoreError)?)
+            Ok(session
+                .claim_external_tasks(limit, wait)
+                .await
+                .map_err(CoreError)?)
         })
     }
 
@@ -265,7 +273,8 @@ fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)
     let bad = || {
         PyTypeError::new_err(format!(
             "complete_external_tasks takes (task_id: str, ExternalTaskResult) pairs, got {}",
-            item.repr().map_or_else(|_| "?".to_owned(), |r| r.to_string())
+            item.repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
         ))
     };
     let pair = item.cast::<PyTuple>().map_err(|_| bad())?;
@@ -273,7 +282,11 @@ fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)
         return Err(bad());
     }
     let id = pair.get_item(0)?;
-    let id = id.cast::<PyString>().map_err(|_| bad())?.to_cow()?.into_owned();
+    let id = id
+        .cast::<PyString>()
+        .map_err(|_| bad())?
+        .to_cow()?
+        .into_owned();
     let result = pair.get_item(1)?;
     let result = result.cast::<PyExternalTaskResult>().map_err(|_| bad())?;
     Ok((id, result.get().inner.clone()))

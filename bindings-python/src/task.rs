@@ -118,7 +118,11 @@ impl PyExternalTaskResult {
     /// `result` is any JSON value (usually a dict); omitted, it is `None` as on the wire.
     #[new]
     #[pyo3(signature = (success, result = None, error = None))]
-    fn new(success: bool, result: Option<&Bound<'_, PyAny>>, error: Option<String>) -> PyResult<Self> {
+    fn new(
+        success: bool,
+        result: Option<&Bound<'_, PyAny>>,
+        error: Option<String>,
+    ) -> PyResult<Self> {
         let result = match result {
             Some(r) => json::to_value(r, "result")?,
             None => serde_json::Value::Null,

@@ -4,9 +4,9 @@
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 
+use a3s_code_core::Error;
 use a3s_code_core::tools::{Workspace, execute_builtin as core_execute_builtin};
 use a3s_code_core::worker::{Worker, WorkerConfig, WorkerStats, builtin_handler};
-use a3s_code_core::Error;
 use pyo3::prelude::*;
 
 use crate::error::CoreError;
@@ -27,7 +27,9 @@ pub(crate) fn execute_builtin<'py>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let task = task.get().inner.clone();
     let workspace = Workspace::new(workspace).map_err(CoreError)?;
-    runtime::awaitable(py, async move { Ok(core_execute_builtin(&task, &workspace).await) })
+    runtime::awaitable(py, async move {
+        Ok(core_execute_builtin(&task, &workspace).await)
+    })
 }
 
 /// Counters of a running worker.
@@ -46,7 +48,12 @@ impl PyWorkerStats {
     fn __repr__(&self) -> String {
         format!(
             "WorkerStats(claimed={}, succeeded={}, failed={}, skipped_expired={}, rejected={}, busy={})",
-            self.claimed, self.succeeded, self.failed, self.skipped_expired, self.rejected, self.busy
+            self.claimed,
+            self.succeeded,
+            self.failed,
+            self.skipped_expired,
+            self.rejected,
+            self.busy
         )
     }
 }

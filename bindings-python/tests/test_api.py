@@ -81,7 +81,7 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                 fn = getattr(a3s_code, name)
                 assert is_async
                 awaitable = fn(task, ".")
-                assert inspect.isawaitable(awaitable)
+                assert inspect.iscoroutine(awaitable)
                 assert isinstance(await awaitable, ExternalTaskResult)
                 checked += 1
                 continue
@@ -95,8 +95,7 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                 continue
             method = getattr(objects[cls_name], name)
             awaitable = method(*calls[name])
-            assert inspect.isawaitable(awaitable), f"{cls_name}.{name} must be async"
-            assert isinstance(awaitable, asyncio.Future)
+            assert inspect.iscoroutine(awaitable), f"{cls_name}.{name} must be async"
             try:
                 await awaitable
             except A3sError:
@@ -208,26 +207,44 @@ def test_result_equality_and_repr() -> None:
     assert a.error == "boom" and a.success is False and a.result == {}
 
 
-def test_async_methods_need_a_running_loop(agent: a3s_code.Agent) -> None:
-    session = agent.session(".")
-    with pytest.raises(RuntimeError, match="no running event loop"):
-        session.queue_stats()  # type: ignore[unused-coroutine]
-    # Nothing happened: a submit outside a loop queues nothing.
-    with pytest.raises(RuntimeError):
-        session.submit(SessionLane.EXECUTE, "ls", {})  # type: ignore[unused-coroutine]
-
-    async def stats() -> int:
-        return (await session.queue_stats()).pending_count
-
-    assert asyncio.run(stats()) == 0
-    assert asyncio.run(stats()) == 0  # a second loop works too: the runtime is process-wide
-
-    async def close() -> None:
-        await session.close()
-
-    asyncio.run(close())
+def test_async_methods_return_coroutines_that_run_in_any_loop(agent: a3s_code.Agent, tmp_path: Any) -> None:
+    session = agent.session(tmp_path)
+    stats = session.queue_stats()  # outside any loop: the call starts the work
+    assert inspect.iscoroutine(stats)
+    assert asyncio.run(stats).pending_count == 0
+    # A call still waiting (a long poll) too, and in a second loop: the runtime is process-wide.
+    assert asyncio.run(session.pending_external_tasks(limit=1, wait=0.01)) == []
+    with pytest.raises(a3s_code.TaskNotFoundError):
+        asyncio.run(session.cancel("nope"))
+    asyncio.run(session.close())
     assert session.is_closed()
 
 
 def test_version() -> None:
     assert re.match(r"^\d+\.\d+\.\d+", a3s_code.__version__)
+
+
+async def test_coroutines_work_with_asyncio(make_session: SessionFactory) -> None:
+    session = await make_session()
+    ready = session.queue_stats()  # the outcome is known at once
+    assert inspect.iscoroutine(ready) and (await ready).pending_count == 0
+    with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
+        await ready
+    pending = asyncio.create_task(session.pending_external_tasks(limit=1, wait=5.0))
+    await asyncio.sleep(0.01)
+    assert not pending.done()
+    handle = await asyncio.ensure_future(session.submit(SessionLane.QUERY, "noop", {}))
+    assert [t.task_id for t in await pending] == [handle.task_id]
+    stats, metrics = await asyncio.gather(session.queue_stats(), session.queue_metrics())
+    assert stats.external_count == 1 and metrics is not None
+    assert (await asyncio.wait_for(session.dead_letters(), 1)) == []
+    with pytest.raises(a3s_code.TaskNotFoundError):
+        await session.complete_external_task("nope", ExternalTaskResult(success=True))
+    # Cancelling a waiting call drops it: a cancelled long poll claims nothing.
+    poll = asyncio.create_task(session.pending_external_tasks(limit=1, wait=30.0))
+    await asyncio.sleep(0.01)
+    poll.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await poll
+    second = await session.submit(SessionLane.QUERY, "noop", {})
+    assert [t.task_id for t in await session.pending_external_tasks(limit=1, wait=5.0)] == [second.task_id]

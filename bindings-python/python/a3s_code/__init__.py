@@ -1,7 +1,8 @@
 """a3s_code: a per-session priority lane queue that hands an AI coding agent's tool calls to
 in-process or remote workers (Python bindings of the Rust crate ``a3s-code-core``).
 
-Async methods return awaitables of the running asyncio loop: call them from a coroutine.
+Async methods return coroutines: the call starts the work (a submit is queued at once), and
+awaiting the coroutine in any asyncio loop returns the outcome.
 """
 
 from ._native import (

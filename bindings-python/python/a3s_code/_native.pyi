@@ -1,7 +1,7 @@
 # Type stubs of the native module a3s_code._native (hand-written; checked by mypy.stubtest).
 #
-# Async methods return awaitables bound to the running asyncio loop (`asyncio.Future`); they are
-# typed as coroutine functions (`async def`), which is how they are used: `await session.x()`.
+# Async methods return coroutines (typed `async def`); calling one starts the work, awaiting it
+# in any asyncio loop returns the outcome.
 
 import datetime
 from typing import Any, ClassVar, Dict, Final, List, Optional, Sequence, Tuple, Union, final
