@@ -21,6 +21,8 @@ fi
 py="$venv/bin/python"
 "$py" -m pip install --quiet --upgrade pip
 "$py" -m pip install --quiet ".[test]"   # builds the wheel from this checkout
+# The tests must exercise the installed wheel, not a development build in the source tree.
+"$py" -c 'import a3s_code, sys; sys.exit(0 if "site-packages" in a3s_code.__file__ else a3s_code.__file__)'
 
 "$py" -m mypy.stubtest a3s_code._native
 "$py" -m mypy examples/spec/python bindings-python/tests

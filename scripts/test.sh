@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
 # The whole test suite. Usage: ./scripts/test.sh
 #
-# Runs every Rust test of the workspace (core, CLI, spec samples), then the Python package's
-# (scripts/test-python.sh: a real `pip install .` into a fresh venv). Tests that need a NATS
+# Runs every Rust test of the workspace (core, CLI, spec samples). Tests that need a NATS
 # server use $A3S_TEST_NATS_URL when it is set; otherwise this script starts its own
 # `nats-server -js` on a free port (stopped on exit).
 set -euo pipefail

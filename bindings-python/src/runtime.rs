@@ -1,7 +1,8 @@
 //! The one tokio runtime of the process, and the one place where async crosses into Python.
 //!
 //! - Sync methods block on the runtime with the GIL released ([`block_on`]).
-//! - Async methods return an `asyncio.Future` of the running loop ([`awaitable`]).
+//! - Async methods return a coroutine ([`awaitable`]): the call starts the work, awaiting the
+//!   coroutine in any asyncio loop gives the outcome.
 //! - A process forked after the runtime started cannot use it (its threads did not survive the
 //!   fork): every entry point checks and raises a clear `RuntimeError`.
 

@@ -26,3 +26,18 @@ def test_the_spec_python_sample_runs_as_written() -> None:
     assert "Success rate: 85.71%" in out.stdout
     assert "P99 latency:" in out.stdout
     assert out.stdout.rstrip().endswith("spec sample OK")
+
+
+def test_the_readme_python_snippet_runs() -> None:
+    readme = (REPO / "README.md").read_text()
+    section = readme.split("## Use it from Python", 1)[1]
+    snippet = section.split("```python\n", 1)[1].split("```", 1)[0]
+    out = subprocess.run(
+        [sys.executable, "-c", snippet],
+        cwd=REPO / "examples" / "spec",
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.startswith("hello from the spec example\nsecond line\n")

@@ -4,7 +4,7 @@
 # in any asyncio loop returns the outcome.
 
 import datetime
-from typing import Any, ClassVar, Dict, Final, List, Optional, Sequence, Tuple, Union, final
+from typing import Any, ClassVar, Dict, Final, Iterable, List, Optional, Tuple, Union, final
 from os import PathLike
 
 __all__ = [
@@ -400,7 +400,7 @@ class AgentSession:
     ) -> List[ExternalTask]: ...
     async def complete_external_task(self, task_id: str, result: ExternalTaskResult) -> None: ...
     async def complete_external_tasks(
-        self, results: Sequence[Tuple[str, ExternalTaskResult]]
+        self, results: Iterable[Tuple[str, ExternalTaskResult]]
     ) -> List[Optional[A3sError]]: ...
     async def abandon_external_task(self, task_id: str, reason: str) -> None: ...
     async def queue_stats(self) -> QueueStats: ...
