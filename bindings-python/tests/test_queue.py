@@ -163,13 +163,13 @@ async def test_completion_errors(make_session: SessionFactory) -> None:
 
 
 async def test_a_late_completion_raises_and_the_task_is_dead_lettered(make_session: SessionFactory) -> None:
-    session = await make_session(timeout_ms=100, enable_dlq=True)
+    session = await make_session(timeout_ms=200, enable_dlq=True)
     handle = await session.submit(SessionLane.QUERY, "read", {"path": "slow.txt"})
     [task] = await session.pending_external_tasks(limit=1, wait=5.0)
-    assert task.timeout_ms == 100
+    assert task.timeout_ms == 200
     with pytest.raises(TaskTimedOutError) as raised:
         await handle.result()  # the deadline passes: the submitter learns first
-    assert raised.value.code == "TaskTimedOut" and "100 ms" in str(raised.value)
+    assert raised.value.code == "TaskTimedOut" and "200 ms" in str(raised.value)
     assert task.is_timed_out() and task.remaining_ms() == 0
     with pytest.raises(TaskTimedOutError):
         await session.complete_external_task(task.task_id, OK)
@@ -349,3 +349,35 @@ def test_external_task_is_built_locally() -> None:
     task = ExternalTask("local-1", "s", SessionLane.EXECUTE, "bash", {"command": "true"}, 10_000)
     assert (task.task_id, task.lane, task.attempt) == ("local-1", SessionLane.EXECUTE, 1)
     assert "ExternalTask(task_id=\"local-1\"" in repr(task)
+
+
+async def test_workers_in_other_threads_and_loops(make_session: SessionFactory) -> None:
+    """Workers in other threads, each with its own event loop, long-poll the same session: a
+    waiting call holds neither the GIL nor any loop, so everyone makes progress."""
+    import threading
+
+    session = await make_session(query_max_concurrency=32)
+    claimed: List[str] = []
+    lock = threading.Lock()
+
+    async def worker() -> None:
+        while True:
+            try:
+                tasks = await session.pending_external_tasks(limit=8, wait=0.2)
+            except ShutDownError:
+                return
+            with lock:
+                claimed.extend(t.task_id for t in tasks)
+            await session.complete_external_tasks([(t.task_id, OK) for t in tasks])
+
+    threads = [threading.Thread(target=asyncio.run, args=(worker(),)) for _ in range(3)]
+    for t in threads:
+        t.start()
+    handles = [await session.submit(SessionLane.QUERY, "noop", {"i": i}) for i in range(200)]
+    results = await asyncio.gather(*[h.result() for h in handles])
+    assert all(r == OK for r in results)
+    await session.close()
+    for t in threads:
+        t.join(timeout=10)
+        assert not t.is_alive()
+    assert sorted(claimed) == sorted(h.task_id for h in handles)
