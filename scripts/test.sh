@@ -34,4 +34,7 @@ fi
 step "Rust: cargo test --workspace"
 cargo test --workspace --locked
 
+step "Python: pip install . into a fresh venv, stubtest, mypy, pytest"
+./scripts/test-python.sh
+
 step "all tests passed"

@@ -1,0 +1,475 @@
+//! `SessionOptions`, `AgentSession` and `TaskHandle`.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, TaskHandle};
+use pyo3::exceptions::{PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyList, PyString, PyTuple};
+
+use crate::error::CoreError;
+use crate::json;
+use crate::queue::{PyEventStream, PyLaneHandlerConfig, PySessionLane, PySessionQueueConfig};
+use crate::runtime::{self, ToPy};
+use crate::task::PyExternalTaskResult;
+
+/// Options of a new session; unset ones keep the core's defaults.
+#[pyclass(frozen, from_py_object, name = "SessionOptions", module = "a3s_code")]
+#[derive(Clone)]
+pub(crate) struct PySessionOptions {
+    pub(crate) inner: SessionOptions,
+}
+
+#[pymethods]
+impl PySessionOptions {
+    #[new]
+    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None))]
+    fn new(
+        queue_config: Option<PySessionQueueConfig>,
+        session_id: Option<String>,
+        allow_bash: Option<bool>,
+    ) -> Self {
+        Self {
+            inner: SessionOptions {
+                queue_config: queue_config.map(|c| c.inner),
+                session_id,
+                allow_bash,
+                ..Default::default()
+            },
+        }
+    }
+
+    #[getter]
+    fn queue_config(&self) -> Option<PySessionQueueConfig> {
+        self.inner
+            .queue_config
+            .clone()
+            .map(|inner| PySessionQueueConfig { inner })
+    }
+
+    #[getter]
+    fn session_id(&self) -> Option<&str> {
+        self.inner.session_id.as_deref()
+    }
+
+    #[getter]
+    fn allow_bash(&self) -> Option<bool> {
+        self.inner.allow_bash
+    }
+}
+
+/// A session: a lane queue and a workspace. Every method is safe to call concurrently.
+#[pyclass(frozen, name = "AgentSession", module = "a3s_code")]
+pub(crate) struct PyAgentSession {
+    pub(crate) inner: AgentSession,
+}
+
+/// A number of seconds (a float) as a `Duration`; `what` names the argument in errors.
+pub(crate) fn seconds(secs: f64, what: &str) -> PyResult<Duration> {
+    Duration::try_from_secs_f64(secs).map_err(|_| {
+        PyValueError::new_err(format!(
+            "{what} must be a number of seconds >= 0, got {secs}"
+        ))
+    })
+}
+
+#[pymethods]
+impl PyAgentSession {
+    /// The session id, which remote workers use to find its tasks.
+    #[getter]
+    fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    /// The workspace root every built-in tool of this session is confined to.
+    #[getter]
+    fn workspace(&self) -> String {
+        self.inner.workspace().root().display().to_string()
+    }
+
+    /// Sets how a lane handles the tasks it dispatches from now on (sync, as in the spec).
+    ///
+    /// Raises `InvalidConfigError` for a zero timeout, `ShutDownError` after `close()`.
+    fn set_lane_handler(
+        &self,
+        py: Python<'_>,
+        lane: PySessionLane,
+        config: PyLaneHandlerConfig,
+    ) -> PyResult<()> {
+        let fut = self.inner.set_lane_handler(lane.into(), config.inner);
+        Ok(runtime::block_on(py, fut)?.map_err(CoreError)?)
+    }
+
+    /// The current handler of a lane.
+    fn lane_handler(&self, lane: PySessionLane) -> PyLaneHandlerConfig {
+        PyLaneHandlerConfig {
+            inner: self.inner.lane_handler(lane.into()),
+        }
+    }
+
+    /// `await pending_external_tasks()` claims every claimable task; with `limit` and/or `wait`
+    /// (seconds) it claims at most `limit`, waiting up to `wait` for the first one (a long poll),
+    /// and raises `ShutDownError` once the session is closed.
+    #[pyo3(signature = (limit = None, wait = None))]
+    fn pending_external_tasks<'py>(
+        &self,
+        py: Python<'py>,
+        limit: Option<usize>,
+        wait: Option<f64>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        if limit.is_none() && wait.is_none() {
+            return runtime::awaitable(
+                py,
+                async move { Ok(session.pending_external_tasks().await) },
+            );
+        }
+        let wait = seconds(wait.unwrap_or(0.0), "wait")?;
+        let limit = limit.unwrap_or(usize::MAX);
+        runtime::awaitable(py, async move {
+            Ok(session
+                .claim_external_tasks(limit, wait)
+                .await
+                .map_err(CoreError)?)
+        })
+    }
+
+    /// Reports the result of an external task; the first completion of a live task wins.
+    fn complete_external_task<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: String,
+        result: &Bound<'py, PyExternalTaskResult>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        let result = result.get().inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session
+                .complete_external_task(&task_id, result)
+                .await
+                .map_err(CoreError)?)
+        })
+    }
+
+    /// Reports many `(task_id, ExternalTaskResult)` pairs in one call. Resolves to a list with
+    /// one entry per pair, in order: `None` when accepted, else the exception (not raised).
+    fn complete_external_tasks<'py>(
+        &self,
+        py: Python<'py>,
+        results: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let mut batch = Vec::with_capacity(results.len().unwrap_or(0));
+        for item in results.try_iter()? {
+            batch.push(result_pair(&item?)?);
+        }
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(Outcomes(session.complete_external_tasks(batch).await))
+        })
+    }
+
+    /// Gives a claimed task back without a result; the retry policy decides what follows.
+    fn abandon_external_task<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: String,
+        reason: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session
+                .abandon_external_task(&task_id, &reason)
+                .await
+                .map_err(CoreError)?)
+        })
+    }
+
+    /// What is in the queue now.
+    fn queue_stats<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move { Ok(session.queue_stats().await) })
+    }
+
+    /// Counters and latency percentiles, or `None` unless `enable_metrics` is set.
+    fn queue_metrics<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move { Ok(session.queue_metrics().await) })
+    }
+
+    /// The dead-letter queue's content, oldest first (empty unless `enable_dlq` is set).
+    fn dead_letters<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move { Ok(session.dead_letters().await) })
+    }
+
+    /// Runs a built-in tool through its lane and waits for its result (`success` False included).
+    fn tool<'py>(
+        &self,
+        py: Python<'py>,
+        name: String,
+        args: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let args = json::to_value(args, "args")?;
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.tool(&name, args).await.map_err(CoreError)?)
+        })
+    }
+
+    /// Queues a task in `lane` and resolves to its `TaskHandle` at once.
+    fn submit<'py>(
+        &self,
+        py: Python<'py>,
+        lane: PySessionLane,
+        command_type: String,
+        payload: &Bound<'py, PyAny>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let payload = json::to_value(payload, "payload")?;
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            let handle = session
+                .submit(lane.into(), command_type, payload)
+                .await
+                .map_err(CoreError)?;
+            Ok(NewHandle(handle, session))
+        })
+    }
+
+    /// Cancels a queued or running task; its submitter gets `TaskCancelledError`.
+    fn cancel<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.cancel(&task_id).await.map_err(CoreError)?)
+        })
+    }
+
+    /// Runs the agent loop on `prompt` (model from agent.hcl, tool calls through the lanes) and
+    /// resolves to a dict: `text`, `tool_calls`, `usage`, `model_call_count`, `stop_reason`.
+    fn send<'py>(&self, py: Python<'py>, prompt: String) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            let response = session.send(&prompt).await.map_err(CoreError)?;
+            Ok(Json(serde_json::to_value(response).map_err(json_error)?))
+        })
+    }
+
+    /// Runs the agent loop on `prompt` as an async iterator of event dicts (`text_delta`,
+    /// `tool_call_started`, `tool_call_finished`, `queue`); `await stream.finish()` gives what
+    /// `send` would.
+    fn stream(&self, py: Python<'_>, prompt: String) -> PyResult<PyAgentStream> {
+        let session = self.inner.clone();
+        let stream = py.detach(|| {
+            let rt = runtime::runtime()?;
+            let _guard = rt.enter();
+            Ok::<_, PyErr>(session.stream(&prompt))
+        })?;
+        Ok(PyAgentStream {
+            inner: Arc::new(tokio::sync::Mutex::new(Some(stream))),
+        })
+    }
+
+    /// The conversation so far, as a list of message dicts (`role`: user, assistant, tool).
+    fn history(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        let history = serde_json::to_value(self.inner.history()).map_err(json_error)?;
+        Ok(json::to_py(py, &history)?.unbind())
+    }
+
+    /// An async iterator over the queue's events from now on (dicts tagged by `type`).
+    fn events(&self) -> PyEventStream {
+        PyEventStream::new(self.inner.subscribe_events())
+    }
+
+    /// Whether `close()` was called.
+    fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Closes the session: queued and running tasks fail with `ShutDownError`, waiting workers
+    /// return. Idempotent.
+    fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            session.close().await;
+            Ok(())
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("AgentSession(id={:?})", self.inner.id())
+    }
+}
+
+/// One `(task_id, ExternalTaskResult)` pair of a batch.
+fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)> {
+    let bad = || {
+        PyTypeError::new_err(format!(
+            "complete_external_tasks takes (task_id: str, ExternalTaskResult) pairs, got {}",
+            item.repr()
+                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
+        ))
+    };
+    let pair = item.cast::<PyTuple>().map_err(|_| bad())?;
+    if pair.len() != 2 {
+        return Err(bad());
+    }
+    let id = pair.get_item(0)?;
+    let id = id
+        .cast::<PyString>()
+        .map_err(|_| bad())?
+        .to_cow()?
+        .into_owned();
+    let result = pair.get_item(1)?;
+    let result = result.cast::<PyExternalTaskResult>().map_err(|_| bad())?;
+    Ok((id, result.get().inner.clone()))
+}
+
+/// The outcomes of a batch completion: `None` or an exception per result.
+struct Outcomes(Vec<a3s_code_core::Result<()>>);
+
+impl ToPy for Outcomes {
+    fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let list = PyList::empty(py);
+        for outcome in self.0 {
+            match outcome {
+                Ok(()) => list.append(py.None())?,
+                Err(e) => list.append(PyErr::from(CoreError(e)).into_value(py))?,
+            }
+        }
+        Ok(list.into_any())
+    }
+}
+
+/// The receiving end of a submitted task: `await handle.result()`, `await handle.cancel()`.
+#[pyclass(frozen, name = "TaskHandle", module = "a3s_code")]
+pub(crate) struct PyTaskHandle {
+    task_id: String,
+    session: AgentSession,
+    state: Arc<tokio::sync::Mutex<HandleState>>,
+}
+
+/// The handle until its outcome is known, then the outcome (so `result()` can be awaited again):
+/// the result, or the error's code and message.
+enum HandleState {
+    Waiting(TaskHandle),
+    Done(Result<ExternalTaskResult, (&'static str, String)>),
+}
+
+struct NewHandle(TaskHandle, AgentSession);
+
+impl ToPy for NewHandle {
+    fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let handle = PyTaskHandle {
+            task_id: self.0.task_id().to_owned(),
+            session: self.1,
+            state: Arc::new(tokio::sync::Mutex::new(HandleState::Waiting(self.0))),
+        };
+        Ok(Bound::new(py, handle)?.into_any())
+    }
+}
+
+#[pymethods]
+impl PyTaskHandle {
+    #[getter]
+    fn task_id(&self) -> &str {
+        &self.task_id
+    }
+
+    /// Waits for the outcome: an `ExternalTaskResult` (`success` False included), or raises
+    /// `TaskTimedOutError`, `TaskCancelledError`, `RetriesExhaustedError`, `ShutDownError`.
+    fn result<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let state = Arc::clone(&self.state);
+        runtime::awaitable(py, async move {
+            let mut state = state.lock().await;
+            let outcome = match &mut *state {
+                HandleState::Waiting(handle) => {
+                    let outcome = handle.await.map_err(|e| (e.code(), e.to_string()));
+                    *state = HandleState::Done(outcome.clone());
+                    outcome
+                }
+                HandleState::Done(outcome) => outcome.clone(),
+            };
+            outcome.map_err(|(code, message)| crate::error::exception(code, message))
+        })
+    }
+
+    /// Cancels the task; `result()` then raises `TaskCancelledError`.
+    fn cancel<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.session.clone();
+        let task_id = self.task_id.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.cancel(&task_id).await.map_err(CoreError)?)
+        })
+    }
+
+    fn __repr__(&self) -> String {
+        format!("TaskHandle(task_id={:?})", self.task_id)
+    }
+}
+
+/// A JSON value produced on the runtime, converted to Python objects under the GIL.
+struct Json(serde_json::Value);
+
+impl ToPy for Json {
+    fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        json::to_py(py, &self.0)
+    }
+}
+
+/// The next agent event, or the end of the stream.
+struct NextAgentEvent(Option<serde_json::Value>);
+
+impl ToPy for NextAgentEvent {
+    fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
+        let event = self
+            .0
+            .ok_or_else(|| pyo3::exceptions::PyStopAsyncIteration::new_err(()))?;
+        json::to_py(py, &event)
+    }
+}
+
+fn json_error(e: serde_json::Error) -> PyErr {
+    PyTypeError::new_err(format!("cannot convert the agent's output: {e}"))
+}
+
+/// `session.stream(prompt)`: the agent loop's events as they happen.
+#[pyclass(frozen, name = "AgentStream", module = "a3s_code")]
+pub(crate) struct PyAgentStream {
+    inner: Arc<tokio::sync::Mutex<Option<a3s_code_core::agent::run::AgentStream>>>,
+}
+
+#[pymethods]
+impl PyAgentStream {
+    fn __aiter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __anext__<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = Arc::clone(&self.inner);
+        runtime::awaitable(py, async move {
+            let mut guard = inner.lock().await;
+            let event = match guard.as_mut() {
+                Some(stream) => stream.recv().await,
+                None => None,
+            };
+            Ok(NextAgentEvent(
+                event
+                    .map(|e| serde_json::to_value(e))
+                    .transpose()
+                    .map_err(json_error)?,
+            ))
+        })
+    }
+
+    /// Waits for the loop to end and resolves to what `send` would have.
+    fn finish<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let inner = Arc::clone(&self.inner);
+        runtime::awaitable(py, async move {
+            let stream = inner.lock().await.take().ok_or_else(|| {
+                PyErr::new::<pyo3::exceptions::PyRuntimeError, _>("finish() was already called")
+            })?;
+            let response = stream.finish().await.map_err(CoreError)?;
+            Ok(Json(serde_json::to_value(response).map_err(json_error)?))
+        })
+    }
+}
