@@ -3,6 +3,7 @@
 use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
 use serde_json::Value;
 
+
 fn fixture(path: &str) -> Value {
     let full = format!("{}/../tests/fixtures/v1/{path}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&full).expect(&full)).expect("valid JSON")
@@ -35,4 +36,32 @@ fn wire_task_round_trips_and_keeps_payload_keys() {
     let result: ExternalTaskResult =
         serde_json::from_value(fixture("wire/external_task_result.json")).unwrap();
     assert!(result.success);
+}
+
+#[cfg(feature = "nats")]
+#[test]
+fn wire_envelopes_decode_and_encode_canonically() {
+    use a3s_code_core::broker::wire::{self, CancelNotice, Doorbell, OutputChunk, ResultEnvelope, ResultKind, TaskEnvelope};
+
+    fn round_trip<T: serde::Serialize + for<'de> serde::Deserialize<'de>>(name: &str) -> T {
+        let json = fixture(&format!("wire/{name}"));
+        let decoded: T = wire::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
+        let mut encoded: Value = serde_json::from_slice(&wire::encode(&decoded)).unwrap();
+        if encoded.get("remaining_ms").is_some() {
+            encoded["remaining_ms"] = json["remaining_ms"].clone(); // recomputed when encoding
+        }
+        assert_eq!(encoded, json, "{name} encodes back to the fixture");
+        decoded
+    }
+    let task: TaskEnvelope = round_trip("task_envelope.json");
+    assert_eq!((task.max_attempts, task.task.command_type.as_str()), (4, "read"));
+    let result: ResultEnvelope = round_trip("result_envelope.json");
+    assert_eq!(result.kind, ResultKind::Result);
+    let exhausted: ResultEnvelope = round_trip("result_exhausted.json");
+    assert_eq!(exhausted.kind, ResultKind::Exhausted);
+    round_trip::<Doorbell>("doorbell.json");
+    round_trip::<CancelNotice>("cancel.json");
+    round_trip::<OutputChunk>("output_chunk.json");
+    let bad = serde_json::to_vec(&fixture("wire/bad_version.json")).unwrap();
+    assert_eq!(wire::decode::<Doorbell>(&bad).unwrap_err().code(), "UnsupportedProtocol");
 }

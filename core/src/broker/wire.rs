@@ -173,7 +173,7 @@ pub(crate) fn is_token(s: &str) -> bool {
 /// use a3s_code_core::broker::wire::route_token;
 /// assert_eq!(route_token(&BTreeMap::new()), "_");
 /// let eu = BTreeMap::from([("region".to_owned(), "eu-west".to_owned())]);
-/// assert_eq!(route_token(&eu), "r7be5d1e1e8b0d6a5");
+/// assert_eq!(route_token(&eu), "rcfd762ef7b417dea");
 /// ```
 pub fn route_token(labels: &BTreeMap<String, String>) -> String {
     if labels.is_empty() {
