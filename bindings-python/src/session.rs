@@ -454,7 +454,7 @@ impl PyAgentStream {
             };
             Ok(NextAgentEvent(
                 event
-                    .map(|e| serde_json::to_value(e))
+                    .map(serde_json::to_value)
                     .transpose()
                     .map_err(json_error)?,
             ))

@@ -17,6 +17,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once
 enum Command {
     /// Search a directory with in-process External workers (no broker needed) and show the
     /// queue's stats and metrics.

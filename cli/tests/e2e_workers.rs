@@ -296,3 +296,68 @@ fn the_spec_deployment_step_reads_session_id_and_nats_url_from_the_environment()
         "{help}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_that_require_a_region_run_only_on_workers_of_that_region() {
+    use a3s_code_core::queue::SubmitOptions;
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    let session = session(&url, &prefix, dir.path(), SessionLane::Query, 60_000);
+    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let regions = ["eu-west", "us-east"];
+    let mut workspaces = Vec::new();
+    let mut workers = Vec::new();
+    for (i, region) in regions.iter().enumerate() {
+        let ws = tempfile::tempdir().unwrap();
+        std::fs::write(ws.path().join("region.txt"), region).unwrap();
+        let label = format!("region={region}");
+        // One per-session worker and one pool worker ('*'): both kinds route by labels.
+        let target = if i == 0 {
+            session.id().to_owned()
+        } else {
+            "*".to_owned()
+        };
+        workers.push(WorkerProc::spawn(
+            &url,
+            &prefix,
+            &target,
+            ws.path(),
+            &["--labels", &label],
+        ));
+        workspaces.push(ws);
+    }
+    let mut handles = Vec::new();
+    for i in 0..30 {
+        let region = regions[i % 2];
+        let opts = SubmitOptions::new().with_label("region", region);
+        let h = session
+            .submit_with(
+                SessionLane::Query,
+                "read",
+                json!({"path": "region.txt"}),
+                opts,
+            )
+            .await
+            .unwrap();
+        handles.push((region, h));
+    }
+    for (region, h) in handles {
+        let out = tokio::time::timeout(Duration::from_secs(60), h)
+            .await
+            .expect("routed")
+            .unwrap();
+        assert!(out.success, "{out:?}");
+        assert_eq!(
+            out.result["content"], region,
+            "a {region} task ran in {region}"
+        );
+    }
+    // A task without labels runs on any worker.
+    let any = session
+        .tool("read", json!({"path": "region.txt"}))
+        .await
+        .unwrap();
+    assert!(regions.contains(&any.result["content"].as_str().unwrap()));
+    session.close().await;
+}

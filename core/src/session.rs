@@ -296,7 +296,25 @@ impl AgentSession {
     ) -> Result<TaskHandle> {
         self.inner
             .scheduler
-            .submit(lane, command_type.as_ref(), payload)
+            .submit(lane, command_type.as_ref(), payload, None)
+    }
+
+    /// [`submit`](Self::submit) with per-task settings: required worker labels (routed by the
+    /// broker to workers that have them) and a timeout of its own.
+    ///
+    /// # Errors
+    ///
+    /// As [`submit`](Self::submit), plus [`Error::InvalidConfig`] for invalid options.
+    pub async fn submit_with(
+        &self,
+        lane: SessionLane,
+        command_type: impl AsRef<str>,
+        payload: Value,
+        options: crate::queue::SubmitOptions,
+    ) -> Result<TaskHandle> {
+        self.inner
+            .scheduler
+            .submit(lane, command_type.as_ref(), payload, Some(options))
     }
 
     /// Runs a built-in tool through its lane (`read`, `grep`, `glob`, `ls` → Query; `bash`,

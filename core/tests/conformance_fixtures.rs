@@ -3,7 +3,6 @@
 use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
 use serde_json::Value;
 
-
 fn fixture(path: &str) -> Value {
     let full = format!("{}/../tests/fixtures/v1/{path}", env!("CARGO_MANIFEST_DIR"));
     serde_json::from_str(&std::fs::read_to_string(&full).expect(&full)).expect("valid JSON")
@@ -41,7 +40,9 @@ fn wire_task_round_trips_and_keeps_payload_keys() {
 #[cfg(feature = "nats")]
 #[test]
 fn wire_envelopes_decode_and_encode_canonically() {
-    use a3s_code_core::broker::wire::{self, CancelNotice, Doorbell, OutputChunk, ResultEnvelope, ResultKind, TaskEnvelope};
+    use a3s_code_core::broker::wire::{
+        self, CancelNotice, Doorbell, OutputChunk, ResultEnvelope, ResultKind, TaskEnvelope,
+    };
 
     fn round_trip<T: serde::Serialize + for<'de> serde::Deserialize<'de>>(name: &str) -> T {
         let json = fixture(&format!("wire/{name}"));
@@ -54,7 +55,10 @@ fn wire_envelopes_decode_and_encode_canonically() {
         decoded
     }
     let task: TaskEnvelope = round_trip("task_envelope.json");
-    assert_eq!((task.max_attempts, task.task.command_type.as_str()), (4, "read"));
+    assert_eq!(
+        (task.max_attempts, task.task.command_type.as_str()),
+        (4, "read")
+    );
     let result: ResultEnvelope = round_trip("result_envelope.json");
     assert_eq!(result.kind, ResultKind::Result);
     let exhausted: ResultEnvelope = round_trip("result_exhausted.json");
@@ -63,5 +67,8 @@ fn wire_envelopes_decode_and_encode_canonically() {
     round_trip::<CancelNotice>("cancel.json");
     round_trip::<OutputChunk>("output_chunk.json");
     let bad = serde_json::to_vec(&fixture("wire/bad_version.json")).unwrap();
-    assert_eq!(wire::decode::<Doorbell>(&bad).unwrap_err().code(), "UnsupportedProtocol");
+    assert_eq!(
+        wire::decode::<Doorbell>(&bad).unwrap_err().code(),
+        "UnsupportedProtocol"
+    );
 }

@@ -17,6 +17,8 @@ mod nats_config;
 #[cfg(feature = "nats")]
 pub use nats_config::{NatsAuth, NatsConfig, NatsTls};
 
+use std::collections::BTreeMap;
+
 use crate::queue::{DeadLetter, QueueEvent, SessionLane};
 use crate::task::ExternalTask;
 
@@ -31,8 +33,8 @@ pub(crate) enum Ended {
 
 /// The session's side of a broker. Called under the scheduler's lock: never blocks.
 pub(crate) trait Dispatcher: Send + Sync {
-    /// Publishes a task that holds a lane slot.
-    fn publish(&self, task: ExternalTask);
+    /// Publishes a task that holds a lane slot, for workers with `labels` (none: any worker).
+    fn publish(&self, task: ExternalTask, labels: Option<&BTreeMap<String, String>>);
     /// A published task ended.
     fn task_ended(&self, task_id: &str, lane: SessionLane, how: Ended);
     /// A task was dead-lettered.

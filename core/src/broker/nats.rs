@@ -38,7 +38,7 @@ pub(crate) enum BrokerStatus {
 }
 
 enum Cmd {
-    Publish(ExternalTask),
+    Publish(ExternalTask, Option<BTreeMap<String, String>>),
     Ended { task_id: String, how: Ended },
     DeadLetter(Vec<u8>),
     Event { lane: SessionLane, payload: Vec<u8> },
@@ -94,8 +94,8 @@ impl NatsBroker {
 }
 
 impl Dispatcher for NatsBroker {
-    fn publish(&self, task: ExternalTask) {
-        let _ = self.tx.send(Cmd::Publish(task));
+    fn publish(&self, task: ExternalTask, labels: Option<&BTreeMap<String, String>>) {
+        let _ = self.tx.send(Cmd::Publish(task, labels.cloned()));
     }
 
     fn task_ended(&self, task_id: &str, lane: SessionLane, how: Ended) {
@@ -158,6 +158,8 @@ struct State {
     consumers: HashSet<(SessionLane, String)>,
     /// Lanes and routes published to since the last doorbell.
     ring: HashSet<(SessionLane, String)>,
+    /// The labels behind each route token in use.
+    routes: HashMap<String, BTreeMap<String, String>>,
     /// Doorbells go out at most once per [`RING_INTERVAL`]; a ring within it is deferred to
     /// `ring_due`.
     last_ring: Option<tokio::time::Instant>,
@@ -189,6 +191,7 @@ async fn run(
         outstanding: HashMap::new(),
         consumers: HashSet::new(),
         ring: HashSet::new(),
+        routes: HashMap::new(),
         last_ring: None,
         ring_due: None,
     };
@@ -365,6 +368,13 @@ async fn ensure_consumer(
             &name,
             consumer::pull::Config {
                 durable_name: Some(name.clone()),
+                // Pool workers read a route's required labels here (`k=v,k=v`).
+                description: st.routes.get(route).filter(|l| !l.is_empty()).map(|l| {
+                    l.iter()
+                        .map(|(k, v)| format!("{k}={v}"))
+                        .collect::<Vec<_>>()
+                        .join(",")
+                }),
                 filter_subject: st.names.task_subject(&st.session_id, lane, route),
                 ack_policy: consumer::AckPolicy::Explicit,
                 ack_wait: st.config.lease,
@@ -383,9 +393,13 @@ async fn ensure_consumer(
 
 async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnordered<AckFuture>) {
     match cmd {
-        Cmd::Publish(task) => {
+        Cmd::Publish(task, labels) => {
             let lane = task.lane;
-            let route = wire::route_token(&BTreeMap::new());
+            let labels = labels.unwrap_or_default();
+            let route = wire::route_token(&labels);
+            st.routes
+                .entry(route.clone())
+                .or_insert_with(|| labels.clone());
             if let Err(err) = ensure_consumer(st, conn, lane, &route).await {
                 tracing::warn!(error = %err, "could not create the consumer; publishing anyway");
             }
@@ -395,7 +409,7 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                 max_attempts: st.retry.max_attempts(),
                 retry: st.retry,
                 delivery: st.config.delivery(lane),
-                labels: BTreeMap::new(),
+                labels,
                 payload_ref: None,
                 task,
             };
@@ -554,12 +568,14 @@ async fn ring(st: &mut State, conn: &Conn) {
     }
     st.last_ring = Some(now);
     st.ring_due = None;
-    for (lane, route) in st.ring.drain() {
+    let ring: Vec<_> = st.ring.drain().collect();
+    for (lane, route) in ring {
+        let labels = st.routes.get(&route).cloned().unwrap_or_default();
         let bell = Doorbell {
             v: PROTOCOL_VERSION,
             lane,
             route,
-            labels: BTreeMap::new(),
+            labels,
         };
         let _ = conn
             .client

@@ -316,6 +316,63 @@ impl RetryPolicy {
     }
 }
 
+/// Per-task settings of [`AgentSession::submit_with`](crate::AgentSession::submit_with).
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::queue::SubmitOptions;
+/// let opts = SubmitOptions::new().with_label("region", "eu-west").with_timeout_ms(5_000);
+/// assert!(opts.validate().is_ok());
+/// ```
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct SubmitOptions {
+    /// Labels a remote worker must have to take the task (`region=eu-west`). Only brokers
+    /// route by labels; in-process workers ignore them.
+    pub labels: std::collections::BTreeMap<String, String>,
+    /// This task's timeout instead of its lane's.
+    pub timeout_ms: Option<u64>,
+}
+
+impl SubmitOptions {
+    /// No labels, the lane's timeout.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Requires a worker label.
+    pub fn with_label(mut self, key: impl Into<String>, value: impl Into<String>) -> Self {
+        self.labels.insert(key.into(), value.into());
+        self
+    }
+
+    /// Sets this task's timeout.
+    pub fn with_timeout_ms(mut self, timeout_ms: u64) -> Self {
+        self.timeout_ms = Some(timeout_ms);
+        self
+    }
+
+    /// Checks the values.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a zero timeout, an empty label key, or a key with `=` or `,`
+    /// (or a value with `,`), which the route token cannot encode unambiguously.
+    pub fn validate(&self) -> Result<()> {
+        if self.timeout_ms == Some(0) {
+            return Err(Error::invalid_config("timeout_ms must be greater than 0"));
+        }
+        for (k, v) in &self.labels {
+            if k.is_empty() || k.contains(['=', ',']) || v.contains(',') {
+                return Err(Error::invalid_config(format!(
+                    "label {k:?}={v:?}: keys must be non-empty without '=' or ',', values without ','"
+                )));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// The queue configuration of a session.
 ///
 /// Build it as a struct literal over the defaults:

@@ -39,7 +39,7 @@ use tokio::time::Instant;
 use super::dlq::{DeadLetter, DeadLetterQueue};
 use super::events::{AlertKind, EventStream, QueueEvent};
 use super::metrics::{LaneStats, MetricsRecorder, QueueMetrics, QueueStats};
-use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, TaskHandlerMode};
+use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, SubmitOptions, TaskHandlerMode};
 use crate::broker::wire::{ResultEnvelope, ResultKind};
 use crate::broker::{Dispatcher, Ended};
 use crate::error::{Error, Result};
@@ -185,6 +185,17 @@ struct Queued {
     payload: Box<str>,
     reply: Option<Reply>,
     submitted_at: Instant,
+    options: Option<Box<SubmitOptions>>,
+}
+
+/// A task getting its slot.
+struct NewTask {
+    seq: u64,
+    command: Command,
+    payload: Value,
+    reply: Option<Reply>,
+    submitted_at: Instant,
+    options: Option<Box<SubmitOptions>>,
 }
 
 /// Where a live task's current attempt stands.
@@ -216,6 +227,8 @@ struct Entry {
     deadline: Instant,
     attempt: u32,
     phase: Phase,
+    /// Required worker labels (only when submitted with some).
+    labels: std::collections::BTreeMap<String, String>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -508,7 +521,14 @@ impl Scheduler {
         lane: SessionLane,
         command_type: &str,
         payload: Value,
+        options: Option<SubmitOptions>,
     ) -> Result<TaskHandle> {
+        if let Some(o) = &options {
+            o.validate()?;
+        }
+        let options = options
+            .filter(|o| *o != SubmitOptions::default())
+            .map(Box::new);
         if !payload.is_object() {
             return Err(Error::invalid_payload(format!(
                 "the payload of a {command_type:?} task must be a JSON object, not {}",
@@ -543,7 +563,15 @@ impl Scheduler {
         let command = Command::new(command_type);
         let now = Instant::now();
         if direct {
-            self.dispatch(&mut st, lane, seq, command, payload, Some(tx), now, now);
+            let task = NewTask {
+                seq,
+                command,
+                payload,
+                reply: Some(tx),
+                submitted_at: now,
+                options,
+            };
+            self.dispatch(&mut st, lane, task, now);
         } else {
             let compact = serde_json::to_string(&payload)
                 .expect("a Value always serializes")
@@ -555,6 +583,7 @@ impl Scheduler {
                 payload: compact,
                 reply: Some(tx),
                 submitted_at: now,
+                options,
             });
             let depth = l.backlog.len();
             if self.config.enable_alerts
@@ -595,56 +624,49 @@ impl Scheduler {
             let payload = serde_json::from_str(&q.payload)
                 .expect("the backlog holds JSON it serialized itself");
             let now = *now.get_or_insert_with(Instant::now);
-            self.dispatch(
-                st,
-                lane,
-                q.seq,
-                q.command,
+            let task = NewTask {
+                seq: q.seq,
+                command: q.command,
                 payload,
-                q.reply,
-                q.submitted_at,
-                now,
-            );
+                reply: q.reply,
+                submitted_at: q.submitted_at,
+                options: q.options,
+            };
+            self.dispatch(st, lane, task, now);
         }
     }
 
     /// Gives a task a slot of `lane`: arms its deadline and starts its first attempt.
-    #[allow(clippy::too_many_arguments)]
-    fn dispatch(
-        self: &Arc<Self>,
-        st: &mut State,
-        lane: SessionLane,
-        seq: u64,
-        command: Command,
-        payload: Value,
-        reply: Option<Reply>,
-        submitted_at: Instant,
-        now: Instant,
-    ) {
+    fn dispatch(self: &Arc<Self>, st: &mut State, lane: SessionLane, task: NewTask, now: Instant) {
         let l = &mut st.lanes[lane.index()];
         l.active += 1;
         let handler = l.handler;
         if handler.mode == TaskHandlerMode::External {
             l.external += 1;
         }
-        let deadline = now + Duration::from_millis(handler.timeout_ms);
+        let (timeout_ms, labels) = match task.options {
+            Some(o) => (o.timeout_ms.unwrap_or(handler.timeout_ms), o.labels),
+            None => (handler.timeout_ms, Default::default()),
+        };
+        let deadline = now + Duration::from_millis(timeout_ms);
         let created_at = self.base.1 + now.duration_since(self.base.0).as_millis() as u64;
         let entry = Entry {
             lane,
             mode: handler.mode,
-            command,
-            payload,
-            reply,
-            submitted_at,
+            command: task.command,
+            payload: task.payload,
+            reply: task.reply,
+            submitted_at: task.submitted_at,
             created_at,
-            timeout_ms: handler.timeout_ms,
+            timeout_ms,
             deadline,
             attempt: 1,
             phase: Phase::Idle,
+            labels,
         };
-        st.live.insert(seq, entry);
-        self.arm_timer(st, deadline, seq, TimerKind::Deadline);
-        self.start_attempt(st, seq);
+        st.live.insert(task.seq, entry);
+        self.arm_timer(st, deadline, task.seq, TimerKind::Deadline);
+        self.start_attempt(st, task.seq);
     }
 
     /// Starts the current attempt of a live task according to its mode.
@@ -660,7 +682,10 @@ impl Scheduler {
         });
         if mode == TaskHandlerMode::External {
             if let Some(dispatcher) = self.dispatcher.get() {
-                dispatcher.publish(self.external_task(seq, e));
+                dispatcher.publish(
+                    self.external_task(seq, e),
+                    (!e.labels.is_empty()).then_some(&e.labels),
+                );
                 st.live.get_mut(&seq).expect("checked above").phase = Phase::Published;
                 return;
             }

@@ -479,15 +479,17 @@ impl RemoteSession {
                 }
             }
             None => {
-                // Pool: every session's consumers, read from their filter subjects.
+                // Pool: every session's consumers, read from their filter subjects (a route's
+                // required labels are in the consumer's description).
                 let mut list = inner.tasks_stream.consumers();
                 while let Some(Ok(info)) = list.next().await {
                     let subject = info.config.filter_subject;
                     let parts: Vec<&str> = subject.split('.').collect();
+                    let required = parse_labels(info.config.description.as_deref().unwrap_or(""));
                     if let [_, "task", sid, lane, route] = parts[..]
                         && let Ok(lane) = lane.parse::<SessionLane>()
                         && inner.options.lanes.contains(&lane)
-                        && route == ANY_ROUTE
+                        && wire::labels_match(&required, &inner.options.labels)
                     {
                         sources.push((lane, sid.to_owned(), route.to_owned()));
                     }
@@ -887,6 +889,14 @@ fn unavailable(e: impl std::fmt::Display) -> Error {
     Error::BrokerUnavailable {
         reason: e.to_string(),
     }
+}
+
+/// `k=v,k=v` into labels (what a route consumer's description holds).
+fn parse_labels(s: &str) -> BTreeMap<String, String> {
+    s.split(',')
+        .filter_map(|kv| kv.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
 }
 
 fn next_gen(counter: &Mutex<u64>) -> u64 {
