@@ -9,6 +9,7 @@ mod agent;
 mod error;
 mod json;
 mod queue;
+mod remote;
 mod runtime;
 mod session;
 mod task;
@@ -26,6 +27,8 @@ mod _native {
         PyQueueMetrics, PyQueueStats, PyRetryPolicy, PyRetryStrategy, PySessionLane,
         PySessionQueueConfig, PyTaskHandlerMode,
     };
+    #[pymodule_export]
+    use crate::remote::{PyNatsConfig, PyRemoteSession};
     #[pymodule_export]
     use crate::session::{PyAgentSession, PyAgentStream, PySessionOptions, PyTaskHandle};
     #[pymodule_export]

@@ -24,18 +24,19 @@ pub(crate) struct PySessionOptions {
 #[pymethods]
 impl PySessionOptions {
     #[new]
-    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None))]
+    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None, nats = None))]
     fn new(
         queue_config: Option<PySessionQueueConfig>,
         session_id: Option<String>,
         allow_bash: Option<bool>,
+        nats: Option<crate::remote::PyNatsConfig>,
     ) -> Self {
         Self {
             inner: SessionOptions {
                 queue_config: queue_config.map(|c| c.inner),
                 session_id,
                 allow_bash,
-                ..Default::default()
+                nats: nats.map(|n| n.inner),
             },
         }
     }
@@ -275,6 +276,17 @@ impl PyAgentSession {
         Ok(json::to_py(py, &history)?.unbind())
     }
 
+    /// Waits until the session's broker (NATS) is connected and set up; returns at once without
+    /// one. Raises `BrokerUnavailableError` after `timeout` seconds.
+    #[pyo3(signature = (timeout = 10.0))]
+    fn broker_ready<'py>(&self, py: Python<'py>, timeout: f64) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        let timeout = seconds(timeout, "timeout")?;
+        runtime::awaitable(py, async move {
+            Ok(session.broker_ready(timeout).await.map_err(CoreError)?)
+        })
+    }
+
     /// An async iterator over the queue's events from now on (dicts tagged by `type`).
     fn events(&self) -> PyEventStream {
         PyEventStream::new(self.inner.subscribe_events())
@@ -301,7 +313,7 @@ impl PyAgentSession {
 }
 
 /// One `(task_id, ExternalTaskResult)` pair of a batch.
-fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)> {
+pub(crate) fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)> {
     let bad = || {
         PyTypeError::new_err(format!(
             "complete_external_tasks takes (task_id: str, ExternalTaskResult) pairs, got {}",
@@ -325,7 +337,7 @@ fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)
 }
 
 /// The outcomes of a batch completion: `None` or an exception per result.
-struct Outcomes(Vec<a3s_code_core::Result<()>>);
+pub(crate) struct Outcomes(pub(crate) Vec<a3s_code_core::Result<()>>);
 
 impl ToPy for Outcomes {
     fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {

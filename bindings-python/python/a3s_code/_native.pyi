@@ -25,11 +25,13 @@ __all__ = [
     "LaneMetrics",
     "LaneStats",
     "ModelError",
+    "NatsConfig",
     "PathEscapesWorkspaceError",
     "PayloadTooLargeError",
     "QueueFullError",
     "QueueMetrics",
     "QueueStats",
+    "RemoteSession",
     "RetriesExhaustedError",
     "RetryPolicy",
     "RetryStrategy",
@@ -211,6 +213,7 @@ class SessionOptions:
         *,
         session_id: Optional[str] = None,
         allow_bash: Optional[bool] = None,
+        nats: Optional[NatsConfig] = None,
     ) -> SessionOptions: ...
     @property
     def queue_config(self) -> Optional[SessionQueueConfig]: ...
@@ -420,6 +423,7 @@ class AgentSession:
         self, lane: SessionLane, command_type: str, payload: Dict[str, _Json]
     ) -> TaskHandle: ...
     async def cancel(self, task_id: str) -> None: ...
+    async def broker_ready(self, timeout: float = 10.0) -> None: ...
     async def send(self, prompt: str) -> Dict[str, _Json]: ...
     def stream(self, prompt: str) -> AgentStream: ...
     def history(self) -> List[Dict[str, _Json]]: ...
@@ -430,6 +434,52 @@ class AgentSession:
 # ----- workers ----------------------------------------------------------------------------------
 
 async def execute_builtin(task: ExternalTask, workspace: _Path) -> ExternalTaskResult: ...
+
+@final
+class NatsConfig:
+    def __new__(
+        cls,
+        url: str,
+        *,
+        prefix: Optional[str] = None,
+        token: Optional[str] = None,
+        user: Optional[str] = None,
+        password: Optional[str] = None,
+        nkey: Optional[str] = None,
+        credentials_file: Optional[_Path] = None,
+        tls_ca: Optional[_Path] = None,
+        tls_cert: Optional[_Path] = None,
+        tls_key: Optional[_Path] = None,
+        lease_ms: Optional[int] = None,
+    ) -> NatsConfig: ...
+    @property
+    def servers(self) -> List[str]: ...
+    @property
+    def prefix(self) -> str: ...
+
+@final
+class RemoteSession:
+    @staticmethod
+    async def connect(
+        url: str,
+        session_id: str,
+        *,
+        config: Optional[NatsConfig] = None,
+        lanes: Optional[List[SessionLane]] = None,
+        labels: Optional[Dict[str, str]] = None,
+        worker_id: Optional[str] = None,
+    ) -> RemoteSession: ...
+    @property
+    def worker_id(self) -> str: ...
+    async def pending_external_tasks(
+        self, limit: Optional[int] = None, wait: Optional[float] = None
+    ) -> List[ExternalTask]: ...
+    async def complete_external_task(self, task_id: str, result: ExternalTaskResult) -> None: ...
+    async def complete_external_tasks(
+        self, results: Iterable[Tuple[str, ExternalTaskResult]]
+    ) -> List[Optional[A3sError]]: ...
+    async def abandon_external_task(self, task_id: str, reason: str) -> None: ...
+    async def close(self) -> None: ...
 
 @final
 class WorkerStats:

@@ -1,0 +1,129 @@
+"""Over NATS JetStream: a session in this process, workers elsewhere. The foreign worker
+(examples/foreign-worker, plain nats-py, written from docs/protocol.md) and the binding's own
+RemoteSession both serve it."""
+
+import asyncio
+import json
+import os
+import pathlib
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import uuid
+from typing import Iterator
+
+import nats
+import pytest
+
+from a3s_code import (
+    Agent,
+    AgentSession,
+    ExternalTaskResult,
+    LaneHandlerConfig,
+    NatsConfig,
+    RemoteSession,
+    SessionLane,
+    SessionOptions,
+    SessionQueueConfig,
+    TaskHandlerMode,
+)
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+FOREIGN_WORKER = REPO / "examples" / "foreign-worker" / "worker.py"
+
+
+@pytest.fixture(scope="module")
+def nats_url() -> Iterator[str]:
+    """$A3S_TEST_NATS_URL, else a nats-server -js of our own on a free port."""
+    url = os.environ.get("A3S_TEST_NATS_URL")
+    if url:
+        yield url
+        return
+    binary = shutil.which("nats-server") or "/usr/sbin/nats-server"
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    store = tempfile.mkdtemp()
+    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    for _ in range(100):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                break
+        time.sleep(0.05)
+    yield f"nats://127.0.0.1:{port}"
+    proc.kill()
+    proc.wait()
+    shutil.rmtree(store, ignore_errors=True)
+
+
+async def nats_session(agent: Agent, workspace: pathlib.Path, url: str, prefix: str) -> AgentSession:
+    cfg = SessionQueueConfig(
+        enable_metrics=True,
+        lane_handlers={SessionLane.QUERY: LaneHandlerConfig(mode=TaskHandlerMode.EXTERNAL, timeout_ms=30_000)},
+    )
+    session = agent.session(workspace, SessionOptions(queue_config=cfg, nats=NatsConfig(url, prefix=prefix)))
+    await session.broker_ready(10.0)
+    return session
+
+
+async def test_the_foreign_worker_serves_a_session(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+    (tmp_path / "hello.txt").write_text("hello from a foreign worker\n")
+    prefix = "py" + uuid.uuid4().hex[:10]
+    session = await nats_session(agent, tmp_path, nats_url, prefix)
+    worker = subprocess.Popen(
+        [sys.executable, str(FOREIGN_WORKER), "--nats", nats_url, "--prefix", prefix,
+         "--session-id", session.id, "--workspace", str(tmp_path)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        reads = await asyncio.wait_for(
+            asyncio.gather(*(session.tool("read", {"path": "hello.txt"}) for _ in range(20))), 30)
+        assert all(r.success and r.result["content"] == "hello from a foreign worker\n" for r in reads)
+        # A custom command, and a tool error reported as a result.
+        handle = await session.submit(SessionLane.QUERY, "upper", {"text": "abc"})
+        assert (await asyncio.wait_for(handle.result(), 30)).result == {"text": "ABC"}
+        escape = await asyncio.wait_for(session.tool("read", {"path": "../../etc/passwd"}), 30)
+        assert not escape.success and escape.result["error_code"] == "PathEscapesWorkspace"
+        # Garbage on a task subject is dropped with a logged reason; the worker goes on.
+        nc = await nats.connect(nats_url)
+        js = nc.jetstream()
+        await js.publish(f"{prefix}.task.{session.id}.query._", b"not json")
+        await js.publish(f"{prefix}.task.{session.id}.query._", json.dumps({"v": 9}).encode())
+        await nc.close()
+        after = await asyncio.wait_for(session.tool("read", {"path": "hello.txt"}), 30)
+        assert after.success
+        metrics = await session.queue_metrics()
+        assert metrics is not None and metrics.total_processed == 23
+    finally:
+        worker.terminate()
+        _, err = worker.communicate(timeout=10)
+        await session.close()
+    assert b"malformed" in err and b"unsupported protocol version 9" in err, err.decode()
+
+
+async def test_a_python_remote_session_works_the_spec_loop(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+    prefix = "py" + uuid.uuid4().hex[:10]
+    session = await nats_session(agent, tmp_path, nats_url, prefix)
+    remote = await RemoteSession.connect(nats_url, session.id, config=NatsConfig(nats_url, prefix=prefix),
+                                         lanes=[SessionLane.QUERY])
+
+    async def worker_loop() -> None:
+        while True:
+            tasks = await remote.pending_external_tasks(limit=16, wait=1.0)
+            await remote.complete_external_tasks(
+                [(t.task_id, ExternalTaskResult(success=True, result={"content": t.payload["path"]})) for t in tasks])
+
+    loop = asyncio.get_running_loop().create_task(worker_loop())
+    try:
+        results = await asyncio.wait_for(
+            asyncio.gather(*(session.tool("read", {"path": f"f{i}"}) for i in range(30))), 30)
+        assert [r.result["content"] for r in results] == [f"f{i}" for i in range(30)]
+        assert remote.worker_id
+    finally:
+        loop.cancel()
+        await remote.close()
+        await session.close()
