@@ -96,6 +96,9 @@ export declare class AgentSession {
    * Queues a task in `lane` and resolves to its handle at once; `await handle.result()` for
    * the outcome. Rejects with `InvalidPayload` (payload not an object), `QueueFull` or
    * `ShutDown`.
+   *
+   * A submitted task keeps the process alive until it ends (completes, fails, times out, is
+   * cancelled, or the session closes), whether or not its result is awaited.
    */
   submit(lane: SessionLane, commandType: string, payload: Record<string, any>): Promise<TaskHandle>
   /**

@@ -209,6 +209,9 @@ impl JsAgentSession {
     /// Queues a task in `lane` and resolves to its handle at once; `await handle.result()` for
     /// the outcome. Rejects with `InvalidPayload` (payload not an object), `QueueFull` or
     /// `ShutDown`.
+    ///
+    /// A submitted task keeps the process alive until it ends (completes, fails, times out, is
+    /// cancelled, or the session closes), whether or not its result is awaited.
     #[napi(
         ts_args_type = "lane: SessionLane, commandType: string, payload: Record<string, any>",
         ts_return_type = "Promise<TaskHandle>"
