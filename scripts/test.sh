@@ -1,10 +1,12 @@
 #!/usr/bin/env bash
 # The whole test suite. Usage: ./scripts/test.sh
 #
-# Runs every Rust test of the workspace (core, CLI, spec samples, end-to-end worker processes).
-# Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this script starts its
-# own `nats-server -js` on a free port with a temporary store, and stops it on exit. (Tests that
-# restart or reconfigure a server start their own.)
+# Runs every Rust test of the workspace (core, CLI, spec samples, end-to-end worker processes),
+# then the Python package's (scripts/test-python.sh: pip install . into a fresh venv, stubtest,
+# mypy, pytest) and the Node package's (scripts/test-node.sh: npm install from this clone, tsc,
+# node --test). Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this
+# script starts its own `nats-server -js` on a free port with a temporary store, and stops it
+# on exit. (Tests that restart or reconfigure a server start their own.)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 export CARGO_TARGET_DIR="${CARGO_TARGET_DIR:-$PWD/target}"
@@ -36,5 +38,8 @@ cargo test --workspace --locked
 
 step "Python: pip install . into a fresh venv, stubtest, mypy, pytest"
 ./scripts/test-python.sh
+
+step "Node: ./scripts/test-node.sh"
+./scripts/test-node.sh
 
 step "all tests passed"

@@ -1,0 +1,65 @@
+// Type-level tests of index.d.ts (tsc -p bindings-node/__test__): what must type-check does,
+// and what must not is marked @ts-expect-error. Never run.
+import {
+  Agent, AgentSession, SessionOptions, SessionQueueConfig, SessionLane, LaneHandlerConfig, TaskHandlerMode,
+  ExternalTask, ExternalTaskResult, ExternalTaskCompletion, CompletionError, QueueEvent, QueueMetrics, QueueStats,
+  TaskHandle, DeadLetter, executeBuiltin, errorCodes,
+} from '@a3s-lab/code'
+
+export async function typed(): Promise<void> {
+  const config: SessionQueueConfig = { queryMaxConcurrency: 20, laneHandlers: { query: { mode: TaskHandlerMode.External } } }
+  const options: SessionOptions = { queueConfig: config, sessionId: 'id' }
+  const agent: Agent = await Agent.create('agent.hcl')
+  const session: AgentSession = agent.session('.', options)
+  agent.session('.')
+  const handler: LaneHandlerConfig = { mode: TaskHandlerMode.External, timeoutMs: 120_000 }
+  await session.setLaneHandler(SessionLane.Query, handler)
+
+  const tasks: ExternalTask[] = await session.pendingExternalTasks({ limit: 256, waitMs: 100 })
+  const task = tasks[0]
+  const path: string = task.payload.path
+  const left: number = task.remainingMs()
+  const late: boolean = task.isTimedOut()
+  const ok: ExternalTaskResult = { success: true, result: { stdout: '', exitCode: 0 }, error: null }
+  const bare: ExternalTaskResult = { success: false }
+  await session.completeExternalTask(task.taskId, ok)
+  const batch: ExternalTaskCompletion[] = tasks.map((t) => ({ taskId: t.taskId, result: bare }))
+  const outcomes: Array<CompletionError | null> = await session.completeExternalTasks(batch)
+  await session.abandonExternalTask(task.taskId, 'reason')
+
+  const handle: TaskHandle = await session.submit(SessionLane.Execute, 'custom', { any: ['json'] })
+  const result: ExternalTaskResult = await handle.result()
+  await handle.cancel()
+  const out: ExternalTaskResult = await session.tool('read', { path: 'README.md' })
+  const builtin: ExternalTaskResult = await executeBuiltin(task, '.', { allowBash: false })
+
+  const stats: QueueStats = await session.queueStats()
+  const pending: number = stats.perLane[SessionLane.Query].pendingCount
+  const metrics: QueueMetrics | null = await session.queueMetrics()
+  const p99: number | undefined = metrics?.p99LatencyMs
+  const dead: DeadLetter[] = await session.deadLetters()
+
+  for await (const event of session.events()) {
+    const e: QueueEvent = event
+    if (e.type === 'completed') {
+      const ms: number = e.latencyMs
+    } else if (e.type === 'failed') {
+      const code: string = e.code
+    }
+  }
+  const next: QueueEvent | null = await session.events().next()
+  const codes: string[] = errorCodes()
+  await session.close()
+
+  // @ts-expect-error: an unknown lane
+  await session.setLaneHandler('fast', handler)
+  // @ts-expect-error: no such member
+  SessionLane.Fast
+  // @ts-expect-error: success is required
+  await session.completeExternalTask('id', { result: {} })
+  // @ts-expect-error: setLaneHandler returns a promise
+  const notVoid: undefined = session.setLaneHandler(SessionLane.Query, handler)
+  // @ts-expect-error: counts are numbers
+  agent.session('.', { queueConfig: { queryMaxConcurrency: '20' } })
+  void [path, left, late, outcomes, result, out, builtin, pending, p99, dead, next, codes, notVoid]
+}

@@ -1,0 +1,343 @@
+//! `AgentSession` (a lane queue and a workspace), its options, and `TaskHandle`.
+
+use std::time::Duration;
+
+use a3s_code_core as core;
+use napi::bindgen_prelude::This;
+use napi::{Env, JsValue};
+use napi_derive::napi;
+
+use crate::error::{count, non_negative};
+use crate::queue::{
+    DeadLetter, JsEventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
+    SessionQueueConfig,
+};
+use crate::runtime::{Promise, promise};
+use crate::shapes::{CompletionsIn, HandleOut, JsonIn, ResultIn, ResultOut, SessionRef, Tasks};
+use crate::task::CompletionError;
+
+/// Options of a new session (`agent.session(workspace, options)`).
+#[napi(object)]
+#[derive(Debug)]
+pub struct SessionOptions {
+    /// The queue configuration; absent takes the agent's `queue { }` block, else the defaults.
+    pub queue_config: Option<SessionQueueConfig>,
+    /// The session id (letters, digits, `-`, `_`); absent generates a random UUID.
+    pub session_id: Option<String>,
+    /// Whether the built-in `bash` tool may run in this process (default true).
+    pub allow_bash: Option<bool>,
+}
+
+impl SessionOptions {
+    pub(crate) fn into_core(self) -> core::Result<core::SessionOptions> {
+        Ok(core::SessionOptions {
+            queue_config: self.queue_config.map(|c| c.into_core()).transpose()?,
+            session_id: self.session_id,
+            allow_bash: self.allow_bash,
+            ..Default::default()
+        })
+    }
+}
+
+/// Options of `pendingExternalTasks`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct ClaimOptions {
+    /// Claim at most this many tasks (default: every claimable task).
+    pub limit: Option<i64>,
+    /// Wait up to this many milliseconds for the first task (a long poll; default 0).
+    pub wait_ms: Option<i64>,
+}
+
+/// A session: a lane queue, a workspace and its workers' entry points.
+///
+/// Every method may be called concurrently. Asynchronous methods reject with an `Error` whose
+/// `code` is the core's stable code (`TaskNotFound`, `TaskTimedOut`, `ShutDown`, ...).
+#[napi(js_name = "AgentSession")]
+pub struct JsAgentSession {
+    inner: core::AgentSession,
+}
+
+impl From<core::AgentSession> for JsAgentSession {
+    fn from(inner: core::AgentSession) -> Self {
+        Self { inner }
+    }
+}
+
+#[napi]
+impl JsAgentSession {
+    /// The session id, which remote workers use to find its tasks.
+    #[napi(getter)]
+    pub fn id(&self) -> &str {
+        self.inner.id()
+    }
+
+    /// The workspace root every built-in tool of this session is confined to (canonical path).
+    #[napi(getter)]
+    pub fn workspace(&self) -> String {
+        self.inner.workspace().root().display().to_string()
+    }
+
+    /// The queue configuration the session was created with, every field filled in.
+    #[napi]
+    pub fn queue_config(&self) -> SessionQueueConfig {
+        self.inner.queue_config().into()
+    }
+
+    /// Sets how a lane handles the tasks it dispatches from now on.
+    ///
+    /// Rejects with `InvalidConfig` (zero timeout) or `ShutDown`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn set_lane_handler(
+        &self,
+        env: &Env,
+        lane: SessionLane,
+        config: LaneHandlerConfig,
+    ) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            session
+                .set_lane_handler(lane.into(), config.into_core()?)
+                .await
+        })
+    }
+
+    /// Claims tasks waiting for an external worker, highest-priority lane first; each task goes
+    /// to exactly one caller.
+    ///
+    /// Without options: every claimable task, at once (an empty array when there is none, or
+    /// the session is closed). With `{ limit, waitMs }`: at most `limit` tasks, waiting up to
+    /// `waitMs` for the first one (a long poll), and rejecting with `ShutDown` once the session
+    /// is closed so that worker loops can stop.
+    #[napi(ts_return_type = "Promise<ExternalTask[]>")]
+    pub fn pending_external_tasks(
+        &self,
+        env: &Env,
+        options: Option<ClaimOptions>,
+    ) -> napi::Result<Promise<Tasks>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            let tasks = match options {
+                None
+                | Some(ClaimOptions {
+                    limit: None,
+                    wait_ms: None,
+                }) => session.pending_external_tasks().await,
+                Some(ClaimOptions { limit, wait_ms }) => {
+                    let max = limit.map(|n| count("limit", n)).transpose()?;
+                    let wait = non_negative("waitMs", wait_ms.unwrap_or(0))?;
+                    session
+                        .claim_external_tasks(
+                            max.unwrap_or(usize::MAX),
+                            Duration::from_millis(wait),
+                        )
+                        .await?
+                }
+            };
+            Ok(Tasks(tasks))
+        })
+    }
+
+    /// Reports the result of an external task. The first completion of a live task wins.
+    ///
+    /// Rejects (and changes nothing) with `TaskNotFound` for an unknown id,
+    /// `TaskAlreadyCompleted` for a second completion, `TaskTimedOut` / `TaskCancelled` for a
+    /// result that came too late.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn complete_external_task(
+        &self,
+        env: &Env,
+        task_id: String,
+        #[napi(ts_arg_type = "ExternalTaskResult")] result: ResultIn,
+    ) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            session.complete_external_task(&task_id, result.0).await
+        })
+    }
+
+    /// Reports many results in one call. Resolves to one entry per result, in order: `null`
+    /// when it was accepted, else why it was refused (`{ code, message }`).
+    #[napi(ts_return_type = "Promise<Array<CompletionError | null>>")]
+    pub fn complete_external_tasks(
+        &self,
+        env: &Env,
+        #[napi(ts_arg_type = "ExternalTaskCompletion[]")] results: CompletionsIn,
+    ) -> napi::Result<Promise<Vec<Option<CompletionError>>>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            let outcomes = session.complete_external_tasks(results.0).await;
+            Ok(outcomes
+                .into_iter()
+                .map(|o| o.err().map(Into::into))
+                .collect())
+        })
+    }
+
+    /// Gives a claimed task back without a result: the attempt counts as lost, and the retry
+    /// policy decides whether another attempt follows. Rejects as `completeExternalTask`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn abandon_external_task(
+        &self,
+        env: &Env,
+        task_id: String,
+        reason: String,
+    ) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            session.abandon_external_task(&task_id, &reason).await
+        })
+    }
+
+    /// Runs a built-in tool through its lane (`read`, `grep`, `glob`, `ls` → Query; `bash`,
+    /// `write`, `edit` → Execute) and resolves to its result, `success: false` included.
+    ///
+    /// Rejects only for queue-level failures: `UnknownTool`, `InvalidPayload`, `QueueFull`,
+    /// `TaskTimedOut`, `TaskCancelled`, `RetriesExhausted`, `ShutDown`.
+    #[napi(ts_return_type = "Promise<ExternalTaskResult>")]
+    pub fn tool(
+        &self,
+        env: &Env,
+        name: String,
+        #[napi(ts_arg_type = "Record<string, any>")] args: JsonIn,
+    ) -> napi::Result<Promise<ResultOut>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            Ok(ResultOut(session.tool(&name, args.0).await?))
+        })
+    }
+
+    /// Queues a task in `lane` and resolves to its handle at once; `await handle.result()` for
+    /// the outcome. Rejects with `InvalidPayload` (payload not an object), `QueueFull` or
+    /// `ShutDown`.
+    ///
+    /// A submitted task keeps the process alive until it ends (completes, fails, times out, is
+    /// cancelled, or the session closes), whether or not its result is awaited.
+    #[napi(
+        ts_args_type = "lane: SessionLane, commandType: string, payload: Record<string, any>",
+        ts_return_type = "Promise<TaskHandle>"
+    )]
+    #[allow(unsafe_code)] // `this` is the live JS object of this call
+    pub fn submit(
+        &self,
+        env: &Env,
+        this: This,
+        lane: SessionLane,
+        command_type: String,
+        payload: JsonIn,
+    ) -> napi::Result<Promise<HandleOut>> {
+        let session = self.inner.clone();
+        let session_ref = unsafe { SessionRef::new(env.raw(), this.object.raw()) }?;
+        promise(env, async move {
+            let handle = session.submit(lane.into(), &command_type, payload.0).await;
+            Ok(HandleOut {
+                handle: handle?,
+                session: session_ref,
+            })
+        })
+    }
+
+    /// Cancels a queued or running task; its submitter gets `TaskCancelled`.
+    ///
+    /// Rejects with `TaskNotFound`, or how the task already ended (`TaskAlreadyCompleted`, ...).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn cancel(&self, env: &Env, task_id: String) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move { session.cancel(&task_id).await })
+    }
+
+    /// What is in the queue now.
+    #[napi]
+    pub fn queue_stats(&self, env: &Env) -> napi::Result<Promise<QueueStats>> {
+        let session = self.inner.clone();
+        promise(env, async move { Ok(session.queue_stats().await.into()) })
+    }
+
+    /// Counters and latency percentiles (milliseconds), or `null` unless `enableMetrics` is set.
+    #[napi(ts_return_type = "Promise<QueueMetrics | null>")]
+    pub fn queue_metrics(&self, env: &Env) -> napi::Result<Promise<Option<QueueMetrics>>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            Ok(session.queue_metrics().await.map(Into::into))
+        })
+    }
+
+    /// The dead-letter queue's content, oldest first (empty unless `enableDlq` is set).
+    #[napi]
+    pub fn dead_letters(&self, env: &Env) -> napi::Result<Promise<Vec<DeadLetter>>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            Ok(session
+                .dead_letters()
+                .await
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+    }
+
+    /// Removes and returns every dead letter.
+    #[napi]
+    pub fn drain_dead_letters(&self, env: &Env) -> napi::Result<Promise<Vec<DeadLetter>>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            Ok(session
+                .drain_dead_letters()
+                .await
+                .into_iter()
+                .map(Into::into)
+                .collect())
+        })
+    }
+
+    /// Runs the agent loop on `prompt`: the model named by `default_model` in agent.hcl, its
+    /// tool calls through the lanes, until it answers. Rejects with `ModelFailed` (bad key,
+    /// unknown model, retries exhausted) or `InvalidConfig` (no model configured).
+    #[napi(ts_return_type = "Promise<AgentResponse>")]
+    pub fn send(&self, env: &Env, prompt: String) -> napi::Result<Promise<crate::agent::AgentResponse>> {
+        let session = self.inner.clone();
+        promise(env, async move { Ok(session.send(&prompt).await?.into()) })
+    }
+
+    /// The agent loop as it happens: text deltas, tool calls started and finished, queue events.
+    #[napi]
+    pub fn stream(&self, prompt: String) -> napi::Result<crate::agent::JsAgentStream> {
+        // `stream` spawns the loop: run it in the runtime's context.
+        let stream = napi::bindgen_prelude::within_runtime_if_available(|| self.inner.stream(&prompt));
+        Ok(crate::agent::JsAgentStream::new(stream))
+    }
+
+    /// The conversation so far: `{ role: 'user' | 'assistant' | 'tool', ... }` messages (as the
+    /// core records them: `tool_calls`, `tool_call_id`, `is_error` keep their snake_case).
+    #[napi(ts_return_type = "Array<Record<string, any>>")]
+    pub fn history(&self) -> Vec<serde_json::Value> {
+        self.inner
+            .history()
+            .into_iter()
+            .map(|m| serde_json::to_value(m).unwrap_or_default())
+            .collect()
+    }
+
+    /// Subscribes to the queue's events (lifecycle, retries, dead letters, alerts), from now on.
+    #[napi]
+    pub fn events(&self) -> JsEventStream {
+        JsEventStream::new(self.inner.subscribe_events())
+    }
+
+    /// Whether `close()` was called.
+    #[napi]
+    pub fn is_closed(&self) -> bool {
+        self.inner.is_closed()
+    }
+
+    /// Closes the session: queued and running tasks fail with `ShutDown`, waiting workers
+    /// return. Idempotent.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn close(&self, env: &Env) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            session.close().await;
+            Ok(())
+        })
+    }
+}

@@ -1,0 +1,40 @@
+//! What a worker uses besides the session: the built-in tools.
+
+use a3s_code_core as core;
+use a3s_code_core::tools::{Workspace, execute_builtin as run_builtin};
+use napi::Env;
+use napi_derive::napi;
+
+use crate::runtime::{Promise, spawned};
+use crate::shapes::{ResultOut, TaskIn};
+
+/// Options of `executeBuiltin`.
+#[napi(object)]
+#[derive(Debug)]
+pub struct BuiltinOptions {
+    /// Whether the `bash` tool may run (default true).
+    pub allow_bash: Option<bool>,
+}
+
+/// Runs a task's built-in tool (`task.commandType` with `task.payload`) in `workspace` and
+/// resolves to its result; it never fails for the tool's sake: an error (a path escaping the
+/// workspace, a missing file, a timed-out task, ...) is `success: false` with
+/// `result.error_code` set to its code. Rejects only when `workspace` is not a directory
+/// (`InvalidConfig`).
+#[napi(ts_return_type = "Promise<ExternalTaskResult>")]
+pub fn execute_builtin(
+    env: &Env,
+    #[napi(ts_arg_type = "ExternalTask")] task: TaskIn,
+    workspace: String,
+    options: Option<BuiltinOptions>,
+) -> napi::Result<Promise<ResultOut>> {
+    let task = task.0;
+    let allow_bash = options.and_then(|o| o.allow_bash);
+    spawned(env, async move {
+        let mut ws = Workspace::new(workspace)?;
+        if let Some(allowed) = allow_bash {
+            ws = ws.with_bash(allowed);
+        }
+        Ok::<_, core::Error>(ResultOut(run_builtin(&task, &ws).await))
+    })
+}
