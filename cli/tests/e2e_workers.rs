@@ -107,17 +107,17 @@ async fn killing_a_worker_mid_run_loses_and_doubles_nothing() {
         (completed, events.lagged())
     });
 
-    let mut workers: Vec<WorkerProc> = (0..3)
-        .map(|_| {
-            WorkerProc::spawn(
-                &url,
-                &prefix,
-                session.id(),
-                dir.path(),
-                &["--allow-bash", "--concurrency", "16"],
-            )
-        })
-        .collect();
+    let spawn = || {
+        WorkerProc::spawn(
+            &url,
+            &prefix,
+            session.id(),
+            dir.path(),
+            &["--allow-bash", "--concurrency", "16"],
+        )
+    };
+    // One worker first: while it is the only one it certainly holds running tasks.
+    let mut first = spawn();
 
     let mut handles = Vec::new();
     for i in 0..TASKS {
@@ -131,15 +131,16 @@ async fn killing_a_worker_mid_run_loses_and_doubles_nothing() {
             .unwrap();
         handles.push((i, h));
     }
-    // Kill one worker once the run is well under way (it holds running tasks then).
+    // Kill it once the run is under way, mid-task; two others take over.
     loop {
         let m = session.queue_metrics().await.unwrap();
-        if m.total_processed >= (TASKS / 4) as u64 {
+        if m.total_processed >= (TASKS / 10) as u64 {
             break;
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    workers[0].kill9();
+    first.kill9();
+    let _others = [spawn(), spawn()];
 
     for (i, h) in handles {
         let out = tokio::time::timeout(Duration::from_secs(120), h)
