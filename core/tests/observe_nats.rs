@@ -23,9 +23,12 @@ use tracing::span::{Attributes, Id, Record};
 use tracing_subscriber::layer::{Context, SubscriberExt};
 use tracing_subscriber::registry::LookupSpan;
 
-/// Spans seen: name and fields (as text), in creation order.
+/// A span seen: its name and its fields (as text).
+type SpanSeen = (String, BTreeMap<String, String>);
+
+/// Spans seen, in creation order.
 #[derive(Clone, Default)]
-struct Captured(Arc<Mutex<Vec<(String, BTreeMap<String, String>)>>>);
+struct Captured(Arc<Mutex<Vec<SpanSeen>>>);
 
 struct Fields<'a>(&'a mut BTreeMap<String, String>);
 

@@ -49,6 +49,9 @@ pub(crate) struct WorkerSnapshot {
 
 type Labels = Vec<(&'static str, String)>;
 
+/// A counter family: name, help, and how to read it from a lane's figures.
+type CounterOf<T> = (&'static str, &'static str, fn(&T) -> u64);
+
 /// One metric family: name (without `_total` / unit suffix), help, unit, type, samples.
 fn family<V: Copy + Into<f64>>(
     enc: &mut DescriptorEncoder<'_>,
@@ -187,7 +190,7 @@ impl Collector for SessionSnapshot {
         let per = |f: fn(&crate::queue::metrics::LaneExport) -> u64| {
             SessionLane::ALL.map(|l| (lane(l), f(&m.lanes[l.index()]) as f64))
         };
-        let counters: [(&str, &str, fn(&crate::queue::metrics::LaneExport) -> u64); 7] = [
+        let counters: [CounterOf<crate::queue::metrics::LaneExport>; 7] = [
             (
                 "a3s_tasks_completed",
                 "Tasks that ended with a successful result.",
@@ -323,7 +326,7 @@ impl Collector for WorkerSnapshot {
                 [(worker(), secs(age))],
             )?;
         }
-        let counters: [(&str, &str, fn(&WorkerLaneCounts) -> u64); 5] = [
+        let counters: [CounterOf<WorkerLaneCounts>; 5] = [
             (
                 "a3s_worker_tasks_claimed",
                 "Tasks the worker claimed.",

@@ -18,7 +18,8 @@
 //! | span `a3s.task.run` | both | a handler or worker runs an attempt | `task_id`, `lane`, `command`, `attempt`, `trace_id`, `parent_span_id`, `span_id` |
 //!
 //! With the `otel` feature and a `tracing-opentelemetry` layer installed, these spans are
-//! exported as children of the task's root span, which the session exports when the task ends.
+//! exported to OpenTelemetry with the task's trace id, as children of its root span id (the
+//! context above; that root is an id both sides agree on, not a span exported by itself).
 
 use std::fmt;
 
@@ -152,6 +153,7 @@ impl fmt::Display for TraceContext {
 /// The `traceparent` of a task published on `subject` (`<prefix>.task.<session>.<lane>.<route>`):
 /// the session's context of the task, so the worker's spans join the session's trace.
 /// Used by the broker when it builds a task message.
+#[cfg(feature = "nats")]
 pub(crate) fn traceparent_for_published(subject: &str, task_id: &str) -> String {
     let session = subject.split('.').nth(2).unwrap_or_default();
     TraceContext::for_task(session, task_id).to_string()
@@ -266,10 +268,10 @@ pub(crate) fn task_span(
 
 #[cfg(feature = "otel")]
 pub(crate) mod otel {
-    //! OpenTelemetry glue: parents of the task spans, and the task's root span.
+    //! OpenTelemetry glue: the task spans hang off the task's context.
     use super::TraceContext;
     use opentelemetry::trace::{
-        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState, Tracer,
+        SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
     use tracing_opentelemetry::OpenTelemetrySpanExt;
 
@@ -291,25 +293,6 @@ pub(crate) mod otel {
     /// Makes `span` a child of `cx` in OpenTelemetry.
     pub(crate) fn set_parent(span: &tracing::Span, cx: &TraceContext) {
         let _ = span.set_parent(remote(cx));
-    }
-
-    /// Exports the task's root span (its ids are those of [`TraceContext::for_task`]) once the
-    /// task has ended, with its real start and end times.
-    pub(crate) fn export_root(
-        cx: &TraceContext,
-        name: String,
-        started: std::time::SystemTime,
-        attributes: Vec<opentelemetry::KeyValue>,
-    ) {
-        let tracer = opentelemetry::global::tracer("a3s-code");
-        let builder = tracer
-            .span_builder(name)
-            .with_trace_id(TraceId::from_bytes(cx.trace_id_bytes()))
-            .with_span_id(SpanId::from_bytes(cx.span_id_bytes()))
-            .with_start_time(started)
-            .with_attributes(attributes);
-        let mut span = tracer.build_with_context(builder, &opentelemetry::Context::new());
-        opentelemetry::trace::Span::end(&mut span);
     }
 }
 
@@ -368,6 +351,7 @@ mod tests {
         assert_ne!(child.span_id(), cx.span_id());
     }
 
+    #[cfg(feature = "nats")]
     #[test]
     fn published_subjects_name_the_session() {
         assert_eq!(

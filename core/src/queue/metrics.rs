@@ -258,6 +258,7 @@ impl MetricsRecorder {
     }
 
     /// A result came from a redelivered attempt (over a broker).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))]
     pub(crate) fn redelivered(&mut self, lane: SessionLane) {
         self.lanes[lane.index()].redelivered += 1;
     }

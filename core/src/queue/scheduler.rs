@@ -1094,7 +1094,7 @@ impl Scheduler {
         };
         st.remembered.insert(seq, remembered);
         if !e.span.is_disabled() {
-            self.trace_outcome(&e, seq, &outcome);
+            trace_outcome(&e, &outcome);
         }
         if let Some(reply) = e.reply.take() {
             let _ = reply.send(outcome);
@@ -1102,46 +1102,6 @@ impl Scheduler {
         if !st.closed {
             self.fill_slots(st, lane);
         }
-    }
-
-    /// Closes a task's span with its outcome (only called when the span is enabled).
-    fn trace_outcome(&self, e: &Entry, seq: u64, outcome: &Result<ExternalTaskResult>) {
-        let outcome = match outcome {
-            Ok(r) if r.success => "completed",
-            Ok(_) => "failed",
-            Err(err) => err.code(),
-        };
-        let latency = e.submitted_at.elapsed();
-        tracing::debug!(
-            target: "a3s::task",
-            parent: &e.span,
-            outcome,
-            attempts = e.attempt,
-            latency_us = latency.as_micros() as u64,
-            "completed"
-        );
-        #[cfg(feature = "otel")]
-        {
-            let task_id = self.task_id(seq);
-            let cx = crate::observe::TraceContext::for_task(&self.session_id, &task_id);
-            let started = std::time::SystemTime::now()
-                .checked_sub(latency)
-                .unwrap_or_else(std::time::SystemTime::now);
-            crate::observe::trace::otel::export_root(
-                &cx,
-                format!("a3s.task {}", e.command.as_str()),
-                started,
-                vec![
-                    opentelemetry::KeyValue::new("a3s.task_id", task_id),
-                    opentelemetry::KeyValue::new("a3s.session_id", self.session_id.clone()),
-                    opentelemetry::KeyValue::new("a3s.lane", e.lane.as_str()),
-                    opentelemetry::KeyValue::new("a3s.outcome", outcome),
-                    opentelemetry::KeyValue::new("a3s.attempts", i64::from(e.attempt)),
-                ],
-            );
-        }
-        #[cfg(not(feature = "otel"))]
-        let _ = seq;
     }
 
     fn latency_alert(&self, st: &mut State, lane: SessionLane, latency: Duration) {
@@ -1365,6 +1325,23 @@ impl Scheduler {
             None => Box::pin(async {}),
         }
     }
+}
+
+/// Closes a task's span with its outcome (only called when the span is enabled).
+fn trace_outcome(e: &Entry, outcome: &Result<ExternalTaskResult>) {
+    let outcome = match outcome {
+        Ok(r) if r.success => "completed",
+        Ok(_) => "failed",
+        Err(err) => err.code(),
+    };
+    tracing::debug!(
+        target: "a3s::task",
+        parent: &e.span,
+        outcome,
+        attempts = e.attempt,
+        latency_us = e.submitted_at.elapsed().as_micros() as u64,
+        "completed"
+    );
 }
 
 fn rand_tag() -> u32 {

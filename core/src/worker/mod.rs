@@ -184,8 +184,26 @@ struct Counters {
     failed: AtomicU64,
     skipped_expired: AtomicU64,
     rejected: AtomicU64,
+    /// Tasks running now (not counting the slot held while waiting for work).
+    running: AtomicU64,
     /// The same per lane, for `/metrics`.
     lanes: [LaneCounters; 4],
+}
+
+/// Counts a running task in [`Counters::running`] until dropped (finished or aborted).
+struct Running(Arc<Counters>);
+
+impl Running {
+    fn start(counters: &Arc<Counters>) -> Self {
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
 }
 
 #[derive(Default)]
@@ -248,7 +266,6 @@ pub struct Worker {
     stop: watch::Sender<bool>,
     join: JoinHandle<()>,
     counters: Arc<Counters>,
-    slots: Arc<Semaphore>,
     concurrency: usize,
     source: Arc<dyn TaskSource>,
     name: Option<String>,
@@ -280,13 +297,12 @@ impl Worker {
             config,
             stop_rx,
             counters.clone(),
-            slots.clone(),
+            slots,
         ));
         Self {
             stop,
             join,
             counters,
-            slots,
             concurrency,
             source,
             name,
@@ -295,8 +311,8 @@ impl Worker {
 
     /// The worker's counters now.
     pub fn stats(&self) -> WorkerStats {
-        let busy = self.concurrency - self.slots.available_permits().min(self.concurrency);
-        self.counters.snapshot(busy as u64)
+        let busy = self.counters.running.load(Ordering::Relaxed);
+        self.counters.snapshot(busy)
     }
 
     /// The worker's metrics in the Prometheus text format (what
@@ -310,7 +326,6 @@ impl Worker {
     pub fn exporter(&self) -> Arc<dyn Exporter> {
         Arc::new(WorkerExporter {
             counters: self.counters.clone(),
-            slots: self.slots.clone(),
             concurrency: self.concurrency,
             source: self.source.clone(),
             name: self.name.clone(),
@@ -349,7 +364,6 @@ impl Worker {
 /// A worker's `/metrics` and `/healthz`.
 struct WorkerExporter {
     counters: Arc<Counters>,
-    slots: Arc<Semaphore>,
     concurrency: usize,
     source: Arc<dyn TaskSource>,
     name: Option<String>,
@@ -357,7 +371,7 @@ struct WorkerExporter {
 
 impl Exporter for WorkerExporter {
     fn render(&self) -> String {
-        let busy = self.concurrency - self.slots.available_permits().min(self.concurrency);
+        let busy = self.counters.running.load(Ordering::Relaxed);
         let health = self.source.health();
         crate::observe::prometheus::render_worker(WorkerSnapshot {
             worker_id: self
@@ -365,7 +379,7 @@ impl Exporter for WorkerExporter {
                 .clone()
                 .or(health.worker_id)
                 .unwrap_or_else(|| "local".to_owned()),
-            stats: self.counters.snapshot(busy as u64),
+            stats: self.counters.snapshot(busy),
             lanes: SessionLane::ALL.map(|l| self.counters.lanes[l.index()].snapshot()),
             slots: self.concurrency,
             connected: health.connected,
@@ -452,8 +466,10 @@ async fn run(
             let id = task.task_id.clone();
             let mut guard = running.lock();
             let span = crate::observe::trace::run_span(&task);
+            let counted = Running::start(&counters);
             let join = tokio::spawn(async move {
                 let _permit = permit;
+                let _running = counted;
                 let deadline = task.deadline();
                 let id = task.task_id.clone();
                 let lane = task.lane;
