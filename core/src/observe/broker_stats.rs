@@ -34,7 +34,7 @@ pub struct BrokerLaneStats {
     pub acked_count: u64,
 }
 
-/// A session's state on the broker. See the [module docs](self).
+/// A session's state on the broker: what was handed to workers and where it stands.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
 pub struct BrokerSessionStats {
     /// The session.

@@ -12,7 +12,7 @@ use crate::queue::metrics::{HistogramExport, MetricsExport};
 use crate::queue::{QueueStats, SessionLane};
 use crate::worker::WorkerStats;
 
-/// The `Content-Type` of what [`render_session`] and [`render_worker`] produce.
+/// The `Content-Type` of `/metrics` (the Prometheus text format, version 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
 
 /// What a session shows at one scrape.
