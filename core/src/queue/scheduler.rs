@@ -691,7 +691,13 @@ impl Scheduler {
     fn start_attempt(self: &Arc<Self>, st: &mut State, seq: u64) {
         let Some(e) = st.live.get(&seq) else { return };
         let (lane, mode, attempt) = (e.lane, e.mode, e.attempt);
-        tracing::debug!(target: "a3s::task", parent: &e.span, attempt, mode = mode.as_str(), "dispatched");
+        tracing::debug!(
+            target: "a3s::task",
+            parent: &e.span,
+            attempt,
+            mode = mode.as_str(),
+            "dispatched"
+        );
         self.announce(st, mode, lane, || QueueEvent::Started {
             task_id: self.task_id(seq),
             lane,
@@ -834,7 +840,12 @@ impl Scheduler {
                     continue;
                 }
                 e.phase = Phase::Claimed;
-                tracing::debug!(target: "a3s::task", parent: &e.span, attempt = e.attempt, "claimed");
+                tracing::debug!(
+                    target: "a3s::task",
+                    parent: &e.span,
+                    attempt = e.attempt,
+                    "claimed"
+                );
                 let task = self.external_task(seq, e);
                 st.lanes[lane.index()].claimed += 1;
                 out.push(task);
