@@ -122,14 +122,13 @@ impl ExternalTask {
     }
 
     /// The task's trace context: the one it arrived with (a broker message's `traceparent`
-    /// header), else the session's own for this task ([`TraceContext::for_task`]). A worker's
-    /// spans of this task are its children.
+    /// header), else the session's own for this task (its span's, or
+    /// [`TraceContext::for_task`]). A worker's spans of this task are its children.
     ///
     /// [`TraceContext::for_task`]: crate::observe::TraceContext::for_task
     pub fn trace_context(&self) -> crate::observe::TraceContext {
-        self.trace.unwrap_or_else(|| {
-            crate::observe::TraceContext::for_task(&self.session_id, &self.task_id)
-        })
+        self.trace
+            .unwrap_or_else(|| crate::observe::trace::task_context(&self.session_id, &self.task_id))
     }
 
     /// Sets the trace context the task arrived with (a worker reading it from a message header).

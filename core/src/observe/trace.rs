@@ -17,9 +17,10 @@
 //! | event `completed` | session | the task ends | `outcome`, `latency_us` |
 //! | span `a3s.task.run` | both | a handler or worker runs an attempt | `task_id`, `lane`, `command`, `attempt`, `trace_id`, `parent_span_id`, `span_id` |
 //!
-//! With the `otel` feature and a `tracing-opentelemetry` layer installed, these spans are
-//! exported to OpenTelemetry with the task's trace id, as children of its root span id (the
-//! context above; that root is an id both sides agree on, not a span exported by itself).
+//! With the `otel` feature and a `tracing-opentelemetry` layer installed, the session's task
+//! span gets real OpenTelemetry ids instead of the derived ones; they are remembered while the
+//! task lives, so the `traceparent` header carries them and the worker's spans are exported as
+//! its children.
 
 use std::fmt;
 
@@ -156,7 +157,7 @@ impl fmt::Display for TraceContext {
 #[cfg(feature = "nats")]
 pub(crate) fn traceparent_for_published(subject: &str, task_id: &str) -> String {
     let session = subject.split('.').nth(2).unwrap_or_default();
-    TraceContext::for_task(session, task_id).to_string()
+    task_context(session, task_id).to_string()
 }
 
 /// The trace context of a NATS message's `traceparent` header, if it has a valid one.
@@ -212,10 +213,15 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
-/// The span of one attempt run by a handler or worker, a child of the task's context.
-pub(crate) fn run_span(task: &crate::task::ExternalTask) -> tracing::Span {
+/// The span of one attempt run by a handler or worker: a child of `parent` (the session's task
+/// span, for a handler in the session's process), else of the task's trace context (a worker).
+pub(crate) fn run_span(
+    task: &crate::task::ExternalTask,
+    parent: Option<&tracing::Span>,
+) -> tracing::Span {
     let span = tracing::debug_span!(
         target: "a3s::task",
+        parent: parent.and_then(tracing::Span::id),
         "a3s.task.run",
         task_id = %task.task_id,
         lane = task.lane.as_str(),
@@ -226,18 +232,19 @@ pub(crate) fn run_span(task: &crate::task::ExternalTask) -> tracing::Span {
         span_id = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        let parent = task.trace_context();
-        let me = parent.child();
-        span.record("trace_id", parent.trace_id());
-        span.record("parent_span_id", parent.span_id());
+        let cx = task.trace_context();
+        span.record("trace_id", cx.trace_id());
+        span.record("parent_span_id", cx.span_id());
+        if parent.is_none() {
+            otel::set_parent(&span, &cx);
+        }
+        let me = otel::context_of(&span).unwrap_or_else(|| cx.child());
         span.record("span_id", me.span_id());
-        otel::set_parent(&span, &parent);
     }
     span
 }
 
-/// The session's span of a task, from its slot to its outcome (the task's root span when no
-/// OpenTelemetry layer is installed).
+/// The session's span of a task, from its slot to its outcome: the root of the task's trace.
 pub(crate) fn task_span(
     session_id: &str,
     task_id: impl FnOnce() -> String,
@@ -245,8 +252,10 @@ pub(crate) fn task_span(
     command: &str,
     queue_wait: std::time::Duration,
 ) -> tracing::Span {
+    // A root: it is created wherever a slot frees up, inside unrelated spans.
     let span = tracing::debug_span!(
         target: "a3s::task",
+        parent: None,
         "a3s.task",
         task_id = tracing::field::Empty,
         lane = lane.as_str(),
@@ -257,23 +266,50 @@ pub(crate) fn task_span(
     );
     if !span.is_disabled() {
         let task_id = task_id();
-        let cx = TraceContext::for_task(session_id, &task_id);
+        // With OpenTelemetry, the span's own ids (and the broker sends those); else the ids
+        // derived from the task.
+        let cx = match otel::context_of(&span) {
+            Some(cx) => {
+                otel::remember(session_id, &task_id, cx);
+                cx
+            }
+            None => TraceContext::for_task(session_id, &task_id),
+        };
         span.record("task_id", task_id.as_str());
         span.record("trace_id", cx.trace_id());
         span.record("span_id", cx.span_id());
-        otel::set_parent(&span, &cx);
     }
     span
 }
 
+/// The context of a task of this process: its OpenTelemetry span's, else the derived one.
+pub(crate) fn task_context(session_id: &str, task_id: &str) -> TraceContext {
+    otel::lookup(session_id, task_id).unwrap_or_else(|| TraceContext::for_task(session_id, task_id))
+}
+
+/// A task's span closed: forget its OpenTelemetry context.
+pub(crate) fn task_ended(session_id: &str, task_id: impl FnOnce() -> String) {
+    otel::forget(session_id, task_id);
+}
+
 #[cfg(feature = "otel")]
 pub(crate) mod otel {
-    //! OpenTelemetry glue: the task spans hang off the task's context.
+    //! OpenTelemetry glue. With a `tracing-opentelemetry` layer installed, the session's task
+    //! span has real OpenTelemetry ids: they are remembered while the task lives, so the broker
+    //! puts them in the `traceparent` header and the worker's span becomes its child.
+    use std::collections::HashMap;
+    use std::sync::LazyLock;
+
     use super::TraceContext;
     use opentelemetry::trace::{
         SpanContext, SpanId, TraceContextExt, TraceFlags, TraceId, TraceState,
     };
+    use parking_lot::Mutex;
     use tracing_opentelemetry::OpenTelemetrySpanExt;
+
+    /// (session id, task id) → the task span's context, while the task is live.
+    static LIVE: LazyLock<Mutex<HashMap<(String, String), TraceContext>>> =
+        LazyLock::new(Default::default);
 
     fn remote(cx: &TraceContext) -> opentelemetry::Context {
         let sc = SpanContext::new(
@@ -294,14 +330,58 @@ pub(crate) mod otel {
     pub(crate) fn set_parent(span: &tracing::Span, cx: &TraceContext) {
         let _ = span.set_parent(remote(cx));
     }
+
+    /// The OpenTelemetry ids of `span`, when an OpenTelemetry layer gave it some.
+    pub(crate) fn context_of(span: &tracing::Span) -> Option<TraceContext> {
+        let cx = span.context();
+        let sc = cx.span().span_context().clone();
+        sc.is_valid().then(|| TraceContext {
+            trace_id: sc.trace_id().to_bytes(),
+            span_id: sc.span_id().to_bytes(),
+            sampled: sc.is_sampled(),
+        })
+    }
+
+    pub(crate) fn remember(session_id: &str, task_id: &str, cx: TraceContext) {
+        LIVE.lock()
+            .insert((session_id.to_owned(), task_id.to_owned()), cx);
+    }
+
+    pub(crate) fn lookup(session_id: &str, task_id: &str) -> Option<TraceContext> {
+        let live = LIVE.lock();
+        if live.is_empty() {
+            return None;
+        }
+        live.get(&(session_id.to_owned(), task_id.to_owned()))
+            .copied()
+    }
+
+    pub(crate) fn forget(session_id: &str, task_id: impl FnOnce() -> String) {
+        let mut live = LIVE.lock();
+        if !live.is_empty() {
+            live.remove(&(session_id.to_owned(), task_id()));
+        }
+    }
 }
 
 #[cfg(not(feature = "otel"))]
 pub(crate) mod otel {
-    //! Without the `otel` feature: nothing to link.
+    //! Without the `otel` feature: the derived ids only.
     use super::TraceContext;
 
     pub(crate) fn set_parent(_span: &tracing::Span, _cx: &TraceContext) {}
+
+    pub(crate) fn context_of(_span: &tracing::Span) -> Option<TraceContext> {
+        None
+    }
+
+    pub(crate) fn remember(_session_id: &str, _task_id: &str, _cx: TraceContext) {}
+
+    pub(crate) fn lookup(_session_id: &str, _task_id: &str) -> Option<TraceContext> {
+        None
+    }
+
+    pub(crate) fn forget(_session_id: &str, _task_id: impl FnOnce() -> String) {}
 }
 
 #[cfg(test)]

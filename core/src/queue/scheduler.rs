@@ -720,7 +720,7 @@ impl Scheduler {
             return;
         }
         let task = self.external_task(seq, e);
-        let run_span = crate::observe::trace::run_span(&task);
+        let run_span = crate::observe::trace::run_span(&task, Some(&e.span));
         let handler = st
             .handlers
             .get(e.command.as_str())
@@ -1106,6 +1106,7 @@ impl Scheduler {
         st.remembered.insert(seq, remembered);
         if !e.span.is_disabled() {
             trace_outcome(&e, &outcome);
+            crate::observe::trace::task_ended(&self.session_id, || self.task_id(seq));
         }
         if let Some(reply) = e.reply.take() {
             let _ = reply.send(outcome);

@@ -465,7 +465,7 @@ async fn run(
             let output = source.output_sink(&task);
             let id = task.task_id.clone();
             let mut guard = running.lock();
-            let span = crate::observe::trace::run_span(&task);
+            let span = crate::observe::trace::run_span(&task, None);
             let counted = Running::start(&counters);
             let join = tokio::spawn(async move {
                 let _permit = permit;
