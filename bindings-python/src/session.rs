@@ -37,6 +37,7 @@ impl PySessionOptions {
                 session_id,
                 allow_bash,
                 nats: nats.map(|n| n.inner),
+                ..Default::default()
             },
         }
     }

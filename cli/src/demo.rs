@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use a3s_code_core::observe::Exporter;
 use a3s_code_core::queue::{
     LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane, TaskHandlerMode,
 };
@@ -13,7 +14,7 @@ use a3s_code_core::worker::{Worker, WorkerConfig, builtin_handler};
 use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, stream};
-use indicatif::{ProgressBar, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde_json::{Value, json};
 
 #[derive(clap::Args)]
@@ -42,6 +43,14 @@ pub(crate) struct DemoArgs {
     /// Query lane concurrency (tasks handed to workers at once).
     #[arg(long, default_value_t = 32)]
     query_concurrency: usize,
+    /// Serve the session's /metrics and /healthz on this address (e.g. 127.0.0.1:9464) while
+    /// it runs and, after it, until ctrl-c: watch it with `a3s-code stats --metrics ADDR`.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
+    /// Show the live stats view (lanes, backlog, in-flight, rates, p50/p99, workers) while it
+    /// runs.
+    #[arg(long)]
+    stats: bool,
 }
 
 pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
@@ -60,25 +69,28 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         .into(),
         ..Default::default()
     };
+    let mut options = SessionOptions::new()
+        .with_queue_config(config)
+        .with_bash(false);
+    if let Some(addr) = args.metrics_addr {
+        options = options.with_metrics_addr(addr);
+    }
     let session = Agent::from_config(AgentConfig::default())
-        .session(
-            &args.dir,
-            Some(
-                SessionOptions::new()
-                    .with_queue_config(config)
-                    .with_bash(false),
-            ),
-        )
+        .session(&args.dir, Some(options))
         .with_context(|| format!("opening a session on {}", args.dir.display()))?;
     let root = session.workspace().root().to_owned();
     println!("session {} on {}", session.id(), root.display());
     println!(
-        "Query lane: External, {} in-process workers x {} slots\n",
+        "Query lane: External, {} in-process workers x {} slots",
         args.workers, args.worker_concurrency
     );
+    if let Some(addr) = session.metrics_addr() {
+        println!("metrics: http://{addr}/metrics  (watch: a3s-code stats --metrics {addr})");
+    }
+    println!();
 
     let workers: Vec<Worker> = (0..args.workers.max(1))
-        .map(|_| {
+        .map(|i| {
             Worker::spawn(
                 Arc::new(session.clone()),
                 builtin_handler(
@@ -88,11 +100,30 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
                 ),
                 WorkerConfig {
                     concurrency: args.worker_concurrency.max(1),
+                    name: Some(format!("demo-{}", i + 1)),
                     ..Default::default()
                 },
             )
         })
         .collect();
+
+    // The live view, drawn from the same text `/metrics` serves.
+    let exporters: Vec<Arc<dyn Exporter>> = workers.iter().map(Worker::exporter).collect();
+    let live = args.stats.then(|| {
+        let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stdout());
+        bar.set_style(ProgressStyle::with_template("{msg}").expect("valid template"));
+        let (session, exporters, bar2) = (session.clone(), exporters.clone(), bar.clone());
+        let task = tokio::spawn(async move {
+            let mut previous: Option<(crate::stats::View, Instant)> = None;
+            loop {
+                let view = in_process_view(&session, &exporters, previous.as_ref());
+                bar2.set_message(crate::stats::render(&view));
+                previous = Some((view, Instant::now()));
+                tokio::time::sleep(Duration::from_millis(250)).await;
+            }
+        });
+        (bar, task)
+    });
 
     // 1. glob: which files to search.
     let listed = tool(&session, "glob", json!({ "pattern": args.glob })).await?;
@@ -107,7 +138,12 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     }
 
     // 2. grep: one task per file, fanned out to the workers.
-    let bar = ProgressBar::new(files.len() as u64).with_style(
+    let bar = if live.is_some() {
+        ProgressBar::hidden()
+    } else {
+        ProgressBar::new(files.len() as u64)
+    }
+    .with_style(
         ProgressStyle::with_template("{spinner} grep {pos}/{len} files [{bar:30}] {per_sec} {eta}")
             .expect("valid template")
             .progress_chars("=> "),
@@ -180,6 +216,14 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("\n{failures} files could not be searched (binary or unreadable)");
     }
 
+    if let Some((bar, task)) = live {
+        task.abort();
+        bar.finish_and_clear();
+        println!(
+            "\n{}",
+            crate::stats::render(&in_process_view(&session, &exporters, None))
+        );
+    }
     let stats = session.queue_stats().await;
     let metrics = session.queue_metrics().await;
     let mut worker_totals = (0, 0);
@@ -197,8 +241,29 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         print_metrics(&m);
     }
     println!("\ndone in {:.2?}", started.elapsed());
+    if let Some(addr) = session.metrics_addr() {
+        println!("still serving http://{addr}/metrics (ctrl-c to quit)");
+        let _ = tokio::signal::ctrl_c().await;
+    }
     session.close().await;
     Ok(())
+}
+
+/// The stats view of this process's session and workers, with rates against `previous`.
+fn in_process_view(
+    session: &AgentSession,
+    workers: &[Arc<dyn Exporter>],
+    previous: Option<&(crate::stats::View, Instant)>,
+) -> crate::stats::View {
+    let mut text = session.metrics_text();
+    for w in workers {
+        text.push_str(&w.render());
+    }
+    let mut view = crate::stats::view_from_samples(&crate::stats::parse_prometheus(&text));
+    if let Some((p, at)) = previous {
+        crate::stats::fill_rates(&mut view, p, at.elapsed());
+    }
+    view
 }
 
 async fn tool(session: &AgentSession, name: &str, args: Value) -> anyhow::Result<Value> {

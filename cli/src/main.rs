@@ -4,7 +4,10 @@ use clap::{Parser, Subcommand};
 
 mod bench;
 mod demo;
+#[cfg(feature = "otel")]
+mod otel;
 mod run;
+mod stats;
 mod worker;
 
 /// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
@@ -28,26 +31,49 @@ enum Command {
     Worker(worker::WorkerArgs),
     /// Benchmarks (results in docs/PERFORMANCE.md).
     Bench(bench::BenchArgs),
+    /// A live view of a session's lanes and workers: from their /metrics endpoints
+    /// (--metrics URL) and/or from NATS (--nats URL --session-id ID); --json for scripts.
+    Stats(stats::StatsArgs),
 }
 
 fn main() -> anyhow::Result<()> {
+    use tracing_subscriber::Layer;
+    use tracing_subscriber::layer::SubscriberExt;
+    use tracing_subscriber::util::SubscriberInitExt;
+
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("A3S_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("A3S_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let layers = vec![
+        tracing_subscriber::fmt::layer()
+            .with_writer(std::io::stderr)
+            .with_filter(filter)
+            .boxed(),
+    ];
+    // Task traces to an OpenTelemetry collector (OTEL_EXPORTER_OTLP_ENDPOINT).
+    #[cfg(feature = "otel")]
+    let (layers, otel) = {
+        let mut layers = layers;
+        let guard = otel::init().map(|(layer, guard)| {
+            layers.push(layer);
+            guard
+        });
+        (layers, guard)
+    };
+    tracing_subscriber::registry().with(layers).init();
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
-    runtime.block_on(async {
+    let out = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,
             Command::Run(args) => run::run(args).await,
             Command::Worker(args) => worker::run(args).await,
             Command::Bench(args) => bench::run(args).await,
+            Command::Stats(args) => stats::run(args).await,
         }
-    })
+    });
+    #[cfg(feature = "otel")]
+    drop(otel);
+    out
 }

@@ -74,6 +74,10 @@ pub(crate) struct WorkerArgs {
     /// Client key (PEM) for TLS.
     #[arg(long, env = "A3S_NATS_KEY")]
     tls_key: Option<PathBuf>,
+    /// Serve /metrics (Prometheus) and /healthz (200 while connected to NATS) on this address,
+    /// e.g. 0.0.0.0:9465.
+    #[arg(long, env = "A3S_METRICS_ADDR")]
+    metrics_addr: Option<std::net::SocketAddr>,
     /// Complete every task at once with an empty result instead of running it (for measuring
     /// the transport).
     #[arg(long, hide = true)]
@@ -170,10 +174,21 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
             ..Default::default()
         },
     );
+    let metrics = match args.metrics_addr {
+        Some(addr) => {
+            let server = worker
+                .serve_metrics(addr)
+                .with_context(|| format!("serving metrics on {addr}"))?;
+            tracing::info!(addr = %server.local_addr(), "serving /metrics and /healthz");
+            Some(server)
+        }
+        None => None,
+    };
     shutdown_signal().await;
     tracing::info!("draining: finishing running tasks, taking no new ones");
     let stats = worker.shutdown().await;
     remote.close().await;
+    drop(metrics);
     tracing::info!(
         claimed = stats.claimed,
         succeeded = stats.succeeded,

@@ -55,6 +55,7 @@
 pub mod agent;
 pub mod broker;
 pub mod error;
+pub mod observe;
 pub mod queue;
 mod session;
 pub mod task;

@@ -44,6 +44,9 @@ pub struct SessionOptions {
     /// agent's `distribution { nats_url = ... }`, then `A3S_NATS_URL`, else stays in process.
     #[cfg(feature = "nats")]
     pub nats: Option<crate::broker::NatsConfig>,
+    /// Serve `/metrics` and `/healthz` on this address (port 0 picks a free one; see
+    /// [`AgentSession::metrics_addr`]). Turns `enable_metrics` on.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl SessionOptions {
@@ -86,6 +89,26 @@ impl SessionOptions {
     #[cfg(feature = "nats")]
     pub fn with_nats(mut self, config: crate::broker::NatsConfig) -> Self {
         self.nats = Some(config);
+        self
+    }
+
+    /// Serves the session's Prometheus metrics on `GET /metrics` and its health on
+    /// `GET /healthz` (200 while it is open and its broker, if any, is ready; 503 otherwise),
+    /// from when it opens until the last handle is dropped. Turns `enable_metrics` on.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use a3s_code_core::{Agent, AgentConfig, SessionOptions};
+    /// # #[tokio::main(flavor = "current_thread")] async fn main() -> a3s_code_core::Result<()> {
+    /// let opts = SessionOptions::new().with_metrics_addr("127.0.0.1:0".parse().unwrap());
+    /// let session = Agent::from_config(AgentConfig::default()).session(".", Some(opts))?;
+    /// println!("scrape http://{}/metrics", session.metrics_addr().unwrap());
+    /// assert!(session.metrics_text().contains("a3s_lane_pending_tasks"));
+    /// # Ok(()) }
+    /// ```
+    pub fn with_metrics_addr(mut self, addr: std::net::SocketAddr) -> Self {
+        self.metrics_addr = Some(addr);
         self
     }
 }
@@ -137,6 +160,8 @@ struct SessionInner {
     broker: Option<Arc<crate::broker::nats::NatsBroker>>,
     /// The agent loop's conversation ([`send`](AgentSession::send)).
     conversation: Conversation,
+    /// `/metrics` and `/healthz`, when asked for; stops with the session.
+    metrics_server: Option<crate::observe::MetricsServer>,
 }
 
 impl Drop for SessionInner {
@@ -161,8 +186,16 @@ impl AgentSession {
         workspace: &Path,
         options: SessionOptions,
     ) -> Result<Self> {
-        let config = options.queue_config.unwrap_or_else(|| agent.queue.clone());
+        let mut config = options.queue_config.unwrap_or_else(|| agent.queue.clone());
         config.validate()?;
+        // Bound before anything starts, so a busy port fails the open.
+        let metrics = match options.metrics_addr {
+            Some(addr) => {
+                config.enable_metrics = true;
+                Some(crate::observe::Bound::bind(addr)?)
+            }
+            None => None,
+        };
         let id = match options.session_id {
             Some(id) => validate_session_id(id)?,
             None => uuid::Uuid::new_v4().to_string(),
@@ -187,17 +220,18 @@ impl AgentSession {
             }
             None => None,
         };
-        let inner = SessionInner {
+        let inner = Arc::new_cyclic(|weak: &std::sync::Weak<SessionInner>| SessionInner {
             scheduler,
             workspace,
             agent,
             #[cfg(feature = "nats")]
             broker,
             conversation,
-        };
-        Ok(Self {
-            inner: Arc::new(inner),
-        })
+            // The server holds the session weakly: dropping the session stops it.
+            metrics_server: metrics
+                .map(|bound| bound.serve(Arc::new(SessionExporter(weak.clone())))),
+        });
+        Ok(Self { inner })
     }
 
     /// Waits until the session's broker is connected and set up, so remote workers can find
@@ -415,6 +449,46 @@ impl AgentSession {
         self.inner.scheduler.metrics()
     }
 
+    /// The session's metrics in the Prometheus text format (0.0.4), what `/metrics` serves:
+    /// per lane backlog, oldest pending age, in flight vs capacity, and (with
+    /// `enable_metrics`) counters and latency histograms. Metric names are listed in
+    /// `docs/ARCHITECTURE.md`. Safe to call concurrently; reads a snapshot under the queue's
+    /// lock.
+    pub fn metrics_text(&self) -> String {
+        let broker_ready = {
+            #[cfg(feature = "nats")]
+            {
+                self.inner.broker.as_ref().map(|b| broker_is_ready(b))
+            }
+            #[cfg(not(feature = "nats"))]
+            {
+                None
+            }
+        };
+        crate::observe::prometheus::render_session(crate::observe::prometheus::SessionSnapshot {
+            session_id: self.id().to_owned(),
+            open: !self.is_closed(),
+            broker_ready,
+            stats: self.inner.scheduler.stats(),
+            metrics: self.inner.scheduler.export_metrics(),
+        })
+    }
+
+    /// Where `/metrics` and `/healthz` are served
+    /// ([`SessionOptions::with_metrics_addr`]), or `None`.
+    pub fn metrics_addr(&self) -> Option<std::net::SocketAddr> {
+        self.inner
+            .metrics_server
+            .as_ref()
+            .map(crate::observe::MetricsServer::local_addr)
+    }
+
+    /// Whether `/healthz` would answer 200: the session is open and its broker, if any, is
+    /// ready.
+    pub async fn is_healthy(&self) -> bool {
+        !self.is_closed() && self.broker_ready(Duration::ZERO).await.is_ok()
+    }
+
     /// The dead-letter queue's content, oldest first (empty unless `enable_dlq` is set).
     pub async fn dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.scheduler.dead_letters()
@@ -490,6 +564,43 @@ impl AgentSession {
     /// included).
     pub fn history(&self) -> Vec<Message> {
         self.inner.conversation.history()
+    }
+}
+
+/// Whether the broker is ready, without waiting: `ready` with a zero timeout checks the status
+/// before its timer (which needs the runtime's context).
+#[cfg(feature = "nats")]
+fn broker_is_ready(broker: &crate::broker::nats::NatsBroker) -> bool {
+    use futures_util::FutureExt;
+    let Ok(handle) = tokio::runtime::Handle::try_current() else {
+        return false;
+    };
+    let _context = handle.enter();
+    broker
+        .ready(Duration::ZERO)
+        .now_or_never()
+        .is_some_and(|r| r.is_ok())
+}
+
+/// A session's `/metrics` and `/healthz`; holds it weakly (the server must not keep it open).
+struct SessionExporter(std::sync::Weak<SessionInner>);
+
+impl crate::observe::Exporter for SessionExporter {
+    fn render(&self) -> String {
+        match self.0.upgrade() {
+            Some(inner) => AgentSession { inner }.metrics_text(),
+            None => String::new(),
+        }
+    }
+
+    fn healthy(&self) -> futures_util::future::BoxFuture<'_, bool> {
+        let session = self.0.upgrade().map(|inner| AgentSession { inner });
+        Box::pin(async move {
+            match session {
+                Some(s) => s.is_healthy().await,
+                None => false,
+            }
+        })
     }
 }
 

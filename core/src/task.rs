@@ -50,6 +50,8 @@ pub struct ExternalTask {
     /// 1 for the first attempt, incremented on every retry or redelivery.
     pub attempt: u32,
     deadline: Instant,
+    /// The trace context it came with (a broker message's `traceparent`), if any.
+    trace: Option<crate::observe::TraceContext>,
 }
 
 impl ExternalTask {
@@ -72,6 +74,7 @@ impl ExternalTask {
             created_at: epoch_ms(),
             attempt: 1,
             deadline: Instant::now() + Duration::from_millis(timeout_ms),
+            trace: None,
         }
     }
 
@@ -98,6 +101,7 @@ impl ExternalTask {
             created_at,
             attempt,
             deadline,
+            trace: None,
         }
     }
 
@@ -115,6 +119,22 @@ impl ExternalTask {
     /// The deadline on this process's monotonic clock, for `tokio::time::timeout_at`.
     pub fn deadline(&self) -> Instant {
         self.deadline
+    }
+
+    /// The task's trace context: the one it arrived with (a broker message's `traceparent`
+    /// header), else the session's own for this task (its span's, or
+    /// [`TraceContext::for_task`]). A worker's spans of this task are its children.
+    ///
+    /// [`TraceContext::for_task`]: crate::observe::TraceContext::for_task
+    pub fn trace_context(&self) -> crate::observe::TraceContext {
+        self.trace
+            .unwrap_or_else(|| crate::observe::trace::task_context(&self.session_id, &self.task_id))
+    }
+
+    /// Sets the trace context the task arrived with (a worker reading it from a message header).
+    pub fn with_trace_context(mut self, cx: Option<crate::observe::TraceContext>) -> Self {
+        self.trace = cx;
+        self
     }
 }
 
@@ -186,6 +206,7 @@ impl<'de> Deserialize<'de> for ExternalTask {
             created_at: repr.created_at,
             attempt: repr.attempt,
             deadline: Instant::now() + Duration::from_millis(remaining),
+            trace: None,
         })
     }
 }

@@ -468,7 +468,12 @@ async fn publish_bytes(
     // The task id as message id: a publish retried after a failure is deduplicated by the server.
     let publish = PublishMessage::build()
         .payload(bytes)
-        .message_id(task_id.clone());
+        .message_id(task_id.clone())
+        // Observability: the task's W3C trace context, so the worker's spans join the session's trace.
+        .header(
+            crate::observe::trace::TRACEPARENT,
+            crate::observe::trace::traceparent_for_published(&subject, &task_id),
+        );
     // Bounded: a publish in flight when the connection drops may never be answered.
     let sent = tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject, publish))
         .await

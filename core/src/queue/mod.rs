@@ -14,7 +14,7 @@ use crate::error::{Error, Result};
 
 mod dlq;
 mod events;
-mod metrics;
+pub(crate) mod metrics;
 pub(crate) mod scheduler;
 
 pub use scheduler::{TaskHandle, TaskHandler};

@@ -229,6 +229,9 @@ struct Entry {
     phase: Phase,
     /// Required worker labels (only when submitted with some).
     labels: std::collections::BTreeMap<String, String>,
+    /// The task's span (`a3s.task`), from its slot to its outcome; disabled unless a
+    /// subscriber wants `a3s::task` at DEBUG.
+    span: tracing::Span,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -432,6 +435,9 @@ impl Scheduler {
                     if published && let Some(m) = &mut st.metrics {
                         for _ in 1..env.attempt {
                             m.retried(lane);
+                        }
+                        if env.attempt > 1 {
+                            m.redelivered(lane);
                         }
                     }
                 }
@@ -650,6 +656,17 @@ impl Scheduler {
         };
         let deadline = now + Duration::from_millis(timeout_ms);
         let created_at = self.base.1 + now.duration_since(self.base.0).as_millis() as u64;
+        let queue_wait = now.saturating_duration_since(task.submitted_at);
+        if let Some(m) = &mut st.metrics {
+            m.dispatched(lane, queue_wait);
+        }
+        let span = crate::observe::trace::task_span(
+            &self.session_id,
+            || self.task_id(task.seq),
+            lane,
+            task.command.as_str(),
+            queue_wait,
+        );
         let entry = Entry {
             lane,
             mode: handler.mode,
@@ -663,6 +680,7 @@ impl Scheduler {
             attempt: 1,
             phase: Phase::Idle,
             labels,
+            span,
         };
         st.live.insert(task.seq, entry);
         self.arm_timer(st, deadline, task.seq, TimerKind::Deadline);
@@ -673,6 +691,13 @@ impl Scheduler {
     fn start_attempt(self: &Arc<Self>, st: &mut State, seq: u64) {
         let Some(e) = st.live.get(&seq) else { return };
         let (lane, mode, attempt) = (e.lane, e.mode, e.attempt);
+        tracing::debug!(
+            target: "a3s::task",
+            parent: &e.span,
+            attempt,
+            mode = mode.as_str(),
+            "dispatched"
+        );
         self.announce(st, mode, lane, || QueueEvent::Started {
             task_id: self.task_id(seq),
             lane,
@@ -695,6 +720,7 @@ impl Scheduler {
             return;
         }
         let task = self.external_task(seq, e);
+        let run_span = crate::observe::trace::run_span(&task, Some(&e.span));
         let handler = st
             .handlers
             .get(e.command.as_str())
@@ -702,7 +728,8 @@ impl Scheduler {
             .unwrap_or_else(|| self.default_handler.clone());
         let me = Arc::clone(self);
         let join = tokio::spawn(async move {
-            let outcome = AssertUnwindSafe(handler.handle(task)).catch_unwind().await;
+            let run = AssertUnwindSafe(handler.handle(task)).catch_unwind();
+            let outcome = tracing::Instrument::instrument(run, run_span).await;
             me.internal_attempt_done(seq, attempt, outcome.map_err(panic_message));
         });
         st.live.get_mut(&seq).expect("checked above").phase = Phase::Running(join.abort_handle());
@@ -813,6 +840,12 @@ impl Scheduler {
                     continue;
                 }
                 e.phase = Phase::Claimed;
+                tracing::debug!(
+                    target: "a3s::task",
+                    parent: &e.span,
+                    attempt = e.attempt,
+                    "claimed"
+                );
                 let task = self.external_task(seq, e);
                 st.lanes[lane.index()].claimed += 1;
                 out.push(task);
@@ -996,7 +1029,12 @@ impl Scheduler {
                     Duration::ZERO
                 };
                 if let Some(m) = &mut st.metrics {
-                    m.completed(lane, success, latency);
+                    // The slot was taken `timeout_ms` before the deadline.
+                    let slot = e.deadline.checked_sub(Duration::from_millis(e.timeout_ms));
+                    let run = slot.map_or(latency, |at| {
+                        (e.submitted_at + latency).saturating_duration_since(at)
+                    });
+                    m.completed(lane, success, latency, run);
                 }
                 self.latency_alert(st, lane, latency);
                 self.announce(st, e.mode, lane, || match success {
@@ -1066,6 +1104,10 @@ impl Scheduler {
             }
         };
         st.remembered.insert(seq, remembered);
+        if !e.span.is_disabled() {
+            trace_outcome(&e, &outcome);
+            crate::observe::trace::task_ended(&self.session_id, || self.task_id(seq));
+        }
         if let Some(reply) = e.reply.take() {
             let _ = reply.send(outcome);
         }
@@ -1235,6 +1277,14 @@ impl Scheduler {
         st.metrics.as_ref().map(|m| m.snapshot(depth))
     }
 
+    /// Counters and histogram buckets for the Prometheus exporter (`None` unless
+    /// `enable_metrics`).
+    pub(crate) fn export_metrics(&self) -> Option<super::metrics::MetricsExport> {
+        let st = self.state.lock();
+        let depth = st.dlq.as_ref().map_or(0, DeadLetterQueue::len);
+        st.metrics.as_ref().map(|m| m.export(depth))
+    }
+
     pub(crate) fn dead_letters(&self) -> Vec<DeadLetter> {
         self.state
             .lock()
@@ -1287,6 +1337,23 @@ impl Scheduler {
             None => Box::pin(async {}),
         }
     }
+}
+
+/// Closes a task's span with its outcome (only called when the span is enabled).
+fn trace_outcome(e: &Entry, outcome: &Result<ExternalTaskResult>) {
+    let outcome = match outcome {
+        Ok(r) if r.success => "completed",
+        Ok(_) => "failed",
+        Err(err) => err.code(),
+    };
+    tracing::debug!(
+        target: "a3s::task",
+        parent: &e.span,
+        outcome,
+        attempts = e.attempt,
+        latency_us = e.submitted_at.elapsed().as_micros() as u64,
+        "completed"
+    );
 }
 
 fn rand_tag() -> u32 {

@@ -14,6 +14,9 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::error::{Error, Result};
+use crate::observe::prometheus::{WorkerLaneCounts, WorkerSnapshot};
+use crate::observe::{Exporter, MetricsServer};
+use crate::queue::SessionLane;
 use crate::queue::scheduler::TaskHandler;
 use crate::session::AgentSession;
 use crate::task::{ExternalTask, ExternalTaskResult};
@@ -42,6 +45,32 @@ pub trait TaskSource: Send + Sync + 'static {
     fn output_sink(&self, _task: &ExternalTask) -> Option<OutputSink> {
         None
     }
+    /// How the source's connection stands, for the worker's `/metrics` and `/healthz`
+    /// (default: connected, no worker id, no heartbeat).
+    fn health(&self) -> SourceHealth {
+        SourceHealth::default()
+    }
+}
+
+/// What a [`TaskSource`] tells about its connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SourceHealth {
+    /// Whether it can claim and report now (connected to its broker; an open session).
+    pub connected: bool,
+    /// The worker id it reports results with, if it has one.
+    pub worker_id: Option<String>,
+    /// Time since it last renewed its leases, if it holds leases.
+    pub heartbeat_age: Option<Duration>,
+}
+
+impl Default for SourceHealth {
+    fn default() -> Self {
+        Self {
+            connected: true,
+            worker_id: None,
+            heartbeat_age: None,
+        }
+    }
 }
 
 impl TaskSource for AgentSession {
@@ -54,6 +83,13 @@ impl TaskSource for AgentSession {
         results: Vec<(String, ExternalTaskResult)>,
     ) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
         Box::pin(async move { Ok(self.complete_external_tasks(results).await) })
+    }
+
+    fn health(&self) -> SourceHealth {
+        SourceHealth {
+            connected: !self.is_closed(),
+            ..SourceHealth::default()
+        }
     }
 }
 
@@ -109,6 +145,8 @@ pub struct WorkerConfig {
     pub poll_wait: Duration,
     /// Wait after a failed claim (broker down) before trying again (default 500 ms).
     pub retry_delay: Duration,
+    /// The `worker` label of its metrics (default: the source's worker id, else `local`).
+    pub name: Option<String>,
 }
 
 impl Default for WorkerConfig {
@@ -117,6 +155,7 @@ impl Default for WorkerConfig {
             concurrency: 8,
             poll_wait: Duration::from_secs(1),
             retry_delay: Duration::from_millis(500),
+            name: None,
         }
     }
 }
@@ -145,6 +184,47 @@ struct Counters {
     failed: AtomicU64,
     skipped_expired: AtomicU64,
     rejected: AtomicU64,
+    /// Tasks running now (not counting the slot held while waiting for work).
+    running: AtomicU64,
+    /// The same per lane, for `/metrics`.
+    lanes: [LaneCounters; 4],
+}
+
+/// Counts a running task in [`Counters::running`] until dropped (finished or aborted).
+struct Running(Arc<Counters>);
+
+impl Running {
+    fn start(counters: &Arc<Counters>) -> Self {
+        counters.running.fetch_add(1, Ordering::Relaxed);
+        Self(counters.clone())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.0.running.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+#[derive(Default)]
+struct LaneCounters {
+    claimed: AtomicU64,
+    succeeded: AtomicU64,
+    failed: AtomicU64,
+    skipped_expired: AtomicU64,
+    rejected: AtomicU64,
+}
+
+impl LaneCounters {
+    fn snapshot(&self) -> WorkerLaneCounts {
+        WorkerLaneCounts {
+            claimed: self.claimed.load(Ordering::Relaxed),
+            succeeded: self.succeeded.load(Ordering::Relaxed),
+            failed: self.failed.load(Ordering::Relaxed),
+            rejected: self.rejected.load(Ordering::Relaxed),
+            skipped_expired: self.skipped_expired.load(Ordering::Relaxed),
+        }
+    }
 }
 
 impl Counters {
@@ -186,8 +266,9 @@ pub struct Worker {
     stop: watch::Sender<bool>,
     join: JoinHandle<()>,
     counters: Arc<Counters>,
-    slots: Arc<Semaphore>,
     concurrency: usize,
+    source: Arc<dyn TaskSource>,
+    name: Option<String>,
 }
 
 impl std::fmt::Debug for Worker {
@@ -206,30 +287,59 @@ impl Worker {
         config: WorkerConfig,
     ) -> Self {
         let concurrency = config.concurrency.max(1);
+        let name = config.name.clone();
         let (stop, stop_rx) = watch::channel(false);
         let counters = Arc::new(Counters::default());
         let slots = Arc::new(Semaphore::new(concurrency));
         let join = tokio::spawn(run(
-            source,
+            source.clone(),
             executor.into(),
             config,
             stop_rx,
             counters.clone(),
-            slots.clone(),
+            slots,
         ));
         Self {
             stop,
             join,
             counters,
-            slots,
             concurrency,
+            source,
+            name,
         }
     }
 
     /// The worker's counters now.
     pub fn stats(&self) -> WorkerStats {
-        let busy = self.concurrency - self.slots.available_permits().min(self.concurrency);
-        self.counters.snapshot(busy as u64)
+        let busy = self.counters.running.load(Ordering::Relaxed);
+        self.counters.snapshot(busy)
+    }
+
+    /// The worker's metrics in the Prometheus text format (what
+    /// [`serve_metrics`](Self::serve_metrics) serves): tasks claimed / succeeded / failed /
+    /// rejected / expired per lane, busy slots, heartbeat age, broker connection.
+    pub fn metrics_text(&self) -> String {
+        self.exporter().render()
+    }
+
+    /// What [`serve_metrics`](Self::serve_metrics) serves, to combine with other exporters.
+    pub fn exporter(&self) -> Arc<dyn Exporter> {
+        Arc::new(WorkerExporter {
+            counters: self.counters.clone(),
+            concurrency: self.concurrency,
+            source: self.source.clone(),
+            name: self.name.clone(),
+        })
+    }
+
+    /// Serves `GET /metrics` and `GET /healthz` (200 while the source is connected, else 503)
+    /// on `addr` until the returned server is dropped. Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::Io`] when `addr` cannot be bound.
+    pub fn serve_metrics(&self, addr: std::net::SocketAddr) -> Result<MetricsServer> {
+        MetricsServer::start(addr, self.exporter())
     }
 
     /// Stops claiming new tasks; running ones finish and are reported.
@@ -248,6 +358,37 @@ impl Worker {
     pub async fn join(self) -> WorkerStats {
         let _ = self.join.await;
         self.counters.snapshot(0)
+    }
+}
+
+/// A worker's `/metrics` and `/healthz`.
+struct WorkerExporter {
+    counters: Arc<Counters>,
+    concurrency: usize,
+    source: Arc<dyn TaskSource>,
+    name: Option<String>,
+}
+
+impl Exporter for WorkerExporter {
+    fn render(&self) -> String {
+        let busy = self.counters.running.load(Ordering::Relaxed);
+        let health = self.source.health();
+        crate::observe::prometheus::render_worker(WorkerSnapshot {
+            worker_id: self
+                .name
+                .clone()
+                .or(health.worker_id)
+                .unwrap_or_else(|| "local".to_owned()),
+            stats: self.counters.snapshot(busy),
+            lanes: SessionLane::ALL.map(|l| self.counters.lanes[l.index()].snapshot()),
+            slots: self.concurrency,
+            connected: health.connected,
+            heartbeat_age: health.heartbeat_age,
+        })
+    }
+
+    fn healthy(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move { self.source.health().connected })
     }
 }
 
@@ -309,28 +450,37 @@ async fn run(
             .fetch_add(tasks.len() as u64, Ordering::Relaxed);
         let mut first = Some(first);
         for task in tasks {
+            let lane = &counters.lanes[task.lane.index()];
+            lane.claimed.fetch_add(1, Ordering::Relaxed);
             let permit = match first.take() {
                 Some(p) => p,
                 None => slots.clone().acquire_owned().await.expect("never closed"),
             };
             if task.is_timed_out() {
                 counters.skipped_expired.fetch_add(1, Ordering::Relaxed);
+                lane.skipped_expired.fetch_add(1, Ordering::Relaxed);
                 continue;
             }
             let (executor, done, running2) = (executor.clone(), done_tx.clone(), running.clone());
             let output = source.output_sink(&task);
             let id = task.task_id.clone();
             let mut guard = running.lock();
+            let span = crate::observe::trace::run_span(&task, None);
+            let counted = Running::start(&counters);
             let join = tokio::spawn(async move {
                 let _permit = permit;
+                let _running = counted;
                 let deadline = task.deadline();
                 let id = task.task_id.clone();
+                let lane = task.lane;
                 // Past the deadline the session has already failed the task: drop the attempt.
-                let outcome = tokio::time::timeout_at(deadline, executor.run(task, output)).await;
+                let run = tokio::time::timeout_at(deadline, executor.run(task, output));
+                let outcome = tracing::Instrument::instrument(run, span).await;
                 running2.lock().remove(&id);
                 if let Ok(result) = outcome {
                     let _ = done.send(Report {
                         task_id: id,
+                        lane,
                         result,
                         deadline,
                     });
@@ -351,6 +501,7 @@ async fn run(
 /// A finished task's result on its way to the source.
 struct Report {
     task_id: String,
+    lane: SessionLane,
     result: ExternalTaskResult,
     /// Past it the session has failed the task: stop trying to report.
     deadline: tokio::time::Instant,
@@ -394,9 +545,10 @@ async fn report(
         };
         let now = tokio::time::Instant::now();
         for (r, outcome) in batch.into_iter().zip(outcomes) {
-            let counter = match outcome {
-                Ok(()) if r.result.success => &counters.succeeded,
-                Ok(()) => &counters.failed,
+            let lane = &counters.lanes[r.lane.index()];
+            let (counter, per_lane) = match outcome {
+                Ok(()) if r.result.success => (&counters.succeeded, &lane.succeeded),
+                Ok(()) => (&counters.failed, &lane.failed),
                 Err(Error::BrokerUnavailable { reason }) if now < r.deadline => {
                     tracing::debug!(
                         task_id = r.task_id,
@@ -408,10 +560,11 @@ async fn report(
                 }
                 Err(err) => {
                     tracing::debug!(task_id = r.task_id, error = %err, "result refused");
-                    &counters.rejected
+                    (&counters.rejected, &lane.rejected)
                 }
             };
             counter.fetch_add(1, Ordering::Relaxed);
+            per_lane.fetch_add(1, Ordering::Relaxed);
         }
         if !retry.is_empty() {
             tokio::time::sleep(Duration::from_millis(200)).await;

@@ -168,6 +168,8 @@ struct Inner {
     output: mpsc::UnboundedSender<(String, Vec<u8>)>,
     background: Mutex<Vec<JoinHandle<()>>>,
     direct: Option<Direct>,
+    /// Observability: when the heartbeat last renewed the leases (`/metrics` heartbeat age).
+    last_heartbeat: Mutex<Instant>,
 }
 
 impl Inner {
@@ -329,6 +331,7 @@ impl RemoteSession {
             output,
             background: Mutex::new(Vec::new()),
             direct,
+            last_heartbeat: Mutex::new(Instant::now()),
         });
         let target = inner
             .options
@@ -369,6 +372,17 @@ impl RemoteSession {
     /// Tasks claimed and not yet reported.
     pub fn claimed_count(&self) -> usize {
         self.inner.claims.lock().len()
+    }
+
+    /// Whether the connection to NATS is up now.
+    pub fn is_connected(&self) -> bool {
+        self.inner.client.connection_state() == async_nats::connection::State::Connected
+    }
+
+    /// How long ago the heartbeat last renewed this worker's leases (it runs every third of the
+    /// lease, claims or not: a growing age means a stuck worker).
+    pub fn heartbeat_age(&self) -> Duration {
+        self.inner.last_heartbeat.lock().elapsed()
     }
 
     /// Claims what is waiting now (up to 256), highest-priority lane first, without waiting.
@@ -603,6 +617,8 @@ impl RemoteSession {
         };
         let mut task = env.task;
         task.attempt = delivered;
+        // Observability: join the session's trace (W3C `traceparent` header), see observe::trace.
+        task = task.with_trace_context(crate::observe::trace::from_headers(msg.headers.as_ref()));
         if delivered > env.max_attempts {
             self.inner.ack(&reply, AckKind::Term).await;
             let reason = format!(
@@ -865,6 +881,14 @@ impl TaskSource for RemoteSession {
     fn output_sink(&self, task: &ExternalTask) -> Option<OutputSink> {
         Some(RemoteSession::output_sink(self, task))
     }
+
+    fn health(&self) -> super::SourceHealth {
+        super::SourceHealth {
+            connected: self.is_connected(),
+            worker_id: Some(self.worker_id().to_owned()),
+            heartbeat_age: Some(self.heartbeat_age()),
+        }
+    }
 }
 
 /// The longest a single broker operation may take before it counts as failed.
@@ -969,6 +993,7 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
         for reply in replies {
             inner.ack(&reply, AckKind::Progress).await;
         }
+        *inner.last_heartbeat.lock() = Instant::now();
     }
 }
 

@@ -1,0 +1,254 @@
+//! `/metrics` and `/healthz` of a session: the counters, gauges and histograms say what was done.
+
+use std::time::Duration;
+
+use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, SubmitOptions, TaskHandlerMode};
+use a3s_code_core::{
+    Agent, AgentConfig, AgentSession, Error, ExternalTaskResult, SessionOptions, SessionQueueConfig,
+};
+use serde_json::json;
+use test_support::{http_get, metric};
+
+fn session(cfg: SessionQueueConfig) -> (AgentSession, String) {
+    let session = Agent::from_config(AgentConfig::default())
+        .session(
+            ".",
+            Some(
+                SessionOptions::new()
+                    .with_queue_config(cfg)
+                    .with_metrics_addr("127.0.0.1:0".parse().unwrap()),
+            ),
+        )
+        .unwrap();
+    let base = format!("http://{}", session.metrics_addr().unwrap());
+    (session, base)
+}
+
+fn external(lane: SessionLane, concurrency: usize) -> SessionQueueConfig {
+    let mut cfg = SessionQueueConfig {
+        lane_handlers: [(
+            lane,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 30_000,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    match lane {
+        SessionLane::Query => cfg.query_max_concurrency = concurrency,
+        SessionLane::Execute => cfg.execute_max_concurrency = concurrency,
+        _ => unreachable!(),
+    }
+    cfg
+}
+
+#[tokio::test]
+async fn the_counters_match_the_work_done() {
+    // enable_metrics is left off: serving metrics turns it on.
+    let (session, base) = session(external(SessionLane::Query, 4));
+    assert!(session.queue_config().enable_metrics);
+
+    // A worker that completes "ok" tasks, fails "bad" ones and never answers "stall" ones.
+    let worker = session.clone();
+    let worker = tokio::spawn(async move {
+        while let Ok(tasks) = worker.claim_external_tasks(8, Duration::from_secs(5)).await {
+            for task in tasks {
+                let result = match task.command_type.as_str() {
+                    "ok" => ExternalTaskResult::ok(json!({})),
+                    "bad" => ExternalTaskResult::err("no"),
+                    _ => continue,
+                };
+                worker
+                    .complete_external_task(&task.task_id, result)
+                    .await
+                    .unwrap();
+            }
+        }
+    });
+    let mut handles = Vec::new();
+    for i in 0..10 {
+        handles.push(
+            session
+                .submit(SessionLane::Query, "ok", json!({ "i": i }))
+                .await
+                .unwrap(),
+        );
+    }
+    handles.push(
+        session
+            .submit(SessionLane::Query, "bad", json!({}))
+            .await
+            .unwrap(),
+    );
+    for _ in 0..2 {
+        let short = SubmitOptions::new().with_timeout_ms(50);
+        handles.push(
+            session
+                .submit_with(SessionLane::Query, "stall", json!({}), short)
+                .await
+                .unwrap(),
+        );
+    }
+    let (mut ok, mut failed, mut timed_out) = (0, 0, 0);
+    for h in handles {
+        match h.await {
+            Ok(r) if r.success => ok += 1,
+            Ok(_) => failed += 1,
+            Err(Error::TaskTimedOut { .. }) => timed_out += 1,
+            Err(e) => panic!("unexpected {e}"),
+        }
+    }
+    assert_eq!((ok, failed, timed_out), (10, 1, 2));
+
+    let (status, scrape) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(status, 200);
+    let sid = session.id().to_owned();
+    let q = |name: &str| metric(&scrape, name, &[("session", &sid), ("lane", "query")]);
+    assert_eq!(q("a3s_tasks_completed_total"), Some(10.0), "{scrape}");
+    assert_eq!(q("a3s_tasks_failed_total"), Some(1.0));
+    assert_eq!(q("a3s_tasks_timed_out_total"), Some(2.0));
+    assert_eq!(q("a3s_tasks_retried_total"), Some(0.0));
+    assert_eq!(q("a3s_tasks_dead_lettered_total"), Some(0.0));
+    assert_eq!(q("a3s_lane_pending_tasks"), Some(0.0));
+    assert_eq!(q("a3s_lane_in_flight_tasks"), Some(0.0));
+    assert_eq!(q("a3s_lane_capacity_tasks"), Some(4.0));
+    // Latency and run time are recorded for results (11), queue wait for every dispatch (13).
+    assert_eq!(q("a3s_task_latency_seconds_count"), Some(11.0));
+    assert_eq!(q("a3s_task_run_seconds_count"), Some(11.0));
+    assert_eq!(q("a3s_task_queue_wait_seconds_count"), Some(13.0));
+    let inf = [("session", sid.as_str()), ("lane", "query"), ("le", "+Inf")];
+    assert_eq!(
+        metric(&scrape, "a3s_task_latency_seconds_bucket", &inf),
+        Some(11.0)
+    );
+    assert!(q("a3s_task_latency_seconds_sum").unwrap() > 0.0);
+    assert!(
+        metric(
+            &scrape,
+            "a3s_task_latency_quantile_seconds",
+            &[("lane", "query"), ("quantile", "0.99")]
+        )
+        .unwrap()
+            > 0.0
+    );
+    assert_eq!(
+        metric(
+            &scrape,
+            "a3s_lane_info",
+            &[("lane", "query"), ("mode", "external")]
+        ),
+        Some(1.0)
+    );
+    assert_eq!(
+        metric(&scrape, "a3s_session_open", &[("session", &sid)]),
+        Some(1.0)
+    );
+    // No broker: no broker gauge.
+    assert_eq!(metric(&scrape, "a3s_session_broker_ready", &[]), None);
+    // The scrape follows the Prometheus conventions.
+    assert!(scrape.contains("# TYPE a3s_tasks_completed_total counter"));
+    assert!(scrape.contains("# TYPE a3s_task_latency_seconds histogram"));
+    assert_eq!(
+        scrape,
+        session.metrics_text().replace("\r", ""),
+        "same text in process"
+    );
+
+    session.close().await;
+    worker.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_stuck_lane_shows_its_backlog() {
+    let (session, base) = session(external(SessionLane::Execute, 1));
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(
+            session
+                .submit(SessionLane::Execute, "bash", json!({}))
+                .await
+                .unwrap(),
+        );
+    }
+    // Nobody claims: one task holds the only slot, two wait.
+    let (_, scrape) = http_get(&format!("{base}/metrics")).await;
+    let e = |name: &str| metric(&scrape, name, &[("lane", "execute")]);
+    assert_eq!(e("a3s_lane_pending_tasks"), Some(2.0), "{scrape}");
+    assert_eq!(e("a3s_lane_in_flight_tasks"), Some(1.0));
+    assert_eq!(e("a3s_lane_external_tasks"), Some(1.0));
+    assert_eq!(e("a3s_lane_capacity_tasks"), Some(1.0));
+    let age = e("a3s_lane_oldest_pending_age_seconds").unwrap();
+    assert!((0.0..30.0).contains(&age), "{age}");
+    assert_eq!(e("a3s_task_queue_wait_seconds_count"), Some(1.0));
+    assert_eq!(e("a3s_tasks_completed_total"), Some(0.0));
+    session.close().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn the_backlog_age_grows_while_the_lane_is_stuck() {
+    let session = Agent::from_config(AgentConfig::default())
+        .session(
+            ".",
+            Some(SessionOptions::new().with_queue_config(external(SessionLane::Execute, 1))),
+        )
+        .unwrap();
+    let _a = session
+        .submit(SessionLane::Execute, "x", json!({}))
+        .await
+        .unwrap();
+    let _b = session
+        .submit(SessionLane::Execute, "x", json!({}))
+        .await
+        .unwrap();
+    tokio::time::advance(Duration::from_millis(2_500)).await;
+    let text = session.metrics_text();
+    let age = metric(
+        &text,
+        "a3s_lane_oldest_pending_age_seconds",
+        &[("lane", "execute")],
+    );
+    assert_eq!(age, Some(2.5), "{text}");
+    // Without enable_metrics (and no endpoint) there are gauges but no counters.
+    assert_eq!(metric(&text, "a3s_tasks_completed_total", &[]), None);
+    session.close().await;
+}
+
+#[tokio::test]
+async fn healthz_follows_the_session() {
+    let (session, base) = session(SessionQueueConfig::default());
+    assert_eq!(http_get(&format!("{base}/healthz")).await.0, 200);
+    assert!(session.is_healthy().await);
+    session.close().await;
+    let (status, body) = http_get(&format!("{base}/healthz")).await;
+    assert_eq!((status, body.trim()), (503, "unavailable"));
+    let (_, scrape) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(metric(&scrape, "a3s_session_open", &[]), Some(0.0));
+    assert_eq!(http_get(&format!("{base}/nothing")).await.0, 404);
+
+    // The endpoint stops with the last handle.
+    let addr = session.metrics_addr().unwrap();
+    drop(session);
+    let mut stopped = false;
+    for _ in 0..200 {
+        if tokio::net::TcpStream::connect(addr).await.is_err() {
+            stopped = true;
+            break;
+        }
+        tokio::task::yield_now().await;
+    }
+    assert!(stopped, "the metrics endpoint outlived its session");
+}
+
+#[tokio::test]
+async fn a_busy_address_fails_the_open() {
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let err = Agent::from_config(AgentConfig::default())
+        .session(
+            ".",
+            Some(SessionOptions::new().with_metrics_addr(taken.local_addr().unwrap())),
+        )
+        .unwrap_err();
+    assert_eq!(err.code(), "Io");
+}
