@@ -38,8 +38,8 @@ impl JsAgent {
 
     /// Opens a session on `workspace` (every built-in tool is confined to it).
     ///
-    /// Throws `InvalidConfig` for an invalid queue configuration or session id, or when
-    /// `workspace` is not a directory.
+    /// Throws `InvalidConfig` for an invalid queue configuration, session id or `nats` setting,
+    /// or when `workspace` is not a directory.
     #[napi(ts_return_type = "AgentSession")]
     pub fn session(
         &self,
@@ -50,7 +50,11 @@ impl JsAgent {
             .map(SessionOptions::into_core)
             .transpose()
             .map_err(coded)?;
-        let session = self.inner.session(workspace, options).map_err(coded)?;
+        // A session with a broker starts its connection task: run it in the runtime's context.
+        let session = napi::bindgen_prelude::within_runtime_if_available(|| {
+            self.inner.session(workspace, options)
+        })
+        .map_err(coded)?;
         Ok(session.into())
     }
 }
