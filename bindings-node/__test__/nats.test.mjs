@@ -16,8 +16,12 @@ const skip = url
   ? false
   : 'A3S_TEST_NATS_URL is not set: start `nats-server -js` and point it there (scripts/test.sh does)'
 
-/** Subjects and streams of our own, so tests sharing a server never meet. */
-const uniquePrefix = () => `node${randomUUID().replaceAll('-', '').slice(0, 12)}`
+/**
+ * Subjects and streams of this file's own, so runs sharing a server never meet. One prefix for
+ * every test here: sessions under a prefix never see each other's tasks, and each prefix's
+ * streams reserve storage on the server.
+ */
+const prefix = `node${randomUUID().replaceAll('-', '').slice(0, 12)}`
 
 /** A session whose `lanes` are External, publishing to NATS under `prefix`. */
 async function natsSession(prefix, { lanes = ['query', 'execute'], timeoutMs = 30_000 } = {}) {
@@ -32,7 +36,6 @@ async function natsSession(prefix, { lanes = ['query', 'execute'], timeoutMs = 3
 }
 
 test('a RemoteSession worker loop in the spec shape completes the tool calls of session.tool', { skip }, async () => {
-  const prefix = uniquePrefix()
   const { session, ws } = await natsSession(prefix)
   const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
   assert.match(remote.workerId, /^worker-/)
@@ -76,7 +79,6 @@ test('a RemoteSession worker loop in the spec shape completes the tool calls of 
 })
 
 test('RemoteSession: claims with limit and wait, batches, gives back, and rejects with codes', { skip }, async () => {
-  const prefix = uniquePrefix()
   const { session } = await natsSession(prefix, { lanes: ['query'] }) // 4 slots
   const remote = await RemoteSession.connect(url, session.id, {
     config: { url, prefix, leaseMs: 5_000 },
@@ -145,7 +147,6 @@ test('RemoteSession: claims with limit and wait, batches, gives back, and reject
 })
 
 test('a payload and a result larger than a NATS message travel through the object store', { skip }, async () => {
-  const prefix = uniquePrefix()
   const { session } = await natsSession(prefix, { lanes: ['query'] })
   const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
   const big = 'x'.repeat(3 << 20) + 'end'

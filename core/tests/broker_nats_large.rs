@@ -15,6 +15,14 @@ use serde_json::{Value, json};
 
 const MIB: usize = 1 << 20;
 
+/// Settings under `prefix`. The streams (and the payloads bucket) are kept small: a server
+/// reserves each stream's `max_bytes`, and a shared test server sees many prefixes.
+fn config(url: &str, prefix: &str) -> NatsConfig {
+    let mut cfg = NatsConfig::new(url).with_prefix(prefix);
+    cfg.stream_max_bytes = 64 << 20;
+    cfg
+}
+
 async fn nats_session(nats: NatsConfig) -> (AgentSession, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
     let cfg = SessionQueueConfig {
@@ -67,7 +75,7 @@ async fn objects_left(js: &async_nats::jetstream::Context, prefix: &str) -> u64 
 async fn large_payloads_and_results_travel_by_reference_and_are_deleted_after_use() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let nats = NatsConfig::new(&url).with_prefix(&prefix);
+    let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
     let worker = RemoteSession::connect_with(nats, RemoteOptions::session(session.id()))
         .await
@@ -164,9 +172,7 @@ async fn large_payloads_and_results_travel_by_reference_and_are_deleted_after_us
 async fn a_payload_over_the_limit_is_refused_at_submit_and_never_published() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let nats = NatsConfig::new(&url)
-        .with_prefix(&prefix)
-        .with_max_object_bytes(2 * MIB);
+    let nats = config(&url, &prefix).with_max_object_bytes(2 * MIB);
     let (session, _dir) = nats_session(nats.clone()).await;
     let raw = async_nats::connect(&url).await.unwrap();
     let mut tasks_seen = raw.subscribe(format!("{prefix}.task.>")).await.unwrap();
@@ -218,7 +224,7 @@ async fn a_payload_over_the_limit_is_refused_at_submit_and_never_published() {
 async fn a_result_over_the_limit_fails_the_task_instead_of_hanging() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let nats = NatsConfig::new(&url).with_prefix(&prefix);
+    let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
     let worker = RemoteSession::connect_with(
         nats.with_max_object_bytes(2 * MIB),
@@ -269,7 +275,7 @@ async fn a_result_over_the_limit_fails_the_task_instead_of_hanging() {
 async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let nats = NatsConfig::new(&url).with_prefix(&prefix);
+    let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
     let sid = session.id().to_owned();
     let worker = RemoteSession::connect_with(nats, RemoteOptions::session(&sid))
@@ -349,7 +355,7 @@ async fn a_least_privilege_worker_with_the_object_store_permissions_handles_larg
 "#
     );
     let server = test_support::NatsServer::start_with_config(&conf);
-    let nats = NatsConfig::new(server.url()).with_prefix(&prefix);
+    let nats = config(&server.url(), &prefix);
     let (session, _dir) = nats_session(nats.clone().with_user_password("session", "s1")).await;
     let worker = RemoteSession::connect_with(
         nats.with_user_password("worker", "w1"),
