@@ -30,8 +30,8 @@ export declare class Agent {
   /**
    * Opens a session on `workspace` (every built-in tool is confined to it).
    *
-   * Throws `InvalidConfig` for an invalid queue configuration or session id, or when
-   * `workspace` is not a directory.
+   * Throws `InvalidConfig` for an invalid queue configuration, session id or `nats` setting,
+   * or when `workspace` is not a directory.
    */
   session(workspace: string, options?: SessionOptions | undefined | null): AgentSession
 }
@@ -46,6 +46,13 @@ export type JsAgent = Agent
 export declare class AgentSession {
   /** The session id, which remote workers use to find its tasks. */
   get id(): string
+  /**
+   * Waits until the session's broker (NATS) is connected and set up, so that remote workers
+   * find its tasks; resolves at once for a session without one. Rejects with
+   * `BrokerUnavailable` (the last connection error) after `timeoutMs` (default 10 000), or
+   * `ShutDown` once closed.
+   */
+  brokerReady(timeoutMs?: number | undefined | null): Promise<void>
   /** The workspace root every built-in tool of this session is confined to (canonical path). */
   get workspace(): string
   /** The queue configuration the session was created with, every field filled in. */
@@ -180,6 +187,57 @@ export declare class EventStream {
   [globalThis.Symbol.asyncIterator](): globalThis.__NapiRsAsyncGenerator<EventStream, QueueEvent, void, undefined>
 }
 export type JsEventStream = EventStream
+
+/**
+ * The worker's side of a session on another machine, over NATS JetStream: the same methods
+ * as `AgentSession`, so the spec's worker loop runs unchanged with it.
+ *
+ * A claimed task is leased while this worker holds it (renewed automatically); a worker that
+ * dies loses it and the task is delivered again elsewhere. Every method may be called
+ * concurrently. Asynchronous methods reject with an `Error` whose `code` is the core's stable
+ * code (`BrokerUnavailable`, `TaskNotFound`, `PayloadTooLarge`, ...).
+ */
+export declare class RemoteSession {
+  /**
+   * Connects to `url` as a worker of `sessionId` (`'*'` for every session on the broker).
+   *
+   * Rejects with `BrokerUnavailable` when NATS cannot be reached (or no session ever
+   * created its streams under this prefix), `InvalidConfig` for bad options.
+   */
+  static connect(url: string, sessionId: string, options?: RemoteOptions | undefined | null): Promise<RemoteSession>
+  /** This worker's id, reported with its results. */
+  get workerId(): string
+  /**
+   * Claims tasks, highest-priority lane first. Without options: what is waiting now (up to
+   * 256). With `{ limit, waitMs }`: at most `limit` (pass your free slots; default 256),
+   * waiting up to `waitMs` for the first one.
+   *
+   * Rejects with `BrokerUnavailable` when NATS cannot be reached.
+   */
+  pendingExternalTasks(options?: ClaimOptions | undefined | null): Promise<ExternalTask[]>
+  /**
+   * Reports a task's result: stored durably, then the task is acknowledged.
+   *
+   * Rejects with `TaskNotFound` (not held by this worker: never claimed, already reported,
+   * or cancelled), `BrokerUnavailable` (not stored; the task stays claimed, retry), or
+   * `PayloadTooLarge` (the result is over the size limit; a failed result saying so was
+   * reported instead).
+   */
+  completeExternalTask(taskId: string, result: ExternalTaskResult): Promise<void>
+  /**
+   * Reports many results in one round trip. Resolves to one entry per result, in order:
+   * `null` when it was stored, else why not (`{ code, message }`).
+   */
+  completeExternalTasks(results: ExternalTaskCompletion[]): Promise<Array<CompletionError | null>>
+  /**
+   * Gives a task back without a result: delivered again after the session's retry delay,
+   * or reported exhausted when it has no attempts left. Rejects with `TaskNotFound`.
+   */
+  abandonExternalTask(taskId: string, reason: string): Promise<void>
+  /** Gives back every task still claimed (delivered again at once elsewhere) and disconnects. */
+  close(): Promise<void>
+}
+export type JsRemoteSession = RemoteSession
 
 /** Something that happened during `session.stream(prompt)`. */
 export type AgentEvent =
@@ -382,6 +440,35 @@ export interface LaneStats {
 }
 
 /**
+ * Where and how to reach NATS JetStream (`SessionOptions.nats`, and `config` of
+ * `RemoteSession.connect`). Absent fields keep the core's defaults.
+ */
+export interface NatsConfig {
+  /** One server URL (`nats://host:4222`, `tls://...`) or several separated by commas. */
+  url: string
+  /** The first token of every subject and stream name (default `a3s`). */
+  prefix?: string
+  /** Authenticate with a token. */
+  token?: string
+  /** Authenticate with a user and `password`. */
+  user?: string
+  /** The password of `user`. */
+  password?: string
+  /** Authenticate with an NKey seed (`SU...`). */
+  nkey?: string
+  /** Authenticate with a `.creds` file (JWT and NKey seed, as issued by `nsc`). */
+  credentialsFile?: string
+  /** A PEM file of CA certificates to trust; setting it (or `tlsCert`) turns TLS on. */
+  tlsCa?: string
+  /** A PEM client certificate, for servers that verify clients. */
+  tlsCert?: string
+  /** The client certificate's PEM private key. */
+  tlsKey?: string
+  /** A worker's lease on a task in milliseconds (JetStream `AckWait`, default 10 000). */
+  leaseMs?: number
+}
+
+/**
  * Something that happened in a session's queue. `type` names the event as on the wire
  * (`'submitted'`, `'started'`, `'completed'`, `'failed'`, `'retrying'`, `'dead_lettered'`,
  * `'alert'`, `'output'`); the other fields are camelCase.
@@ -444,6 +531,21 @@ export interface QueueStats {
   perLane: Record<SessionLane, LaneStats>
 }
 
+/** Options of `RemoteSession.connect`. */
+export interface RemoteOptions {
+  /** Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins). */
+  config?: NatsConfig
+  /** The lanes to serve (default: all four). */
+  lanes?: Array<SessionLane>
+  /**
+   * This worker's labels (`{ region: 'eu-west' }`): it takes tasks that require labels it
+   * has, and tasks that require none.
+   */
+  labels?: Record<string, string>
+  /** Reported with every result (default: a random id). */
+  workerId?: string
+}
+
 /**
  * Retries of lost attempts (worker crash, lease expiry, a failing handler). A field left out
  * takes the core's default.
@@ -492,6 +594,17 @@ export interface SessionOptions {
   sessionId?: string
   /** Whether the built-in `bash` tool may run in this process (default true). */
   allowBash?: boolean
+  /**
+   * Publish the tasks of External lanes to NATS JetStream, for `RemoteSession` workers on
+   * other machines (absent: the agent's `distribution { }` block, then `A3S_NATS_URL`, else
+   * in process).
+   */
+  nats?: NatsConfig
+  /**
+   * Serve `/metrics` (Prometheus) and `/healthz` on this address, e.g. `'127.0.0.1:9464'`
+   * (port 0 picks a free one). Turns `enableMetrics` on.
+   */
+  metricsAddr?: string
 }
 
 /**

@@ -22,7 +22,10 @@ if [ -z "${A3S_TEST_NATS_URL:-}" ]; then
   fi
   nats_dir="$(mktemp -d)"
   nats_port="$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')"
-  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir" >"$nats_dir/server.log" 2>&1 &
+  # Streams reserve their max_bytes against the storage limit (75% of the free disk by
+  # default): a generous limit lets every test's prefix fit on this one server.
+  printf 'jetstream {\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n' >"$nats_dir/server.conf"
+  "$nats_bin" -a 127.0.0.1 -p "$nats_port" -js -sd "$nats_dir/js" -c "$nats_dir/server.conf" >"$nats_dir/server.log" 2>&1 &
   nats_pid=$!
   trap 'kill "$nats_pid" 2>/dev/null || true; rm -rf "$nats_dir"' EXIT
   for _ in $(seq 100); do

@@ -22,6 +22,7 @@ test('Agent: create is async, session is not', async () => {
 // Arguments that make each method run (and fail harmlessly where it must fail).
 const calls = {
   id: null,
+  brokerReady: [], // no broker: resolves at once
   setLaneHandler: [SessionLane.Execute, { mode: TaskHandlerMode.Internal }],
   pendingExternalTasks: [],
   'pendingExternalTasks({limit, waitMs})': [{ limit: 1, waitMs: 1 }],
@@ -62,6 +63,27 @@ test('AgentSession: every method of api.json, async exactly where it says', asyn
   }
   // `close` came last: what still waited for a worker ends with ShutDown.
   await Promise.allSettled(pending)
+})
+
+test('RemoteSession: every name of api.json; connect is async', async () => {
+  const { RemoteSession } = code
+  assert.equal(typeof RemoteSession, 'function')
+  const proto = Object.getOwnPropertyNames(RemoteSession.prototype)
+  for (const entry of api.classes.RemoteSession) {
+    const name = entry.node.split('(')[0]
+    if (name === 'connect') {
+      // Nothing listens on port 1: it rejects, asynchronously.
+      const out = RemoteSession.connect('nats://127.0.0.1:1', 'abc123')
+      assert.equal(isPromise(out), entry.async.node)
+      await assert.rejects(out, { code: 'BrokerUnavailable' })
+    } else if (name === 'workerId') {
+      assert.equal(typeof Object.getOwnPropertyDescriptor(RemoteSession.prototype, name)?.get, 'function')
+      assert.equal(entry.async.node, false)
+    } else {
+      assert.ok(proto.includes(name), `RemoteSession.${name} exists`)
+    }
+  }
+  // The async flags of its methods are checked on a live one in nats.test.mjs.
 })
 
 test('ExternalTask: fields and methods of api.json', async () => {

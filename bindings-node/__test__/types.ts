@@ -3,7 +3,7 @@
 import {
   Agent, AgentSession, SessionOptions, SessionQueueConfig, SessionLane, LaneHandlerConfig, TaskHandlerMode,
   ExternalTask, ExternalTaskResult, ExternalTaskCompletion, CompletionError, QueueEvent, QueueMetrics, QueueStats,
-  TaskHandle, DeadLetter, executeBuiltin, errorCodes,
+  TaskHandle, DeadLetter, executeBuiltin, errorCodes, NatsConfig, RemoteSession, RemoteOptions,
 } from '@a3s-lab/code'
 
 export async function typed(): Promise<void> {
@@ -51,6 +51,23 @@ export async function typed(): Promise<void> {
   const codes: string[] = errorCodes()
   await session.close()
 
+  // Over NATS: the session publishes, a RemoteSession on another machine works the same way.
+  const nats: NatsConfig = { url: 'nats://10.0.0.5:4222', prefix: 'build', token: 's3cret', leaseMs: 5_000 }
+  const distributed: AgentSession = agent.session('.', { queueConfig: config, nats })
+  await distributed.brokerReady(10_000)
+  await distributed.brokerReady()
+  const remoteOptions: RemoteOptions = { config: nats, lanes: [SessionLane.Query], labels: { region: 'eu-west' } }
+  const remote: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', distributed.id, remoteOptions)
+  const plain: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', '*')
+  const workerId: string = remote.workerId
+  const claimed: ExternalTask[] = await remote.pendingExternalTasks({ limit: 8, waitMs: 1_000 })
+  await remote.completeExternalTask(claimed[0].taskId, ok)
+  const refused: Array<CompletionError | null> = await remote.completeExternalTasks(batch)
+  await remote.abandonExternalTask(claimed[0].taskId, 'reason')
+  await remote.close()
+  // @ts-expect-error: url is required
+  const noUrl: NatsConfig = { prefix: 'x' }
+
   // @ts-expect-error: an unknown lane
   await session.setLaneHandler('fast', handler)
   // @ts-expect-error: no such member
@@ -61,5 +78,5 @@ export async function typed(): Promise<void> {
   const notVoid: undefined = session.setLaneHandler(SessionLane.Query, handler)
   // @ts-expect-error: counts are numbers
   agent.session('.', { queueConfig: { queryMaxConcurrency: '20' } })
-  void [path, left, late, outcomes, result, out, builtin, pending, p99, dead, next, codes, notVoid]
+  void [path, left, late, outcomes, result, out, builtin, pending, p99, dead, next, codes, notVoid, plain, workerId, refused, noUrl]
 }

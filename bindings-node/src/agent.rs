@@ -38,8 +38,8 @@ impl JsAgent {
 
     /// Opens a session on `workspace` (every built-in tool is confined to it).
     ///
-    /// Throws `InvalidConfig` for an invalid queue configuration or session id, or when
-    /// `workspace` is not a directory.
+    /// Throws `InvalidConfig` for an invalid queue configuration, session id or `nats` setting,
+    /// or when `workspace` is not a directory.
     #[napi(ts_return_type = "AgentSession")]
     pub fn session(
         &self,
@@ -50,7 +50,11 @@ impl JsAgent {
             .map(SessionOptions::into_core)
             .transpose()
             .map_err(coded)?;
-        let session = self.inner.session(workspace, options).map_err(coded)?;
+        // A session with a broker starts its connection task: run it in the runtime's context.
+        let session = napi::bindgen_prelude::within_runtime_if_available(|| {
+            self.inner.session(workspace, options)
+        })
+        .map_err(coded)?;
         Ok(session.into())
     }
 }
@@ -130,7 +134,11 @@ impl From<core::agent::run::AgentResponse> for AgentResponse {
 }
 
 /// Something that happened during `session.stream(prompt)`.
-#[napi(discriminant = "type", discriminant_case = "snake_case", object_from_js = false)]
+#[napi(
+    discriminant = "type",
+    discriminant_case = "snake_case",
+    object_from_js = false
+)]
 #[derive(Debug)]
 pub enum AgentEvent {
     /// A piece of the model's text.
@@ -155,15 +163,25 @@ impl AgentEvent {
         use core::agent::run::AgentEvent as E;
         Some(match e {
             E::TextDelta { text } => AgentEvent::TextDelta { text },
-            E::ToolCallStarted { id, name, args, lane, task_id } => AgentEvent::ToolCallStarted {
+            E::ToolCallStarted {
+                id,
+                name,
+                args,
+                lane,
+                task_id,
+            } => AgentEvent::ToolCallStarted {
                 id,
                 name,
                 args,
                 lane: lane.map(Into::into),
                 task_id,
             },
-            E::ToolCallFinished(record) => AgentEvent::ToolCallFinished { call: record.into() },
-            E::Queue(event) => AgentEvent::Queue { event: event.into() },
+            E::ToolCallFinished(record) => AgentEvent::ToolCallFinished {
+                call: record.into(),
+            },
+            E::Queue(event) => AgentEvent::Queue {
+                event: event.into(),
+            },
             _ => return None,
         })
     }
@@ -177,7 +195,9 @@ pub struct JsAgentStream {
 
 impl JsAgentStream {
     pub(crate) fn new(stream: core::agent::run::AgentStream) -> Self {
-        Self { inner: std::sync::Arc::new(tokio::sync::Mutex::new(Some(stream))) }
+        Self {
+            inner: std::sync::Arc::new(tokio::sync::Mutex::new(Some(stream))),
+        }
     }
 
     fn recv(&self) -> impl std::future::Future<Output = Option<AgentEvent>> + Send + 'static {

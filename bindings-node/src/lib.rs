@@ -3,11 +3,13 @@
 //! Thin by design: every method converts its arguments, calls the core once and maps the
 //! result. Asynchronous methods run on napi's one tokio runtime and return promises; a core
 //! error rejects (or throws) an `Error` whose `code` is the core's stable code. The modules
-//! mirror the core's: `agent`, `session`, `queue`, `task`, `worker`.
+//! mirror the core's: `agent`, `session`, `queue`, `task`, `worker` (and `remote`, the core's
+//! `worker::remote`).
 
 pub mod agent;
 pub mod error;
 pub mod queue;
+pub mod remote;
 pub mod runtime;
 pub mod session;
 pub mod shapes;

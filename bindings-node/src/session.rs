@@ -12,6 +12,7 @@ use crate::queue::{
     DeadLetter, JsEventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
     SessionQueueConfig,
 };
+use crate::remote::NatsConfig;
 use crate::runtime::{Promise, promise};
 use crate::shapes::{CompletionsIn, HandleOut, JsonIn, ResultIn, ResultOut, SessionRef, Tasks};
 use crate::task::CompletionError;
@@ -26,6 +27,13 @@ pub struct SessionOptions {
     pub session_id: Option<String>,
     /// Whether the built-in `bash` tool may run in this process (default true).
     pub allow_bash: Option<bool>,
+    /// Publish the tasks of External lanes to NATS JetStream, for `RemoteSession` workers on
+    /// other machines (absent: the agent's `distribution { }` block, then `A3S_NATS_URL`, else
+    /// in process).
+    pub nats: Option<NatsConfig>,
+    /// Serve `/metrics` (Prometheus) and `/healthz` on this address, e.g. `'127.0.0.1:9464'`
+    /// (port 0 picks a free one). Turns `enableMetrics` on.
+    pub metrics_addr: Option<String>,
 }
 
 impl SessionOptions {
@@ -34,7 +42,15 @@ impl SessionOptions {
             queue_config: self.queue_config.map(|c| c.into_core()).transpose()?,
             session_id: self.session_id,
             allow_bash: self.allow_bash,
-            ..Default::default()
+            nats: self.nats.map(|n| n.into_core(None)).transpose()?,
+            metrics_addr: self
+                .metrics_addr
+                .map(|a| {
+                    a.parse().map_err(|e| core::Error::InvalidConfig {
+                        reason: format!("metricsAddr {a:?}: {e}"),
+                    })
+                })
+                .transpose()?,
         })
     }
 }
@@ -70,6 +86,19 @@ impl JsAgentSession {
     #[napi(getter)]
     pub fn id(&self) -> &str {
         self.inner.id()
+    }
+
+    /// Waits until the session's broker (NATS) is connected and set up, so that remote workers
+    /// find its tasks; resolves at once for a session without one. Rejects with
+    /// `BrokerUnavailable` (the last connection error) after `timeoutMs` (default 10 000), or
+    /// `ShutDown` once closed.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn broker_ready(&self, env: &Env, timeout_ms: Option<i64>) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            let timeout = non_negative("timeoutMs", timeout_ms.unwrap_or(10_000))?;
+            session.broker_ready(Duration::from_millis(timeout)).await
+        })
     }
 
     /// The workspace root every built-in tool of this session is confined to (canonical path).
@@ -294,7 +323,11 @@ impl JsAgentSession {
     /// tool calls through the lanes, until it answers. Rejects with `ModelFailed` (bad key,
     /// unknown model, retries exhausted) or `InvalidConfig` (no model configured).
     #[napi(ts_return_type = "Promise<AgentResponse>")]
-    pub fn send(&self, env: &Env, prompt: String) -> napi::Result<Promise<crate::agent::AgentResponse>> {
+    pub fn send(
+        &self,
+        env: &Env,
+        prompt: String,
+    ) -> napi::Result<Promise<crate::agent::AgentResponse>> {
         let session = self.inner.clone();
         promise(env, async move { Ok(session.send(&prompt).await?.into()) })
     }
@@ -303,7 +336,8 @@ impl JsAgentSession {
     #[napi]
     pub fn stream(&self, prompt: String) -> napi::Result<crate::agent::JsAgentStream> {
         // `stream` spawns the loop: run it in the runtime's context.
-        let stream = napi::bindgen_prelude::within_runtime_if_available(|| self.inner.stream(&prompt));
+        let stream =
+            napi::bindgen_prelude::within_runtime_if_available(|| self.inner.stream(&prompt));
         Ok(crate::agent::JsAgentStream::new(stream))
     }
 

@@ -24,22 +24,29 @@ pub(crate) struct PySessionOptions {
 #[pymethods]
 impl PySessionOptions {
     #[new]
-    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None, nats = None))]
+    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None, nats = None, metrics_addr = None))]
     fn new(
         queue_config: Option<PySessionQueueConfig>,
         session_id: Option<String>,
         allow_bash: Option<bool>,
         nats: Option<crate::remote::PyNatsConfig>,
-    ) -> Self {
-        Self {
+        metrics_addr: Option<String>,
+    ) -> PyResult<Self> {
+        let metrics_addr = metrics_addr
+            .map(|a| {
+                a.parse::<std::net::SocketAddr>()
+                    .map_err(|e| PyValueError::new_err(format!("metrics_addr {a:?}: {e}")))
+            })
+            .transpose()?;
+        Ok(Self {
             inner: SessionOptions {
                 queue_config: queue_config.map(|c| c.inner),
                 session_id,
                 allow_bash,
                 nats: nats.map(|n| n.inner),
-                ..Default::default()
+                metrics_addr,
             },
-        }
+        })
     }
 
     #[getter]

@@ -60,6 +60,7 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
     objects = {"Agent": agent, "AgentSession": session, "ExternalTask": task}
     calls: Dict[str, Tuple[Any, ...]] = {
         # (arguments) per Python name, for the async ones: each must return an awaitable.
+        "broker_ready": (),  # no broker: returns at once
         "pending_external_tasks": (),
         "complete_external_task": ("nope", ExternalTaskResult(success=True)),
         "complete_external_tasks": ([],),
@@ -88,6 +89,16 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                 continue
             cls = getattr(a3s_code, "AgentSession" if cls_name == "AgentSession" else cls_name)
             assert hasattr(cls, name), f"{cls_name}.{name}"
+            if cls_name == "RemoteSession":
+                # Its instances need NATS (test_nats.py); connect itself is a coroutine.
+                if name == "connect":
+                    assert is_async
+                    awaitable = cls.connect("nats://127.0.0.1:1", "abc123")
+                    assert inspect.iscoroutine(awaitable)
+                    with pytest.raises(a3s_code.BrokerUnavailableError):
+                        await awaitable
+                checked += 1
+                continue
             if name == "id":
                 assert isinstance(session.id, str) and session.id
                 checked += 1

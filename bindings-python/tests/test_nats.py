@@ -47,8 +47,11 @@ def nats_url() -> Iterator[str]:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     store = tempfile.mkdtemp()
-    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", store],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    conf = os.path.join(store, "server.conf")
+    with open(conf, "w") as f:  # stream reservations of many test prefixes must fit
+        f.write("jetstream {\n  max_file_store: 1TB\n}\n")
+    proc = subprocess.Popen([binary, "-a", "127.0.0.1", "-p", str(port), "-js", "-sd", os.path.join(store, "js"),
+                             "-c", conf], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     for _ in range(100):
         with socket.socket() as s:
             if s.connect_ex(("127.0.0.1", port)) == 0:

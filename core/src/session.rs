@@ -321,7 +321,9 @@ impl AgentSession {
     /// # Errors
     ///
     /// [`Error::InvalidPayload`] when `payload` is not a JSON object, [`Error::QueueFull`] when
-    /// the lane's backlog holds `max_pending` tasks, [`Error::ShutDown`] after `close()`.
+    /// the lane's backlog holds `max_pending` tasks, [`Error::PayloadTooLarge`] when the session
+    /// uses NATS, the lane is External and the payload's JSON is over the `NatsConfig`'s
+    /// `max_object_bytes`, [`Error::ShutDown`] after `close()`.
     pub async fn submit(
         &self,
         lane: SessionLane,

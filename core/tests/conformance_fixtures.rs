@@ -61,6 +61,25 @@ fn wire_envelopes_decode_and_encode_canonically() {
     );
     let result: ResultEnvelope = round_trip("result_envelope.json");
     assert_eq!(result.kind, ResultKind::Result);
+    // Large payloads and results travel by reference (docs/protocol.md §3.1, §3.2).
+    let by_ref: TaskEnvelope = round_trip("task_envelope_ref.json");
+    assert!(by_ref.task.payload.is_null());
+    let r = by_ref.payload_ref.expect("payload_ref");
+    let names = wire::Names::new("a3s").unwrap();
+    assert_eq!(r.bucket, names.payloads_bucket());
+    assert_eq!(
+        r.name,
+        names.payload_object(&by_ref.task.session_id, &by_ref.task.task_id)
+    );
+    let by_ref: ResultEnvelope = round_trip("result_envelope_ref.json");
+    assert!(by_ref.result.result.is_null());
+    let r = by_ref.result_ref.expect("result_ref");
+    assert_eq!(r.bucket, names.payloads_bucket());
+    assert_eq!(
+        r.name,
+        names.result_object(&by_ref.session_id, &by_ref.task_id, by_ref.attempt)
+    );
+    assert!(task.payload_ref.is_none() && result.result_ref.is_none());
     let exhausted: ResultEnvelope = round_trip("result_exhausted.json");
     assert_eq!(exhausted.kind, ResultKind::Exhausted);
     round_trip::<Doorbell>("doorbell.json");

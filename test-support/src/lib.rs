@@ -9,6 +9,11 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
+/// The JetStream settings of every test server (see [`NatsServer`]): a storage limit far above
+/// what tests use, so the `max_bytes` reservations of many test prefixes fit.
+pub const TEST_JETSTREAM_CONFIG: &str =
+    "jetstream {\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n";
+
 /// A `nats-server -js` on a free loopback port with its own store, killed on drop.
 ///
 /// The binary is `$NATS_SERVER_BIN`, else `nats-server` on the `PATH` (or `/usr/sbin`).
@@ -25,24 +30,24 @@ impl NatsServer {
         Self::start_inner(None)
     }
 
-    /// Starts a server with a configuration file's content (auth, TLS, ...). `listen`, `jetstream`
-    /// and the store directory are added; the content must not set them.
+    /// Starts a server with a configuration file's content (auth, TLS, ...). `listen`, the
+    /// `jetstream` block and the store directory are added; the content must not set them.
     pub fn start_with_config(config: &str) -> Self {
         Self::start_inner(Some(config.to_owned()))
     }
 
     fn start_inner(config: Option<String>) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
-        let config = config.map(|c| {
-            let path = store.path().join("server.conf");
-            std::fs::write(&path, c).expect("write config");
-            path
-        });
+        // Streams reserve their `max_bytes` against the server's storage limit (75% of the free
+        // disk by default): a generous limit lets many test prefixes share one server.
+        let config = format!("{}\n{TEST_JETSTREAM_CONFIG}", config.unwrap_or_default());
+        let path = store.path().join("server.conf");
+        std::fs::write(&path, config).expect("write config");
         let mut server = Self {
             child: None,
             port: free_port(),
             store,
-            config,
+            config: Some(path),
         };
         server.spawn();
         server

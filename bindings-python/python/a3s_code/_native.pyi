@@ -214,6 +214,7 @@ class SessionOptions:
         session_id: Optional[str] = None,
         allow_bash: Optional[bool] = None,
         nats: Optional[NatsConfig] = None,
+        metrics_addr: Optional[str] = None,
     ) -> SessionOptions: ...
     @property
     def queue_config(self) -> Optional[SessionQueueConfig]: ...

@@ -13,6 +13,8 @@ pub mod wire;
 pub(crate) mod nats;
 #[cfg(feature = "nats")]
 mod nats_config;
+#[cfg(feature = "nats")]
+pub(crate) mod objects;
 
 #[cfg(feature = "nats")]
 pub use nats_config::{NatsAuth, NatsConfig, NatsTls};
@@ -37,6 +39,8 @@ pub(crate) trait Dispatcher: Send + Sync {
     fn publish(&self, task: ExternalTask, labels: Option<&BTreeMap<String, String>>);
     /// A published task ended.
     fn task_ended(&self, task_id: &str, lane: SessionLane, how: Ended);
+    /// The largest payload (as JSON) a task of an External lane may have, if limited.
+    fn max_payload_bytes(&self) -> Option<usize>;
     /// A task was dead-lettered.
     fn dead_letter(&self, letter: &DeadLetter);
     /// A lifecycle event of a Hybrid lane, for external monitoring.

@@ -16,9 +16,10 @@ use futures_util::stream::FuturesUnordered;
 use futures_util::{FutureExt, StreamExt};
 use tokio::sync::{mpsc, oneshot, watch};
 
+use super::objects::{self, Bucket};
 use super::wire::{
     self, ANY_ROUTE, CancelNotice, Doorbell, Names, OutputChunk, PROTOCOL_VERSION, ResultEnvelope,
-    TaskEnvelope,
+    ResultKind, TaskEnvelope,
 };
 use super::{Dispatcher, Ended, NatsConfig};
 use crate::error::{Error, Result};
@@ -50,6 +51,7 @@ pub(crate) struct NatsBroker {
     tx: mpsc::UnboundedSender<Cmd>,
     status: watch::Receiver<BrokerStatus>,
     closing: watch::Sender<bool>,
+    max_object_bytes: usize,
 }
 
 impl NatsBroker {
@@ -66,6 +68,7 @@ impl NatsBroker {
         let (tx, rx) = mpsc::unbounded_channel();
         let (status_tx, status) = watch::channel(BrokerStatus::Connecting(None));
         let (closing, closing_rx) = watch::channel(false);
+        let max_object_bytes = config.max_object_bytes;
         handle.spawn(run(
             config, names, session_id, scheduler, rx, status_tx, closing_rx,
         ));
@@ -73,6 +76,7 @@ impl NatsBroker {
             tx,
             status,
             closing,
+            max_object_bytes,
         }))
     }
 
@@ -108,6 +112,10 @@ impl Dispatcher for NatsBroker {
         );
     }
 
+    fn max_payload_bytes(&self) -> Option<usize> {
+        Some(self.max_object_bytes)
+    }
+
     fn dead_letter(&self, letter: &DeadLetter) {
         let _ = self.tx.send(Cmd::DeadLetter(
             serde_json::to_vec(letter).expect("dead letters serialize"),
@@ -141,12 +149,17 @@ struct Outstanding {
     bytes: Option<bytes::Bytes>,
     /// It ended before its publish was acknowledged: withdraw it once it is.
     withdrawn: Option<&'static str>,
+    /// The object holding its payload, when too large for a message: deleted when it ends.
+    object: Option<String>,
 }
 
 struct Conn {
     client: async_nats::Client,
     js: jetstream::Context,
     tasks: stream::Stream,
+    objects: Bucket,
+    /// Envelopes larger than this put their payload in `objects`.
+    inline_limit: usize,
 }
 
 struct State {
@@ -164,6 +177,8 @@ struct State {
     /// `ring_due`.
     last_ring: Option<tokio::time::Instant>,
     ring_due: Option<tokio::time::Instant>,
+    /// To fail a task whose payload cannot be published at all.
+    scheduler: Weak<Scheduler>,
 }
 
 /// Under load, one doorbell per interval instead of one per stored task.
@@ -194,6 +209,7 @@ async fn run(
         routes: HashMap::new(),
         last_ring: None,
         ring_due: None,
+        scheduler: scheduler.clone(),
     };
     // Connect and set up, retrying until it works or the session closes. Commands wait in the
     // channel meanwhile, in order.
@@ -223,6 +239,8 @@ async fn run(
     let listeners = [
         tokio::spawn(consume_results(
             conn.js.clone(),
+            conn.objects.clone(),
+            st.config.max_object_bytes,
             st.names.clone(),
             st.session_id.clone(),
             scheduler.clone(),
@@ -274,8 +292,14 @@ async fn run(
             Some(task_id) = republish.next(), if republish_pending => {
                 if let Some(o) = st.outstanding.get(&task_id) && let Some(bytes) = o.bytes.clone() {
                     let subject = st.names.task_subject(&st.session_id, o.lane, &o.route);
-                    let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
-                    acks.push(ack);
+                    match stored(&mut st, &conn, &task_id, bytes, None).await {
+                        Ok(bytes) => {
+                            let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+                            acks.push(ack);
+                        }
+                        Err(Some(reason)) => acks.push(failed_ack(task_id, reason)),
+                        Err(None) => {}
+                    }
                 }
             }
             _ = rering.tick() => {
@@ -330,7 +354,15 @@ async fn setup(st: &mut State) -> Result<Conn> {
     })
     .await
     .map_err(|e| unavailable("creating the dead-letter stream", e))?;
-    let conn = Conn { client, js, tasks };
+    let objects = Bucket::ensure(&js, names, &st.config).await?;
+    let inline_limit = objects::inline_limit(&client);
+    let conn = Conn {
+        client,
+        js,
+        tasks,
+        objects,
+        inline_limit,
+    };
     results
         .get_or_create_consumer(
             &names.result_consumer(&st.session_id),
@@ -423,15 +455,25 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                     seq: None,
                     bytes: Some(bytes.clone()),
                     withdrawn: None,
+                    object: None,
                 },
             );
-            let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
-            acks.push(ack);
+            match stored(st, conn, &task_id, bytes, Some(envelope)).await {
+                Ok(bytes) => {
+                    let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+                    acks.push(ack);
+                }
+                Err(Some(reason)) => acks.push(failed_ack(task_id, reason)),
+                Err(None) => {}
+            }
         }
         Cmd::Ended { task_id, how, .. } => {
             let Some(mut o) = st.outstanding.remove(&task_id) else {
                 return;
             };
+            if let Some(name) = o.object.take() {
+                conn.objects.delete(&name).await;
+            }
             if let Ended::Withdrawn(reason) = how {
                 match o.seq {
                     Some(seq) => withdraw(st, conn, &task_id, seq, reason).await,
@@ -457,6 +499,86 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
         }
         Cmd::Close(_) => unreachable!("handled by the loop"),
     }
+}
+
+/// Makes a task's envelope fit in a message: a payload too large for one goes to the object
+/// store and the envelope refers to it (`envelope`, if given, is what `bytes` encodes).
+///
+/// `Err(Some(reason))`: storing it failed, try again later; `Err(None)`: the payload is over
+/// `max_object_bytes`, the task was failed and forgotten.
+async fn stored(
+    st: &mut State,
+    conn: &Conn,
+    task_id: &str,
+    bytes: bytes::Bytes,
+    envelope: Option<TaskEnvelope>,
+) -> std::result::Result<bytes::Bytes, Option<String>> {
+    if bytes.len() <= conn.inline_limit {
+        return Ok(bytes);
+    }
+    let envelope = match envelope {
+        Some(e) => Ok(e),
+        None => wire::decode::<TaskEnvelope>(&bytes),
+    };
+    let outcome = match envelope {
+        Ok(mut env) => {
+            let payload = serde_json::to_vec(&env.task.payload).expect("a Value always serializes");
+            let name = st.names.payload_object(&st.session_id, task_id);
+            if payload.len() > st.config.max_object_bytes {
+                Err(Error::PayloadTooLarge {
+                    size: payload.len(),
+                    limit: st.config.max_object_bytes,
+                })
+            } else {
+                match conn.objects.put(&name, payload).await {
+                    Ok(r) => {
+                        env.payload_ref = Some(r);
+                        env.task.payload = serde_json::Value::Null;
+                        Ok((bytes::Bytes::from(wire::encode(&env)), name))
+                    }
+                    Err(e) => Err(e),
+                }
+            }
+        }
+        Err(e) => Err(e),
+    };
+    match outcome {
+        Ok((bytes, name)) => {
+            if let Some(o) = st.outstanding.get_mut(task_id) {
+                o.bytes = Some(bytes.clone());
+                o.object = Some(name);
+            }
+            Ok(bytes)
+        }
+        Err(Error::BrokerUnavailable { reason }) => {
+            tracing::warn!(task_id, reason, "storing a large payload failed; retrying");
+            Err(Some(reason))
+        }
+        Err(err) => {
+            // Cannot be published at all (only when the lane became External after submit, which
+            // checks the size): fail the task rather than retry forever.
+            tracing::warn!(task_id, error = %err, "failing a task whose payload cannot be published");
+            st.outstanding.remove(task_id);
+            if let Some(scheduler) = st.scheduler.upgrade() {
+                scheduler.remote_result(ResultEnvelope {
+                    v: PROTOCOL_VERSION,
+                    kind: ResultKind::Result,
+                    task_id: task_id.to_owned(),
+                    session_id: st.session_id.clone(),
+                    attempt: 1,
+                    worker_id: String::new(),
+                    result: objects::failed(&err),
+                    result_ref: None,
+                });
+            }
+            Err(None)
+        }
+    }
+}
+
+/// A publish that failed before it was sent: retried like one the server did not acknowledge.
+fn failed_ack(task_id: String, reason: String) -> AckFuture {
+    async move { (task_id, Err(reason)) }.boxed()
 }
 
 async fn publish_bytes(
@@ -598,6 +720,9 @@ async fn shutdown(st: &State, conn: &Conn) {
         if let Some(seq) = o.seq {
             withdraw(st, conn, task_id, seq, "closed").await;
         }
+        if let Some(name) = &o.object {
+            conn.objects.delete(name).await;
+        }
     }
     for (lane, route) in &st.consumers {
         let _ = conn
@@ -616,6 +741,8 @@ async fn shutdown(st: &State, conn: &Conn) {
 /// Applies results as they arrive, then acknowledges them (a result seen twice is applied once).
 async fn consume_results(
     js: jetstream::Context,
+    objects: Bucket,
+    max_object_bytes: usize,
     names: Names,
     session_id: String,
     scheduler: Weak<Scheduler>,
@@ -647,7 +774,33 @@ async fn consume_results(
                         return;
                     };
                     match wire::decode::<ResultEnvelope>(&message.payload) {
-                        Ok(env) if env.session_id == session_id => scheduler.remote_result(env),
+                        Ok(mut env) if env.session_id == session_id => {
+                            if let Some(r) = env.result_ref.take() {
+                                match objects.get(&r, max_object_bytes).await {
+                                    Ok(value) => env.result.result = value,
+                                    Err(Error::BrokerUnavailable { reason }) => {
+                                        // Read it again later.
+                                        tracing::warn!(
+                                            task_id = env.task_id,
+                                            reason,
+                                            "cannot read a result object; retrying"
+                                        );
+                                        let _ = message
+                                            .ack_with(jetstream::AckKind::Nak(Some(
+                                                Duration::from_secs(1),
+                                            )))
+                                            .await;
+                                        continue;
+                                    }
+                                    Err(err) => {
+                                        tracing::warn!(task_id = env.task_id, error = %err, "a result refers to an unreadable object; failing the task");
+                                        env.result = objects::failed(&err);
+                                    }
+                                }
+                                objects.delete(&r.name).await;
+                            }
+                            scheduler.remote_result(env)
+                        }
                         Ok(env) => tracing::warn!(
                             session = env.session_id,
                             "dropping a result addressed to another session"

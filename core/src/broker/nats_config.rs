@@ -96,6 +96,11 @@ pub struct NatsConfig {
     pub lane_delivery: HashMap<SessionLane, DeliveryMode>,
     /// Client name shown by the server's monitoring.
     pub name: Option<String>,
+    /// Largest payload (a task's `payload`, a result's `result`, as JSON) that may travel through
+    /// the object store when it does not fit in a message (default 64 MiB). A session refuses to
+    /// submit a larger payload, and a worker to report a larger result, with
+    /// [`Error::PayloadTooLarge`].
+    pub max_object_bytes: usize,
 }
 
 impl NatsConfig {
@@ -117,6 +122,7 @@ impl NatsConfig {
             inactive_threshold: Duration::from_secs(3600),
             lane_delivery: HashMap::new(),
             name: None,
+            max_object_bytes: 64 << 20,
         }
     }
 
@@ -221,6 +227,12 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the largest payload or result that may go through the object store.
+    pub fn with_max_object_bytes(mut self, bytes: usize) -> Self {
+        self.max_object_bytes = bytes;
+        self
+    }
+
     /// Sets the client name.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -248,9 +260,11 @@ impl NatsConfig {
         if self.stream_max_bytes <= 0
             || self.stream_max_age.is_zero()
             || self.inactive_threshold.is_zero()
+            || self.max_object_bytes == 0
         {
             return Err(Error::invalid_config(
-                "NATS: stream_max_bytes, stream_max_age and inactive_threshold must be positive",
+                "NATS: stream_max_bytes, stream_max_age, inactive_threshold and max_object_bytes \
+                 must be positive",
             ));
         }
         Names::new(&self.prefix)

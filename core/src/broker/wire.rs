@@ -44,6 +44,8 @@ pub enum DeliveryMode {
 /// assert_eq!(n.task_subject("s1", SessionLane::Query, "_"), "a3s.task.s1.query._");
 /// assert_eq!(n.tasks_stream(), "A3S_TASKS");
 /// assert_eq!(n.task_consumer("s1", SessionLane::Query, "_"), "t_s1_query__");
+/// assert_eq!(n.payloads_bucket(), "A3S_PAYLOADS");
+/// assert_eq!(n.payload_object("s1", "abc-1"), "s1/abc-1/payload");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Names {
@@ -92,6 +94,22 @@ impl Names {
     /// The dead-letter stream (subjects `<prefix>.dlq.>`, limits retention, browsable).
     pub fn dlq_stream(&self) -> String {
         self.stream("DLQ")
+    }
+
+    /// The object store bucket of payloads and results too large for a message (its stream is
+    /// `OBJ_<bucket>`).
+    pub fn payloads_bucket(&self) -> String {
+        self.stream("PAYLOADS")
+    }
+
+    /// The object a session stores a task's large payload under: `<session>/<task_id>/payload`.
+    pub fn payload_object(&self, session: &str, task_id: &str) -> String {
+        format!("{session}/{task_id}/payload")
+    }
+
+    /// The object a worker stores a large result under: `<session>/<task_id>/result/<attempt>`.
+    pub fn result_object(&self, session: &str, task_id: &str, attempt: u32) -> String {
+        format!("{session}/{task_id}/result/{attempt}")
     }
 
     /// Where a session publishes the tasks of one lane and route.
@@ -202,14 +220,15 @@ pub fn labels_match(
         .all(|(k, v)| worker_labels.get(k) == Some(v))
 }
 
-/// A reference to a large payload or result kept in the JetStream object store.
+/// A reference to a payload or result too large for a message, kept in the JetStream object
+/// store (`docs/protocol.md` §3.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {
-    /// The object store bucket.
+    /// The object store bucket: [`Names::payloads_bucket`].
     pub bucket: String,
-    /// The object's name.
+    /// The object's name: [`Names::payload_object`] or [`Names::result_object`].
     pub name: String,
-    /// Its size in bytes.
+    /// Its size in bytes (the UTF-8 JSON of the value).
     pub size: u64,
 }
 

@@ -541,6 +541,15 @@ impl Scheduler {
                 json_kind(&payload)
             )));
         }
+        // A broker limits what an External lane's task may carry (in process: no limit).
+        if let Some(limit) = self.dispatcher.get().and_then(|d| d.max_payload_bytes())
+            && self.lane_handler(lane).mode == TaskHandlerMode::External
+        {
+            let size = json_size(&payload);
+            if size > limit {
+                return Err(Error::PayloadTooLarge { size, limit });
+            }
+        }
         let (tx, rx) = oneshot::channel();
         let mut st = self.state.lock();
         if st.closed {
@@ -1359,6 +1368,23 @@ fn trace_outcome(e: &Entry, outcome: &Result<ExternalTaskResult>) {
 fn rand_tag() -> u32 {
     let bytes = uuid::Uuid::new_v4().into_bytes();
     u32::from_le_bytes([bytes[0], bytes[1], bytes[2], bytes[3]])
+}
+
+/// The size of a value's JSON, without building it.
+fn json_size(value: &Value) -> usize {
+    struct Count(usize);
+    impl std::io::Write for Count {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0 += buf.len();
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    let mut n = Count(0);
+    let _ = serde_json::to_writer(&mut n, value);
+    n.0
 }
 
 fn json_kind(v: &Value) -> &'static str {

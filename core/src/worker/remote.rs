@@ -6,6 +6,9 @@
 //! every third of the consumer's `AckWait`, so only a dead worker loses it. The result is stored
 //! in the results stream before the task is acknowledged, so a crash in between runs the task again
 //! rather than losing it (at least once; a lane configured at-most-once is acknowledged first).
+//!
+//! Payloads and results too large for a NATS message travel through the JetStream object store,
+//! by reference (`docs/protocol.md` §3.5): a claimed task always has its payload in hand.
 
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
@@ -23,6 +26,7 @@ use tokio::time::Instant;
 
 use super::TaskSource;
 use crate::broker::NatsConfig;
+use crate::broker::objects::{self, Bucket};
 use crate::broker::wire::{
     self, ANY_ROUTE, CancelNotice, DeliveryMode, Doorbell, Names, OutputChunk, PROTOCOL_VERSION,
     ResultEnvelope, ResultKind, TaskEnvelope,
@@ -170,6 +174,11 @@ struct Inner {
     direct: Option<Direct>,
     /// Observability: when the heartbeat last renewed the leases (`/metrics` heartbeat age).
     last_heartbeat: Mutex<Instant>,
+    /// The object store of large payloads and results, opened when first needed.
+    objects: tokio::sync::OnceCell<Bucket>,
+    /// Envelopes larger than this put their result in `objects`.
+    inline_limit: usize,
+    max_object_bytes: usize,
 }
 
 impl Inner {
@@ -332,6 +341,9 @@ impl RemoteSession {
             background: Mutex::new(Vec::new()),
             direct,
             last_heartbeat: Mutex::new(Instant::now()),
+            objects: tokio::sync::OnceCell::new(),
+            inline_limit: objects::inline_limit(&client),
+            max_object_bytes: config.max_object_bytes,
         });
         let target = inner
             .options
@@ -637,6 +649,11 @@ impl RemoteSession {
                 .await;
             return None;
         }
+        if let Some(r) = &env.payload_ref
+            && !self.fetch_payload(&mut task, r, &reply).await
+        {
+            return None;
+        }
         if env.delivery == DeliveryMode::AtMostOnce && !self.inner.ack_confirmed(&reply).await {
             // Not acknowledged: another worker may get it; we must not run it.
             return None;
@@ -653,6 +670,70 @@ impl RemoteSession {
             },
         );
         Some(task)
+    }
+
+    /// Replaces a referenced payload by the object's content. When it cannot be read, gives the
+    /// task back (NATS unavailable) or fails it (missing, wrong size, too large) and says false.
+    async fn fetch_payload(
+        &self,
+        task: &mut ExternalTask,
+        r: &wire::ObjectRef,
+        reply: &Subject,
+    ) -> bool {
+        // Reading may take a while: start from a fresh lease.
+        self.inner.ack(reply, AckKind::Progress).await;
+        let read = match self.objects().await {
+            Ok(bucket) => bucket.get(r, self.inner.max_object_bytes).await,
+            Err(e) => Err(e),
+        };
+        let err = match read {
+            Ok(payload) => {
+                task.payload = payload;
+                return true;
+            }
+            Err(e) => e,
+        };
+        if let Error::BrokerUnavailable { reason } = &err {
+            tracing::warn!(
+                task_id = task.task_id,
+                reason,
+                "cannot read a task's payload; giving it back"
+            );
+            self.inner
+                .ack(reply, AckKind::Nak(Some(Duration::from_secs(1))))
+                .await;
+            return false;
+        }
+        tracing::warn!(task_id = task.task_id, error = %err, "cannot read a task's payload; failing it");
+        let report = self.envelope(
+            ResultKind::Result,
+            &task.task_id,
+            &task.session_id,
+            task.attempt,
+            objects::failed(&err),
+        );
+        let reported = match self
+            .publish_result(&task.session_id, &task.task_id, task.attempt, report)
+            .await
+        {
+            Ok(ack) => ack.await.is_ok(),
+            Err(_) => false,
+        };
+        // Not reported: let it come back rather than lose it.
+        let kind = match reported {
+            true => AckKind::Term,
+            false => AckKind::Nak(Some(Duration::from_secs(1))),
+        };
+        self.inner.ack(reply, kind).await;
+        false
+    }
+
+    /// The object store bucket, opened on first use.
+    async fn objects(&self) -> Result<&Bucket> {
+        self.inner
+            .objects
+            .get_or_try_init(|| Bucket::open(&self.inner.js, &self.inner.names))
+            .await
     }
 
     fn envelope(
@@ -680,10 +761,25 @@ impl RemoteSession {
         session_id: &str,
         task_id: &str,
         attempt: u32,
-        envelope: ResultEnvelope,
+        mut envelope: ResultEnvelope,
     ) -> Result<BoxFuture<'static, Result<()>>> {
+        let mut bytes = wire::encode(&envelope);
+        if bytes.len() > self.inner.inline_limit {
+            // Too large for a message: the result goes to the object store, by reference.
+            let result = serde_json::to_vec(&envelope.result.result).expect("a Value serializes");
+            if result.len() > self.inner.max_object_bytes {
+                return Err(Error::PayloadTooLarge {
+                    size: result.len(),
+                    limit: self.inner.max_object_bytes,
+                });
+            }
+            let name = self.inner.names.result_object(session_id, task_id, attempt);
+            envelope.result_ref = Some(self.objects().await?.put(&name, result).await?);
+            envelope.result.result = serde_json::Value::Null;
+            bytes = wire::encode(&envelope);
+        }
         let publish = PublishMessage::build()
-            .payload(wire::encode(&envelope).into())
+            .payload(bytes.into())
             .message_id(format!("{task_id}:{attempt}"));
         let ack = timed(
             "publishing a result",
@@ -703,7 +799,9 @@ impl RemoteSession {
     ///
     /// [`Error::TaskNotFound`] when this worker holds no such task (never claimed, already
     /// reported, or cancelled); [`Error::BrokerUnavailable`] when the result could not be stored
-    /// (the task stays claimed, so you can retry).
+    /// (the task stays claimed, so you can retry); [`Error::PayloadTooLarge`] when the result's
+    /// JSON is over the `NatsConfig`'s `max_object_bytes` (a failed result saying so was reported
+    /// instead: the task is no longer held).
     pub async fn complete_external_task(
         &self,
         task_id: &str,
@@ -738,11 +836,28 @@ impl RemoteSession {
                 claim.attempt,
                 result,
             );
-            match self
+            let mut published = self
                 .publish_result(&claim.session_id, &task_id, claim.attempt, env)
                 .await
-            {
-                Ok(ack) => pending.push(Ok((task_id, claim, ack))),
+                .map(|ack| (ack, None));
+            if let Err(too_large @ Error::PayloadTooLarge { .. }) = published {
+                // Report a failed result instead, so the task ends rather than hangs; the caller
+                // still learns why.
+                tracing::warn!(task_id, error = %too_large, "a result is too large; reporting a failure instead");
+                let env = self.envelope(
+                    ResultKind::Result,
+                    &task_id,
+                    &claim.session_id,
+                    claim.attempt,
+                    objects::failed(&too_large),
+                );
+                published = self
+                    .publish_result(&claim.session_id, &task_id, claim.attempt, env)
+                    .await
+                    .map(|ack| (ack, Some(too_large)));
+            }
+            match published {
+                Ok((ack, refused)) => pending.push(Ok((task_id, claim, ack, refused))),
                 Err(e) => {
                     self.inner.claims.lock().insert(task_id, claim);
                     pending.push(Err(e));
@@ -754,12 +869,12 @@ impl RemoteSession {
             .into_iter()
             .map(|p| async move {
                 match p {
-                    Ok((task_id, claim, ack)) => match ack.await {
+                    Ok((task_id, claim, ack, refused)) => match ack.await {
                         Ok(()) => {
                             if claim.delivery == DeliveryMode::AtLeastOnce {
                                 self.inner.ack(&claim.reply, AckKind::Ack).await;
                             }
-                            (None, Ok(()))
+                            (None, refused.map_or(Ok(()), Err))
                         }
                         Err(e) => (Some((task_id, claim)), Err(e)),
                     },

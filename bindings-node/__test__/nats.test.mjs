@@ -1,0 +1,169 @@
+// Over NATS JetStream: a session in this process publishes the tasks of its External lanes, and a
+// RemoteSession worker loop (the spec's shape, RemoteSession in place of AgentSession) serves
+// them. Needs a NATS server with JetStream at $A3S_TEST_NATS_URL (scripts/test.sh starts one);
+// without it these tests are skipped.
+import { test } from 'node:test'
+import assert from 'node:assert/strict'
+import { randomUUID } from 'node:crypto'
+import { readFileSync } from 'node:fs'
+import path from 'node:path'
+import { code, api, workspace } from './helpers.mjs'
+
+const { Agent, RemoteSession, SessionLane, executeBuiltin } = code
+
+const url = process.env.A3S_TEST_NATS_URL
+const skip = url
+  ? false
+  : 'A3S_TEST_NATS_URL is not set: start `nats-server -js` and point it there (scripts/test.sh does)'
+
+/**
+ * Subjects and streams of this file's own, so runs sharing a server never meet. One prefix for
+ * every test here: sessions under a prefix never see each other's tasks, and each prefix's
+ * streams reserve storage on the server.
+ */
+const prefix = `node${randomUUID().replaceAll('-', '').slice(0, 12)}`
+
+/** A session whose `lanes` are External, publishing to NATS under `prefix`. */
+async function natsSession(prefix, { lanes = ['query', 'execute'], timeoutMs = 30_000 } = {}) {
+  const ws = workspace()
+  const laneHandlers = Object.fromEntries(lanes.map((lane) => [lane, { mode: 'external', timeoutMs }]))
+  const session = new Agent().session(ws, {
+    nats: { url, prefix },
+    queueConfig: { enableMetrics: true, laneHandlers },
+  })
+  await session.brokerReady(10_000)
+  return { session, ws }
+}
+
+test('a RemoteSession worker loop in the spec shape completes the tool calls of session.tool', { skip }, async () => {
+  const { session, ws } = await natsSession(prefix)
+  const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
+  assert.match(remote.workerId, /^worker-/)
+
+  // The spec's worker loop ("Step 2: Implement Worker"), stoppable, running the built-in tools.
+  let running = true
+  async function workerLoop(worker) {
+    while (running) {
+      const tasks = await worker.pendingExternalTasks()
+      if (tasks.length === 0) {
+        await new Promise((resolve) => setTimeout(resolve, 20))
+        continue
+      }
+      await Promise.all(tasks.map((task) => processTask(worker, task)))
+    }
+  }
+  async function processTask(worker, task) {
+    const result = await executeBuiltin(task, ws)
+    await worker.completeExternalTask(task.taskId, result)
+  }
+  const loop = workerLoop(remote)
+
+  const read = await session.tool('read', { path: 'hello.txt' })
+  assert.equal(read.success, true)
+  assert.equal(read.result.content, 'hello\nworld\n')
+  const wrote = await session.tool('write', { path: 'out.txt', content: 'from a remote worker\n' })
+  assert.equal(wrote.success, true)
+  assert.equal(readFileSync(path.join(ws, 'out.txt'), 'utf8'), 'from a remote worker\n')
+  const escaped = await session.tool('read', { path: '../outside.txt' })
+  assert.equal(escaped.success, false)
+  assert.equal(escaped.result.error_code, 'PathEscapesWorkspace')
+  const listed = await Promise.all(Array.from({ length: 20 }, () => session.tool('ls', {})))
+  assert.ok(listed.every((r) => r.success && r.result.entries.some((e) => e.name === 'hello.txt')))
+
+  const metrics = await session.queueMetrics()
+  assert.equal(metrics.totalProcessed, 23)
+  running = false
+  await loop
+  await remote.close()
+  await session.close()
+})
+
+test('RemoteSession: claims with limit and wait, batches, gives back, and rejects with codes', { skip }, async () => {
+  const { session } = await natsSession(prefix, { lanes: ['query'] }) // 4 slots
+  const remote = await RemoteSession.connect(url, session.id, {
+    config: { url, prefix, leaseMs: 5_000 },
+    lanes: [SessionLane.Query],
+    labels: { region: 'eu-west' },
+    workerId: 'node-worker-1',
+  })
+  assert.equal(remote.workerId, 'node-worker-1')
+
+  // Async exactly where api.json says.
+  for (const entry of api.classes.RemoteSession) {
+    const name = entry.node.split('(')[0]
+    if (name === 'connect' || name === 'close') continue
+    if (name === 'workerId') {
+      assert.equal(typeof remote.workerId, 'string')
+      continue
+    }
+    const args = {
+      pendingExternalTasks: entry.node.includes('{') ? [{ limit: 1, waitMs: 1 }] : [],
+      completeExternalTask: ['unknown', { success: true }],
+      completeExternalTasks: [[]],
+      abandonExternalTask: ['unknown', 'reason'],
+    }[name]
+    const out = remote[name](...args)
+    assert.equal(out instanceof Promise, entry.async.node, `${entry.node} async`)
+    await out.catch(() => {})
+  }
+
+  const handles = await Promise.all(
+    [1, 2, 3].map((n) => session.submit(SessionLane.Query, 'double', { n })),
+  )
+  const claimed = []
+  while (claimed.length < 3) {
+    const tasks = await remote.pendingExternalTasks({ limit: 3 - claimed.length, waitMs: 5_000 })
+    assert.ok(tasks.length > 0 && tasks.length <= 3 - claimed.length)
+    claimed.push(...tasks)
+  }
+  assert.deepEqual(claimed.map((t) => t.payload.n).sort(), [1, 2, 3])
+  assert.ok(claimed.every((t) => t.sessionId === session.id && t.attempt === 1 && !t.isTimedOut()))
+
+  // One is given back: it comes again, with the next attempt.
+  const [first, ...rest] = claimed
+  await remote.abandonExternalTask(first.taskId, 'not now')
+  const [again] = await remote.pendingExternalTasks({ limit: 1, waitMs: 10_000 })
+  assert.equal(again.taskId, first.taskId)
+  assert.equal(again.attempt, 2)
+
+  const outcomes = await remote.completeExternalTasks([
+    ...[again, ...rest].map((t) => ({ taskId: t.taskId, result: { success: true, result: { n: t.payload.n * 2 } } })),
+    { taskId: 'unknown', result: { success: true } },
+  ])
+  assert.deepEqual(outcomes.slice(0, 3), [null, null, null])
+  assert.equal(outcomes[3].code, 'TaskNotFound')
+  const results = await Promise.all(handles.map((h) => h.result()))
+  assert.deepEqual(results.map((r) => r.result.n), [2, 4, 6])
+
+  await assert.rejects(remote.completeExternalTask(first.taskId, { success: true }), { code: 'TaskNotFound' })
+  await assert.rejects(remote.abandonExternalTask('unknown', 'why'), { code: 'TaskNotFound' })
+  await assert.rejects(remote.pendingExternalTasks({ limit: -1 }), { code: 'InvalidConfig' })
+  await assert.rejects(
+    RemoteSession.connect(url, session.id, { config: { url, prefix: 'not.a.token' } }),
+    { code: 'InvalidConfig' },
+  )
+  await remote.close()
+  await session.close()
+})
+
+test('a payload and a result larger than a NATS message travel through the object store', { skip }, async () => {
+  const { session } = await natsSession(prefix, { lanes: ['query'] })
+  const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
+  const big = 'x'.repeat(3 << 20) + 'end'
+  const handle = await session.submit(SessionLane.Query, 'echo', { big })
+  const [task] = await remote.pendingExternalTasks({ limit: 1, waitMs: 10_000 })
+  assert.equal(task.payload.big.length, big.length)
+  assert.ok(task.payload.big.endsWith('end'))
+  await remote.completeExternalTask(task.taskId, { success: true, result: { echo: task.payload.big } })
+  assert.equal((await handle.result()).result.echo, big)
+  await remote.close()
+  await session.close()
+})
+
+test('brokerReady rejects with BrokerUnavailable while NATS cannot be reached', async () => {
+  const session = new Agent().session(workspace(), { nats: { url: 'nats://127.0.0.1:1' } })
+  await assert.rejects(session.brokerReady(300), { code: 'BrokerUnavailable' })
+  await session.close()
+  await assert.rejects(session.brokerReady(), { code: 'ShutDown' })
+  assert.throws(() => new Agent().session(workspace(), { nats: { url: '' } }), { code: 'InvalidConfig' })
+})
