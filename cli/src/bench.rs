@@ -56,6 +56,10 @@ struct NatsBench {
     /// Length of the steady and half-load runs.
     #[arg(long, default_value_t = 10)]
     steady_secs: u64,
+    /// The session's Query lane concurrency: tasks published at once (default: twice the
+    /// workers' slots).
+    #[arg(long)]
+    lane_concurrency: Option<usize>,
     /// Run only the full-load part of one pattern (`a3s` or `bare`), for profiling.
     #[arg(long)]
     only: Option<String>,
@@ -347,7 +351,7 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     // a3s: this process is the session, the workers are `a3s-code worker --noop` processes.
     let prefix = format!("ab{stamp}");
     let cfg = SessionQueueConfig {
-        query_max_concurrency: b.workers * b.concurrency * 2,
+        query_max_concurrency: b.lane_concurrency.unwrap_or(b.workers * b.concurrency * 2),
         max_pending: b.tasks * 2 + 100_000,
         lane_handlers: [(
             SessionLane::Query,

@@ -277,7 +277,16 @@ impl NatsConfig {
     /// [`Error::BrokerUnavailable`] when no server answers or the credentials are refused,
     /// [`Error::InvalidConfig`] for unreadable credential files or bad URLs.
     pub(crate) async fn connect(&self) -> Result<async_nats::Client> {
+        Ok(self.connect_watched().await?.0)
+    }
+
+    /// Connects, with a counter that moves on every (re)connection: subscriptions survive a
+    /// reconnect, but pull requests the server held are gone and must be asked again.
+    pub(crate) async fn connect_watched(
+        &self,
+    ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>)> {
         self.validate()?;
+        let (connected_tx, connected_rx) = tokio::sync::watch::channel(0u64);
         let mut opts = match &self.auth {
             NatsAuth::None => async_nats::ConnectOptions::new(),
             NatsAuth::Token(t) => async_nats::ConnectOptions::with_token(t.clone()),
@@ -309,17 +318,25 @@ impl NatsConfig {
             .name(self.name.clone().unwrap_or_else(|| "a3s-code".to_owned()))
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
-            .max_reconnects(None);
+            .max_reconnects(None)
+            .event_callback(move |event| {
+                if matches!(event, async_nats::Event::Connected) {
+                    connected_tx.send_modify(|n| *n += 1);
+                }
+                std::future::ready(())
+            });
         let addrs = self
             .servers
             .iter()
             .map(|s| s.parse::<async_nats::ServerAddr>())
             .collect::<std::result::Result<Vec<_>, _>>()
             .map_err(|e| Error::invalid_config(format!("NATS URL: {e}")))?;
-        opts.connect(addrs)
+        let client = opts
+            .connect(addrs)
             .await
             .map_err(|e| Error::BrokerUnavailable {
                 reason: format!("cannot connect to {}: {e}", self.servers.join(",")),
-            })
+            })?;
+        Ok((client, connected_rx))
     }
 }

@@ -285,7 +285,7 @@ impl RemoteSession {
                 "a worker must serve at least one lane",
             ));
         }
-        let client = config.connect().await?;
+        let (client, connections) = config.connect_watched().await?;
         let js = jetstream::new(client.clone());
         let tasks_stream =
             js.get_stream(names.tasks_stream())
@@ -350,22 +350,40 @@ impl RemoteSession {
             .session_id
             .clone()
             .unwrap_or_else(|| "*".to_owned());
-        let doorbells = client
-            .subscribe(names.ready_subject(&target))
-            .await
-            .map_err(unavailable)?;
+        // A single-source worker keeps pull requests open: it needs no doorbells.
+        let doorbells = match inner.direct {
+            Some(_) => None,
+            None => Some(
+                client
+                    .subscribe(names.ready_subject(&target))
+                    .await
+                    .map_err(unavailable)?,
+            ),
+        };
         let cancels = client
             .subscribe(names.cancel_subject(&target))
             .await
             .map_err(unavailable)?;
         let weak = Arc::downgrade(&inner);
         *inner.background.lock() = vec![
-            tokio::spawn(listen_doorbells(weak.clone(), doorbells)),
             tokio::spawn(listen_cancels(weak.clone(), cancels)),
             tokio::spawn(heartbeat(weak.clone())),
             tokio::spawn(publish_output(client, output_rx)),
         ];
+        if let Some(sub) = doorbells {
+            inner
+                .background
+                .lock()
+                .push(tokio::spawn(listen_doorbells(weak.clone(), sub)));
+        }
         if let Some(sub) = direct_sub {
+            inner
+                .background
+                .lock()
+                .push(tokio::spawn(forget_requests_on_reconnect(
+                    weak.clone(),
+                    connections,
+                )));
             inner
                 .background
                 .lock()
@@ -474,12 +492,14 @@ impl RemoteSession {
             // freed slot would cost the server as much as the task itself.
             let owed = d.outstanding();
             if owed == 0 || owed * 2 <= max {
-                let expires =
-                    (until - now).clamp(Duration::from_millis(500), Duration::from_secs(30));
+                // Requests outlive this call (its `wait`): a request that expired between two
+                // calls would leave the worker deaf until the next one. The server answers an
+                // expired request with a 408, which retires it here too.
+                let expires = PULL_EXPIRES;
                 let want = max - owed;
                 d.credit
                     .lock()
-                    .push_back((now + expires + Duration::from_millis(500), want));
+                    .push_back((now + expires + Duration::from_secs(1), want));
                 let body = format!("{{\"batch\":{want},\"expires\":{}}}", expires.as_nanos());
                 self.inner
                     .client
@@ -1005,6 +1025,25 @@ impl TaskSource for RemoteSession {
         }
     }
 }
+
+/// A reconnection loses the pull requests the server held: forget them, so the next claim asks
+/// again instead of waiting for their expiry.
+async fn forget_requests_on_reconnect(
+    inner: std::sync::Weak<Inner>,
+    mut connections: watch::Receiver<u64>,
+) {
+    connections.borrow_and_update();
+    while connections.changed().await.is_ok() {
+        let Some(inner) = inner.upgrade() else { return };
+        if let Some(d) = &inner.direct {
+            d.credit.lock().clear();
+            d.arrived.notify_waiters();
+        }
+    }
+}
+
+/// How long a single-source worker's pull requests stay open.
+const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
 /// The longest a single broker operation may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
