@@ -17,6 +17,8 @@ use hdrhistogram::Histogram;
 use parking_lot_free::Mutex;
 use serde_json::json;
 
+mod soak;
+
 mod parking_lot_free {
     pub(crate) type Mutex<T> = std::sync::Mutex<T>;
 }
@@ -31,6 +33,8 @@ pub(crate) struct BenchArgs {
 enum Which {
     /// Session + `a3s-code worker` processes over NATS, beside a bare JetStream work queue.
     Nats(NatsBench),
+    /// A long run over NATS with worker processes killed and restarted at random intervals.
+    Soak(soak::SoakArgs),
     /// A bare JetStream worker (pull, publish result, ack): the baseline's worker process.
     #[command(hide = true)]
     BareWorker(BareWorker),
@@ -78,6 +82,7 @@ struct BareWorker {
 pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Nats(b) => nats_bench(b).await,
+        Which::Soak(a) => soak::soak(a).await,
         Which::BareWorker(w) => bare_worker(w).await,
     }
 }
@@ -393,14 +398,7 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
         measure(Arc::new(Session(session.clone())), &b, "a3s").await?
     };
     session.close().await;
-    let _ = js
-        .delete_stream(format!("OBJ_{}_PAYLOADS", prefix.to_uppercase()))
-        .await;
-    for name in ["TASKS", "RESULTS", "DLQ"] {
-        let _ = js
-            .delete_stream(format!("{}_{name}", prefix.to_uppercase()))
-            .await;
-    }
+    delete_streams(&js, &prefix).await;
 
     if b.only.is_some() {
         return Ok(());
@@ -437,6 +435,19 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
         ours[2].p(0.99) / bare_runs[2].p(0.99)
     );
     Ok(())
+}
+
+/// Deletes a session's streams (a benchmark's broker is often shared).
+async fn delete_streams(js: &jetstream::Context, prefix: &str) {
+    let p = prefix.to_uppercase();
+    for name in [
+        format!("OBJ_{p}_PAYLOADS"),
+        format!("{p}_TASKS"),
+        format!("{p}_RESULTS"),
+        format!("{p}_DLQ"),
+    ] {
+        let _ = js.delete_stream(name).await;
+    }
 }
 
 async fn bare_worker(w: BareWorker) -> anyhow::Result<()> {
