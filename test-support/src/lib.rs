@@ -1,10 +1,12 @@
 //! Test helpers: a NATS server per test run (or the one in `A3S_TEST_NATS_URL`), unique subject
-//! prefixes, free ports, and [`model_server`], a scripted OpenAI / Anthropic model server.
+//! prefixes, free ports, [`model_server`], a scripted OpenAI / Anthropic model server, and
+//! [`netns`], worker hosts with their own addresses in network namespaces.
 #![allow(clippy::missing_panics_doc)]
 
 pub mod model_server;
+pub mod netns;
 
-use std::net::{TcpListener, TcpStream};
+use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -19,6 +21,7 @@ pub const TEST_JETSTREAM_CONFIG: &str =
 /// The binary is `$NATS_SERVER_BIN`, else `nats-server` on the `PATH` (or `/usr/sbin`).
 pub struct NatsServer {
     child: Option<Child>,
+    host: IpAddr,
     port: u16,
     store: tempfile::TempDir,
     config: Option<PathBuf>,
@@ -27,16 +30,22 @@ pub struct NatsServer {
 impl NatsServer {
     /// Starts a server with JetStream on a free port.
     pub fn start() -> Self {
-        Self::start_inner(None)
+        Self::start_inner(None, Ipv4Addr::LOCALHOST.into())
     }
 
     /// Starts a server with a configuration file's content (auth, TLS, ...). `listen`, the
     /// `jetstream` block and the store directory are added; the content must not set them.
     pub fn start_with_config(config: &str) -> Self {
-        Self::start_inner(Some(config.to_owned()))
+        Self::start_inner(Some(config.to_owned()), Ipv4Addr::LOCALHOST.into())
     }
 
-    fn start_inner(config: Option<String>) -> Self {
+    /// Like [`start_with_config`](Self::start_with_config), listening on `host` instead of
+    /// 127.0.0.1 (a [`netns::Lan`]'s gateway, so that workers in namespaces reach it).
+    pub fn start_on(host: IpAddr, config: &str) -> Self {
+        Self::start_inner(Some(config.to_owned()), host)
+    }
+
+    fn start_inner(config: Option<String>, host: IpAddr) -> Self {
         let store = tempfile::tempdir().expect("temp dir");
         // Streams reserve their `max_bytes` against the server's storage limit (75% of the free
         // disk by default): a generous limit lets many test prefixes share one server.
@@ -45,6 +54,7 @@ impl NatsServer {
         std::fs::write(&path, config).expect("write config");
         let mut server = Self {
             child: None,
+            host,
             port: free_port(),
             store,
             config: Some(path),
@@ -58,7 +68,7 @@ impl NatsServer {
         let mut cmd = Command::new(&bin);
         cmd.args([
             "-a",
-            "127.0.0.1",
+            &self.host.to_string(),
             "-p",
             &self.port.to_string(),
             "-js",
@@ -77,12 +87,12 @@ impl NatsServer {
             )
         });
         self.child = Some(child);
-        wait_for_port(self.port, Duration::from_secs(10));
+        wait_for_port(self.host, self.port, Duration::from_secs(10));
     }
 
-    /// `nats://127.0.0.1:<port>`.
+    /// `nats://<host>:<port>` (127.0.0.1 unless started with [`start_on`](Self::start_on)).
     pub fn url(&self) -> String {
-        format!("nats://127.0.0.1:{}", self.port)
+        format!("nats://{}:{}", self.host, self.port)
     }
 
     /// The port.
@@ -146,12 +156,12 @@ pub fn free_port() -> u16 {
         .port()
 }
 
-fn wait_for_port(port: u16, timeout: Duration) {
+fn wait_for_port(host: IpAddr, port: u16, timeout: Duration) {
     let start = Instant::now();
-    while TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while TcpStream::connect((host, port)).is_err() {
         assert!(
             start.elapsed() < timeout,
-            "nats-server did not listen on {port} within {timeout:?}"
+            "nats-server did not listen on {host}:{port} within {timeout:?}"
         );
         std::thread::sleep(Duration::from_millis(20));
     }
@@ -188,19 +198,29 @@ pub fn has_nats_server() -> bool {
 ///
 /// On a malformed URL, a connection or read error, or an unparsable response.
 pub async fn http_get(url: &str) -> (u16, String) {
+    try_http_get(url)
+        .await
+        .unwrap_or_else(|e| panic!("GET {url}: {e}"))
+}
+
+/// [`http_get`], with connection and read errors returned (for endpoints that may not be up
+/// yet, or not reachable).
+///
+/// # Panics
+///
+/// On a malformed URL or an unparsable response.
+pub async fn try_http_get(url: &str) -> std::io::Result<(u16, String)> {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let rest = url.strip_prefix("http://").expect("an http:// URL");
     let (host, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
     };
-    let mut stream = tokio::net::TcpStream::connect(host)
-        .await
-        .unwrap_or_else(|e| panic!("connecting to {host}: {e}"));
+    let mut stream = tokio::net::TcpStream::connect(host).await?;
     let request = format!("GET {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n\r\n");
-    stream.write_all(request.as_bytes()).await.expect("write");
+    stream.write_all(request.as_bytes()).await?;
     let mut raw = Vec::new();
-    stream.read_to_end(&mut raw).await.expect("read");
+    stream.read_to_end(&mut raw).await?;
     let raw = String::from_utf8(raw).expect("a UTF-8 response");
     let (head, body) = raw.split_once("\r\n\r\n").expect("headers end");
     let status = head
@@ -216,7 +236,7 @@ pub async fn http_get(url: &str) -> (u16, String) {
     } else {
         body.to_owned()
     };
-    (status, body)
+    Ok((status, body))
 }
 
 fn dechunk(mut body: &str) -> String {
