@@ -939,10 +939,12 @@ impl Scheduler {
         }
     }
 
-    /// [`refusal`](Self::refusal) of a result, counted when the task had already ended.
+    /// [`refusal`](Self::refusal) of a result, counted when the task had already ended (one of
+    /// ours whose outcome is remembered, or too old to be remembered).
     fn refuse_completion(&self, st: &mut State, seq: u64, task_id: &str) -> Error {
         let err = self.refusal(st, seq, task_id);
-        if let (Some(m), false) = (&mut st.metrics, matches!(err, Error::TaskNotFound { .. })) {
+        let ended = seq < st.next_seq;
+        if let (Some(m), true) = (&mut st.metrics, ended) {
             m.rejected_completion();
         }
         err
