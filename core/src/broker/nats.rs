@@ -333,6 +333,7 @@ async fn setup(st: &mut State) -> Result<Conn> {
         max_age: st.config.stream_max_age,
         max_bytes: st.config.stream_max_bytes,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: st.config.replicas,
         ..Default::default()
     };
     let tasks = js
@@ -350,6 +351,7 @@ async fn setup(st: &mut State) -> Result<Conn> {
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 24 * 3600),
         max_bytes: st.config.stream_max_bytes,
+        num_replicas: st.config.replicas,
         ..Default::default()
     })
     .await
