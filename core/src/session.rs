@@ -625,6 +625,9 @@ fn nats_config(
         if let Some(creds) = &dist.credentials_file {
             cfg = cfg.with_credentials_file(creds.clone());
         }
+        if let Some(replicas) = dist.replicas {
+            cfg = cfg.with_replicas(replicas);
+        }
         return Some(cfg);
     }
     crate::broker::NatsConfig::from_env().ok()
@@ -656,6 +659,19 @@ mod tests {
         assert_send_sync::<AgentSession>();
         assert_send_sync::<TaskHandle>();
         assert_send_sync::<crate::Agent>();
+    }
+
+    #[cfg(feature = "nats")]
+    #[test]
+    fn the_distribution_block_gives_the_nats_settings() {
+        let agent = AgentConfig::parse(
+            "distribution {\n  nats_url = \"nats://a:1, nats://b:2\"\n  replicas = 3\n}\n",
+            "agent.hcl",
+        )
+        .unwrap();
+        let cfg = nats_config(None, &agent).unwrap();
+        assert_eq!(cfg.servers, ["nats://a:1", "nats://b:2"]);
+        assert_eq!(cfg.replicas, 3);
     }
 
     #[test]

@@ -238,6 +238,25 @@ distribution {
 }
 
 #[test]
+fn distribution_reads_the_cluster_settings() {
+    let cfg = AgentConfig::parse(
+        "distribution {\n  nats_url = \"nats://a:4222,nats://b:4222,nats://c:4222\"\n  \
+         subject_prefix = \"build\"\n  replicas = 3\n}\n",
+        "agent.hcl",
+    )
+    .unwrap();
+    assert_eq!(
+        cfg.distribution,
+        DistributionConfig {
+            nats_url: Some("nats://a:4222,nats://b:4222,nats://c:4222".into()),
+            subject_prefix: Some("build".into()),
+            replicas: Some(3),
+            ..Default::default()
+        }
+    );
+}
+
+#[test]
 fn a_missing_file_is_a_config_file_error_without_line() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("agent.hcl");
@@ -365,6 +384,11 @@ fn wrong_value_types_are_named_with_their_line() {
             "distribution {\n  nats_url = [\"nats://a\"]\n}\n",
             2,
             "distribution.nats_url must be a string, found a list",
+        ),
+        (
+            "distribution {\n  nats_url = \"nats://a\"\n\n  replicas = 7\n}\n",
+            4,
+            "distribution.replicas must be 1 to 5, found 7",
         ),
     ];
     for (src, want_line, want_reason) in cases {

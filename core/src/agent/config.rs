@@ -143,6 +143,9 @@ pub struct DistributionConfig {
     pub subject_prefix: Option<String>,
     /// A NATS `.creds` file.
     pub credentials_file: Option<String>,
+    /// Copies JetStream keeps of each stream the session creates (`NatsConfig::replicas`, 1 to
+    /// 5; 3 on a three-server cluster).
+    pub replicas: Option<usize>,
     /// Attributes and blocks of the block this version does not know, as JSON
     /// (same rules as [`AgentConfig::extra`]).
     pub extra: JsonMap,
@@ -259,6 +262,7 @@ impl fmt::Debug for DistributionConfig {
             .field("nats_url", &self.nats_url.as_deref().map(redact_url))
             .field("subject_prefix", &self.subject_prefix)
             .field("credentials_file", &self.credentials_file)
+            .field("replicas", &self.replicas)
             .field("extra", &redact_map(&self.extra))
             .finish()
     }
@@ -937,10 +941,19 @@ impl Parser<'_> {
                         dist.credentials_file =
                             self.opt_string(attr, "distribution.credentials_file")?;
                     }
+                    "replicas" => {
+                        dist.replicas = self.opt_int(attr, "distribution.replicas")?;
+                        if let Some(n) = dist.replicas.filter(|n| !(1..=5).contains(n)) {
+                            return Err(self.err(
+                                self.value_line(attr),
+                                format!("distribution.replicas must be 1 to 5, found {n}"),
+                            ));
+                        }
+                    }
                     _ => extra.attribute(self, attr)?,
                 },
                 Structure::Block(inner) => match inner.ident.as_str() {
-                    key @ ("nats_url" | "subject_prefix" | "credentials_file") => {
+                    key @ ("nats_url" | "subject_prefix" | "credentials_file" | "replicas") => {
                         return Err(self.not_an_attribute(inner, &format!("distribution.{key}")));
                     }
                     _ => extra.block(self, inner)?,

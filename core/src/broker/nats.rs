@@ -184,6 +184,13 @@ struct State {
 /// Under load, one doorbell per interval instead of one per stored task.
 const RING_INTERVAL: Duration = Duration::from_millis(1);
 
+/// How long a pull request for results stays open.
+const RESULTS_PULL_EXPIRES: Duration = Duration::from_secs(10);
+
+/// How often the server confirms an idle pull request for results is still open (missing two
+/// in a row starts a new one).
+const RESULTS_PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
 type AckFuture = BoxFuture<'static, (String, std::result::Result<u64, String>)>;
 
 async fn run(
@@ -333,6 +340,7 @@ async fn setup(st: &mut State) -> Result<Conn> {
         max_age: st.config.stream_max_age,
         max_bytes: st.config.stream_max_bytes,
         duplicate_window: Duration::from_secs(120),
+        num_replicas: st.config.replicas,
         ..Default::default()
     };
     let tasks = js
@@ -350,6 +358,7 @@ async fn setup(st: &mut State) -> Result<Conn> {
         storage: stream::StorageType::File,
         max_age: Duration::from_secs(7 * 24 * 3600),
         max_bytes: st.config.stream_max_bytes,
+        num_replicas: st.config.replicas,
         ..Default::default()
     })
     .await
@@ -748,28 +757,54 @@ async fn consume_results(
     scheduler: Weak<Scheduler>,
 ) {
     let mut delay = Duration::from_millis(100);
+    // Kept across pulls: a consumer is addressed by name, and asking for its info again needs
+    // its leader, which an election on a cluster may lack for seconds.
+    let mut results: Option<consumer::PullConsumer> = None;
     loop {
-        let consumer: Result<consumer::PullConsumer> = async {
-            js.get_stream(names.results_stream())
+        let consumer = match results.take() {
+            Some(c) => Ok(c),
+            None => {
+                async {
+                    js.get_stream(names.results_stream())
+                        .await
+                        .map_err(|e| unavailable("results stream", e))?
+                        .get_consumer(&names.result_consumer(&session_id))
+                        .await
+                        .map_err(|e| unavailable("results consumer", e))
+                }
                 .await
-                .map_err(|e| unavailable("results stream", e))?
-                .get_consumer(&names.result_consumer(&session_id))
-                .await
-                .map_err(|e| unavailable("results consumer", e))
-        }
-        .await;
-        let messages = match consumer {
-            Ok(c) => c
+            }
+        };
+        // Idle heartbeats: pull requests vanish with the consumer's leader when it fails over
+        // (the connection itself may stay up); a missed heartbeat ends this pull and starts
+        // another.
+        let pulled = match consumer {
+            Ok(c) => match c
+                .stream()
+                .expires(RESULTS_PULL_EXPIRES)
+                .heartbeat(RESULTS_PULL_HEARTBEAT)
                 .messages()
                 .await
-                .map_err(|e| unavailable("pulling results", e)),
+            {
+                Ok(messages) => Ok((c, messages)),
+                Err(e) => Err(unavailable("pulling results", e)),
+            },
             Err(e) => Err(e),
         };
-        match messages {
-            Ok(mut messages) => {
+        match pulled {
+            Ok((c, mut messages)) => {
                 delay = Duration::from_millis(100);
                 while let Some(message) = messages.next().await {
-                    let Ok(message) = message else { break };
+                    let message = match message {
+                        Ok(m) => m,
+                        Err(e) => {
+                            tracing::debug!(error = %e, "pulling results stopped; pulling again");
+                            if e.kind() != consumer::pull::MessagesErrorKind::ConsumerDeleted {
+                                results = Some(c);
+                            }
+                            break;
+                        }
+                    };
                     let Some(scheduler) = scheduler.upgrade() else {
                         return;
                     };

@@ -69,8 +69,11 @@ pub struct NatsTls {
 ///     .with_prefix("build")
 ///     .with_token("s3cret")
 ///     .with_lease(Duration::from_secs(5))
+///     .with_replicas(3)
 ///     .with_at_most_once(SessionLane::Execute);
 /// assert_eq!(cfg.servers.len(), 2);
+/// assert!(cfg.validate().is_ok());
+/// assert!(cfg.clone().with_replicas(0).validate().is_err());
 /// assert!(!format!("{cfg:?}").contains("s3cret"));
 /// ```
 #[derive(Debug, Clone, PartialEq)]
@@ -101,6 +104,11 @@ pub struct NatsConfig {
     /// submit a larger payload, and a worker to report a larger result, with
     /// [`Error::PayloadTooLarge`].
     pub max_object_bytes: usize,
+    /// Copies JetStream keeps of each stream the session creates (tasks, results, dead letters,
+    /// the object store bucket), 1 to 5 (default 1). On a cluster, 3 survive the loss of a
+    /// server; consumers inherit their stream's count. A stream that already exists keeps its
+    /// own.
+    pub replicas: usize,
 }
 
 impl NatsConfig {
@@ -123,16 +131,18 @@ impl NatsConfig {
             lane_delivery: HashMap::new(),
             name: None,
             max_object_bytes: 64 << 20,
+            replicas: 1,
         }
     }
 
     /// Settings from the environment: `A3S_NATS_URL` (required), and optionally
-    /// `A3S_NATS_PREFIX`, `A3S_NATS_TOKEN`, `A3S_NATS_USER` + `A3S_NATS_PASSWORD`,
+    /// `A3S_NATS_PREFIX`, `A3S_NATS_REPLICAS`, `A3S_NATS_TOKEN`, `A3S_NATS_USER` + `A3S_NATS_PASSWORD`,
     /// `A3S_NATS_NKEY`, `A3S_NATS_CREDS`, `A3S_NATS_CA`, `A3S_NATS_CERT` + `A3S_NATS_KEY`.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] when `A3S_NATS_URL` is not set.
+    /// [`Error::InvalidConfig`] when `A3S_NATS_URL` is not set or `A3S_NATS_REPLICAS` is not a
+    /// number.
     pub fn from_env() -> Result<Self> {
         let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
         let url =
@@ -140,6 +150,11 @@ impl NatsConfig {
         let mut cfg = Self::new(url);
         if let Some(p) = var("A3S_NATS_PREFIX") {
             cfg.prefix = p;
+        }
+        if let Some(r) = var("A3S_NATS_REPLICAS") {
+            cfg.replicas = r.parse().map_err(|_| {
+                Error::invalid_config(format!("A3S_NATS_REPLICAS={r:?} is not a number"))
+            })?;
         }
         cfg.auth = match (
             var("A3S_NATS_TOKEN"),
@@ -233,6 +248,13 @@ impl NatsConfig {
         self
     }
 
+    /// Sets how many copies of each stream the session creates (1 to 5; 3 on a three-server
+    /// cluster survives losing one).
+    pub fn with_replicas(mut self, replicas: usize) -> Self {
+        self.replicas = replicas;
+        self
+    }
+
     /// Sets the client name.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -248,8 +270,8 @@ impl NatsConfig {
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidConfig`] for no server, a bad prefix, a lease under 1 s, or a non-positive
-    /// limit.
+    /// [`Error::InvalidConfig`] for no server, a bad prefix, a lease under 1 s, a non-positive
+    /// limit, or replicas outside 1 to 5.
     pub fn validate(&self) -> Result<Names> {
         if self.servers.is_empty() {
             return Err(Error::invalid_config("NATS: no server URL given"));
@@ -266,6 +288,12 @@ impl NatsConfig {
                 "NATS: stream_max_bytes, stream_max_age, inactive_threshold and max_object_bytes \
                  must be positive",
             ));
+        }
+        if !(1..=5).contains(&self.replicas) {
+            return Err(Error::invalid_config(format!(
+                "NATS: replicas must be 1 to 5, not {}",
+                self.replicas
+            )));
         }
         Names::new(&self.prefix)
     }

@@ -75,6 +75,7 @@ impl Bucket {
                 max_age: config.stream_max_age,
                 max_bytes: config.stream_max_bytes,
                 storage: stream::StorageType::File,
+                num_replicas: config.replicas,
                 ..Default::default()
             })
             .await;

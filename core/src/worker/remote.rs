@@ -121,24 +121,55 @@ type Source = (SessionLane, String, String);
 /// A worker with exactly one source (one session, one lane, no labels) keeps pull requests open
 /// on it, like a bare JetStream worker: a task reaches it as soon as it is stored. The open
 /// requests never ask for more tasks than the caller had free slots.
+///
+/// The consumer's leader holds open requests in memory, so they vanish when it fails over to
+/// another server (on a cluster) even though this worker's connection stays up; and a request
+/// sent while the consumer has no leader is dropped without an answer. Requests ask for an idle
+/// heartbeat: when neither a task nor a heartbeat came for [`PULL_SILENCE`], the worker forgets
+/// its requests and asks again.
 struct Direct {
     /// `$JS.API.CONSUMER.MSG.NEXT.<stream>.<consumer>`.
     next_subject: String,
     inbox: Subject,
     /// Open pull requests, oldest first: (local expiry, tasks still owed).
     credit: Mutex<std::collections::VecDeque<(Instant, usize)>>,
+    /// When the open requests last showed they are alive (a task or an idle heartbeat arrived),
+    /// or a request was sent.
+    heard: Mutex<Instant>,
     /// Tasks delivered and claimed, waiting for the caller.
     ready: Mutex<std::collections::VecDeque<ExternalTask>>,
     arrived: tokio::sync::Notify,
 }
 
 impl Direct {
-    /// Tasks still owed by open requests (expired ones dropped).
+    /// Tasks still owed by open requests (expired ones dropped; all of them dropped when the
+    /// server has been silent for too long: they died with a consumer leader).
     fn outstanding(&self) -> usize {
         let now = Instant::now();
         let mut credit = self.credit.lock();
+        if !credit.is_empty() && now >= *self.heard.lock() + PULL_SILENCE {
+            tracing::debug!("open pull requests went silent; asking again");
+            credit.clear();
+        }
         credit.retain(|(expires, _)| *expires > now);
         credit.iter().map(|(_, n)| n).sum()
+    }
+
+    /// When [`outstanding`](Self::outstanding) would give up on the open requests, if any.
+    fn silence_deadline(&self) -> Option<Instant> {
+        let credit = self.credit.lock();
+        (!credit.is_empty()).then(|| *self.heard.lock() + PULL_SILENCE)
+    }
+
+    /// The open requests are alive.
+    fn heard(&self) {
+        *self.heard.lock() = Instant::now();
+    }
+
+    /// Forgets every open request (they are gone with the connection).
+    fn forget(&self) {
+        self.credit.lock().clear();
+        self.arrived.notify_waiters();
     }
 
     /// One delivery (or the end of a request, `whole`) against the oldest open request.
@@ -162,6 +193,9 @@ struct Inner {
     lease: Duration,
     tasks_stream: stream::Stream,
     consumers: Mutex<HashMap<String, consumer::PullConsumer>>,
+    /// Consumers whose last fetch went unanswered (no leader: an election on a cluster), left
+    /// alone until the instant given so they do not hold up the others.
+    unanswered: Mutex<HashMap<String, Instant>>,
     /// Consumers a doorbell (or a full batch) says may have work, with a generation so a hint that
     /// arrives during a fetch is not lost.
     hints: Mutex<BTreeMap<Source, u64>>,
@@ -310,6 +344,7 @@ impl RemoteSession {
                 ),
                 inbox: Subject::from(client.new_inbox()),
                 credit: Mutex::default(),
+                heard: Mutex::new(Instant::now()),
                 ready: Mutex::default(),
                 arrived: tokio::sync::Notify::new(),
             }),
@@ -332,6 +367,7 @@ impl RemoteSession {
             lease: config.lease,
             tasks_stream,
             consumers: Mutex::new(HashMap::new()),
+            unanswered: Mutex::new(HashMap::new()),
             hints: Mutex::new(BTreeMap::new()),
             hint_gen: Mutex::new(0),
             bell: watch::channel(0).0,
@@ -500,16 +536,22 @@ impl RemoteSession {
                 d.credit
                     .lock()
                     .push_back((now + expires + Duration::from_secs(1), want));
-                let body = format!("{{\"batch\":{want},\"expires\":{}}}", expires.as_nanos());
+                d.heard();
+                let body = format!(
+                    "{{\"batch\":{want},\"expires\":{},\"idle_heartbeat\":{}}}",
+                    expires.as_nanos(),
+                    PULL_HEARTBEAT.as_nanos()
+                );
                 self.inner
                     .client
                     .publish_with_reply(d.next_subject.clone(), d.inbox.clone(), body.into())
                     .await
                     .map_err(unavailable)?;
             }
+            let wake = d.silence_deadline().map_or(until, |t| t.min(until));
             tokio::select! {
                 _ = arrived => {}
-                _ = tokio::time::sleep_until(until) => {}
+                _ = tokio::time::sleep_until(wake) => {}
             }
         }
     }
@@ -565,6 +607,15 @@ impl RemoteSession {
             }
             let want = max - out.len();
             let name = inner.names.task_consumer(&sid, lane, &route);
+            {
+                // Its hint stays: it is tried again once the pause is over.
+                let mut unanswered = inner.unanswered.lock();
+                let now = Instant::now();
+                unanswered.retain(|_, until| *until > now);
+                if unanswered.contains_key(&name) {
+                    continue;
+                }
+            }
             let consumer = match self.consumer(&name).await {
                 Ok(c) => c,
                 Err(Error::TaskNotFound { .. }) => {
@@ -582,7 +633,7 @@ impl RemoteSession {
             .await?;
             let mut got = 0;
             loop {
-                let msg = match tokio::time::timeout(OP_TIMEOUT, batch.next()).await {
+                let msg = match tokio::time::timeout(FETCH_TIMEOUT, batch.next()).await {
                     Ok(Some(Ok(m))) => m,
                     Ok(None) => break,
                     Ok(Some(Err(e))) => {
@@ -590,7 +641,15 @@ impl RemoteSession {
                         break;
                     }
                     Err(_) => {
-                        tracing::debug!("fetch got no answer; the connection may have dropped");
+                        tracing::debug!(
+                            consumer = name,
+                            "fetch got no answer; the connection dropped or the consumer's leader \
+                             is changing"
+                        );
+                        inner
+                            .unanswered
+                            .lock()
+                            .insert(name.clone(), Instant::now() + FETCH_PAUSE);
                         break;
                     }
                 };
@@ -1036,8 +1095,7 @@ async fn forget_requests_on_reconnect(
     while connections.changed().await.is_ok() {
         let Some(inner) = inner.upgrade() else { return };
         if let Some(d) = &inner.direct {
-            d.credit.lock().clear();
-            d.arrived.notify_waiters();
+            d.forget();
         }
     }
 }
@@ -1045,8 +1103,23 @@ async fn forget_requests_on_reconnect(
 /// How long a single-source worker's pull requests stay open.
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
+/// How often the server confirms an idle pull request is still open.
+const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+
+/// Silence after which open pull requests count as lost (a few missed heartbeats).
+const PULL_SILENCE: Duration = Duration::from_secs(3);
+
 /// The longest a single broker operation may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The longest a fetch (a `no_wait` pull request, which a consumer's leader answers at once)
+/// may go without an answer: a request sent while the connection drops, or while the consumer
+/// changes leader on a cluster, is never answered, and waiting for it would keep the worker from
+/// its other consumers. A delivery that comes later anyway is delivered again after the lease.
+const FETCH_TIMEOUT: Duration = Duration::from_secs(1);
+
+/// How long a consumer whose fetch went unanswered is left alone.
+const FETCH_PAUSE: Duration = Duration::from_secs(2);
 
 /// Runs a broker operation with [`OP_TIMEOUT`], mapping both failures to `BrokerUnavailable`.
 async fn timed<T, E: std::fmt::Display>(
@@ -1158,13 +1231,19 @@ async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::S
         let Some(inner) = inner.upgrade() else { return };
         let Some(d) = &inner.direct else { return };
         match msg.status {
-            Some(StatusCode::IDLE_HEARTBEAT) => continue,
+            Some(StatusCode::IDLE_HEARTBEAT) => {
+                d.heard();
+                continue;
+            }
             // A request expired or was cut short: it owes nothing more.
             Some(_) => {
                 d.consume(true);
                 continue;
             }
-            None => d.consume(false),
+            None => {
+                d.heard();
+                d.consume(false);
+            }
         }
         let session = RemoteSession {
             inner: inner.clone(),
