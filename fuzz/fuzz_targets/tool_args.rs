@@ -38,7 +38,11 @@ fn populate(top: &Path) {
     std::fs::create_dir_all(&outside).unwrap();
     std::fs::write(outside.join("secret.txt"), "secret\n").unwrap();
     std::fs::write(ws.join("a.txt"), "one\ntwo\nthree\n").unwrap();
-    std::fs::write(ws.join("src/main.rs"), "fn main() {\n    println!(\"hi\");\n}\n").unwrap();
+    std::fs::write(
+        ws.join("src/main.rs"),
+        "fn main() {\n    println!(\"hi\");\n}\n",
+    )
+    .unwrap();
     std::fs::write(ws.join("src/lib/mod.rs"), "pub mod x;\r\n// TODO\n").unwrap();
     std::fs::write(ws.join("empty"), "").unwrap();
     std::fs::write(ws.join("bin"), b"ab\0cd").unwrap();
@@ -54,7 +58,11 @@ fn snapshot(dir: &Path) -> BTreeMap<String, Vec<u8>> {
     fn walk(base: &Path, dir: &Path, out: &mut BTreeMap<String, Vec<u8>>) {
         for entry in std::fs::read_dir(dir).unwrap() {
             let path = entry.unwrap().path();
-            let rel = path.strip_prefix(base).unwrap().to_string_lossy().into_owned();
+            let rel = path
+                .strip_prefix(base)
+                .unwrap()
+                .to_string_lossy()
+                .into_owned();
             let meta = std::fs::symlink_metadata(&path).unwrap();
             if meta.is_dir() {
                 out.insert(rel, b"<dir>".to_vec());
@@ -82,7 +90,9 @@ fuzz_target!(|data: &[u8]| {
 
     let top = tempfile::tempdir().unwrap();
     populate(top.path());
-    let ws = Workspace::new(top.path().join("ws")).unwrap().with_bash(false);
+    let ws = Workspace::new(top.path().join("ws"))
+        .unwrap()
+        .with_bash(false);
     let outside_before = snapshot(&top.path().join("outside"));
 
     // The path guard every tool goes through: whatever it accepts is inside the root.
@@ -125,7 +135,11 @@ fuzz_target!(|data: &[u8]| {
         .unwrap()
         .map(|e| e.unwrap().file_name())
         .collect();
-    assert_eq!(beside.len(), 2, "{tool} created {beside:?} beside the workspace");
+    assert_eq!(
+        beside.len(),
+        2,
+        "{tool} created {beside:?} beside the workspace"
+    );
 });
 
 /// The documented result shapes (`core/src/tools/mod.rs`).
@@ -143,7 +157,9 @@ fn check_result(tool: &str, args: &Value, out: &Value, ws: &Workspace) {
             assert!(start >= 1 && end <= total && start <= end + 1, "{out}");
         }
         "write" => {
-            let content = args["content"].as_str().expect("write succeeded without content");
+            let content = args["content"]
+                .as_str()
+                .expect("write succeeded without content");
             assert_eq!(int("bytes_written"), content.len() as u64);
             let path = ws.resolve(args["path"].as_str().unwrap()).unwrap();
             assert_eq!(std::fs::read(path).unwrap(), content.as_bytes());
@@ -165,7 +181,10 @@ fn check_result(tool: &str, args: &Value, out: &Value, ws: &Workspace) {
         "glob" => {
             for p in out["paths"].as_array().expect("glob: paths") {
                 let p = p.as_str().expect("glob: a path");
-                assert!(!p.starts_with('/') && !p.split('/').any(|c| c == ".."), "{p}");
+                assert!(
+                    !p.starts_with('/') && !p.split('/').any(|c| c == ".."),
+                    "{p}"
+                );
             }
         }
         "ls" => {

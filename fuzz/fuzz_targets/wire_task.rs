@@ -20,6 +20,8 @@ fuzz_target!(|data: &[u8]| {
     // A worker giving the task back asks for this delay (`claim.retry.delay_before_retry`).
     assert!(env.retry.max_attempts() >= 1);
     for attempt in [0, 1, task.attempt, env.max_attempts, u32::MAX] {
-        assert!(env.retry.delay_before_retry(attempt).as_millis() <= u128::from(env.retry.max_delay_ms));
+        assert!(
+            env.retry.delay_before_retry(attempt).as_millis() <= u128::from(env.retry.max_delay_ms)
+        );
     }
 });

@@ -21,7 +21,11 @@ pub fn assert_typed(err: &Error, codes: &[&str]) {
         "unexpected error code {} ({err})",
         err.code()
     );
-    assert!(!err.to_string().is_empty(), "{} without a message", err.code());
+    assert!(
+        !err.to_string().is_empty(),
+        "{} without a message",
+        err.code()
+    );
 }
 
 /// Decodes `bytes` as a version-1 envelope with [`wire::decode`] (what sessions and workers call
