@@ -375,6 +375,15 @@ fn process_env(name: &str) -> EnvValue {
 fn parse_with_env(src: &str, path: &Path, env: &dyn Fn(&str) -> EnvValue) -> Result<AgentConfig> {
     // A byte-order mark is on line 1 and holds no newline, so stripping it keeps line numbers.
     let src = src.strip_prefix('\u{feff}').unwrap_or(src);
+    if let Some(line) = too_deep(src) {
+        return Err(Error::ConfigFile {
+            path: path.to_path_buf(),
+            line: Some(line),
+            reason: format!(
+                "brackets nested more than {MAX_NESTING} levels deep (unclosed `[`, `(` or `{{`?)"
+            ),
+        });
+    }
     // hcl-edit guards its recursion and is not known to panic; should it ever, the input is
     // reported as unparsable instead of unwinding into the caller.
     let body = match std::panic::catch_unwind(|| hcl_edit::parser::parse_body(src)) {
@@ -401,6 +410,99 @@ fn parse_with_env(src: &str, path: &Path, env: &dyn Fn(&str) -> EnvValue) -> Res
         env,
     };
     parser.config(&body)
+}
+
+/// The deepest nesting of `(`, `[`, `{` and `${`/`%{` the file may use.
+///
+/// hcl-edit backtracks exponentially on some malformed nested expressions: each unclosed index
+/// bracket in `o = a[b%c%a[b%c%...` followed by a comment or a newline doubles the parse time
+/// (0.4 s for a 320-byte file, minutes past 25 levels; found by `fuzz/` target `agent_hcl`). A
+/// configuration needs a handful of levels, so deeper input is refused before it is parsed.
+const MAX_NESTING: usize = 16;
+
+/// The 1-based line where `src` nests brackets more than [`MAX_NESTING`] levels deep, if it
+/// does. Brackets inside strings (outside their `${ }`), comments and heredocs do not count.
+fn too_deep(src: &str) -> Option<usize> {
+    /// What an open `"` or bracket holds.
+    #[derive(PartialEq)]
+    enum Ctx {
+        /// Code: inside `(`, `[`, `{`, or a string's `${ }` / `%{ }`.
+        Code,
+        /// A quoted string's template text.
+        Str,
+    }
+    let bytes = src.as_bytes();
+    let at = |i: usize, s: &[u8]| bytes.get(i..).is_some_and(|rest| rest.starts_with(s));
+    // Where the next `pat` from `from` starts (the end of `src` without one).
+    let find = |from: usize, pat: &[u8]| {
+        (from..bytes.len())
+            .find(|&j| at(j, pat))
+            .unwrap_or(bytes.len())
+    };
+    let mut stack: Vec<Ctx> = Vec::new();
+    let mut line = 1;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        let mut next = i + 1;
+        if stack.last() == Some(&Ctx::Str) {
+            match b {
+                b'\\' => next += 1,
+                // `\n`: an unterminated string, a syntax error the parser reports; resume as code.
+                b'"' | b'\n' => {
+                    stack.pop();
+                }
+                // `$${` and `%%{` are literal text.
+                b'$' | b'%' if at(i + 1, &[b, b'{']) => next += 2,
+                b'$' | b'%' if at(i + 1, b"{") => {
+                    stack.push(Ctx::Code);
+                    next += 1;
+                }
+                _ => {}
+            }
+        } else {
+            match b {
+                b'"' => stack.push(Ctx::Str),
+                b'#' => next = find(i, b"\n"),
+                b'/' if at(i + 1, b"/") => next = find(i, b"\n"),
+                b'/' if at(i + 1, b"*") => next = (find(i + 2, b"*/") + 2).min(bytes.len()),
+                // A heredoc (`<<EOT` or `<<-EOT`): its text, up to a line holding only `EOT`, is
+                // skipped; `next` is that line's end.
+                b'<' if at(i + 1, b"<") => {
+                    let name_start = i + 2 + usize::from(at(i + 2, b"-"));
+                    let name_end = (name_start..bytes.len())
+                        .find(|&j| !(bytes[j].is_ascii_alphanumeric() || bytes[j] == b'_'))
+                        .unwrap_or(bytes.len());
+                    next = name_start;
+                    if name_end > name_start && at(name_end, b"\n") {
+                        let name = &src[name_start..name_end];
+                        let mut j = name_end + 1;
+                        next = bytes.len();
+                        while j < bytes.len() {
+                            let eol = find(j, b"\n");
+                            if src[j..eol].trim() == name {
+                                next = eol;
+                                break;
+                            }
+                            j = eol + 1;
+                        }
+                    }
+                }
+                b'(' | b'[' | b'{' => stack.push(Ctx::Code),
+                b')' | b']' | b'}' if stack.last() == Some(&Ctx::Code) => {
+                    stack.pop();
+                }
+                _ => {}
+            }
+        }
+        let next = next.min(bytes.len());
+        line += bytes[i..next].iter().filter(|&&c| c == b'\n').count();
+        if stack.iter().filter(|c| **c == Ctx::Code).count() > MAX_NESTING {
+            return Some(line);
+        }
+        i = next;
+    }
+    None
 }
 
 /// Byte offsets at which each line starts.
@@ -1831,6 +1933,34 @@ queue {
             "]".repeat(5_000)
         ));
         let _ = parse(&"a {\n".repeat(5_000));
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_before_parsing() {
+        // Found by fuzz/agent_hcl: each unclosed `a[` doubled hcl-edit's time (here: hours).
+        let slow = format!("o = {}# c\n", "a[b%c%".repeat(40));
+        assert_fails(&slow, 1, "nested more than 16 levels");
+        assert_fails(&format!("x = 1\ny = {}\n", "[\n".repeat(17)), 18, "nested");
+        assert_fails(&format!("x = \"${{{}}}\"\n", "(".repeat(16)), 1, "nested");
+        // Up to the limit is fine.
+        let ok = format!("x = {}1{}\n", "[".repeat(16), "]".repeat(16));
+        assert_eq!(parse(&ok).unwrap().extra["x"].to_string().len(), 33);
+        // Brackets in strings, comments and heredocs do not count, nor closed ones.
+        let b = "[({".repeat(20);
+        for src in [
+            format!("a = \"{b}\"\n"),
+            format!("a = \"\\\"{b}\"\n"),
+            format!("a = \"$${{{b}\"\n"),
+            format!("a = \"${{\"{b}\"}}\"\n"),
+            format!("# {b}\n// {b}\n/* {b}\n{b} */ x = 1"),
+            format!("a = <<-EOT\n  {b}\n  EOT\nc = 1\n"),
+            "[]".repeat(100),
+        ] {
+            assert_eq!(too_deep(&src), None, "{src}");
+        }
+        assert_eq!(too_deep(&format!("/* x\n */\n<<EOT\n\nEOT\n{b}")), Some(6));
+        assert_eq!(too_deep(&format!("a = \"x\n{b}")), Some(2));
+        assert_eq!(parse(&format!("a = \"{b}\"\n")).unwrap().extra["a"], b);
     }
 
     #[test]

@@ -1,0 +1,3 @@
+﻿queue {
+  enable_dlq = true
+}

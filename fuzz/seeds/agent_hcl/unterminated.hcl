@@ -1,0 +1,3 @@
+providers {
+  name = "p"
+  models {
