@@ -191,6 +191,8 @@ impl AgentConfig {
     ///
     /// [`Error::ConfigFile`], with the 1-based line of the offending item, for:
     /// - HCL syntax errors (including an attribute set twice in one body);
+    /// - brackets (`(`, `[`, `{`, `${`) nested more than 16 levels deep, refused before parsing
+    ///   (the HCL parser can take exponential time on such input when it is malformed);
     /// - a function other than `env("NAME")`, string interpolation, or any other expression
     ///   that is not a literal, list or object;
     /// - a value of the wrong type (a string where a number is expected, a negative number or a
