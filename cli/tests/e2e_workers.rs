@@ -90,7 +90,7 @@ fn session(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn killing_a_worker_mid_run_loses_and_doubles_nothing() {
-    const TASKS: usize = 3_000;
+    const TASKS: usize = 10_000;
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
     let dir = tempfile::tempdir().unwrap();

@@ -73,7 +73,7 @@ impl ExternalTask {
             timeout_ms,
             created_at: epoch_ms(),
             attempt: 1,
-            deadline: Instant::now() + Duration::from_millis(timeout_ms),
+            deadline: deadline_in(timeout_ms),
             trace: None,
         }
     }
@@ -205,7 +205,7 @@ impl<'de> Deserialize<'de> for ExternalTask {
             timeout_ms: repr.timeout_ms,
             created_at: repr.created_at,
             attempt: repr.attempt,
-            deadline: Instant::now() + Duration::from_millis(remaining),
+            deadline: deadline_in(remaining),
             trace: None,
         })
     }
@@ -261,6 +261,15 @@ pub(crate) fn epoch_ms() -> u64 {
         .duration_since(UNIX_EPOCH)
         .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
         .unwrap_or(0)
+}
+
+/// `ms` from now on the monotonic clock; a duration the platform's clock cannot represent (a
+/// hostile `timeout_ms` near `u64::MAX`) is capped at 100 years instead of panicking.
+fn deadline_in(ms: u64) -> Instant {
+    const CAP: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    let now = Instant::now();
+    now.checked_add(Duration::from_millis(ms).min(CAP))
+        .unwrap_or(now)
 }
 
 #[cfg(test)]

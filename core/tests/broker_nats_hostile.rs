@@ -39,6 +39,19 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
             "nearly the server's max payload of garbage",
             vec![b'{'; 1_000_000],
         ),
+        (
+            "a well-formed task of another session (its results would go elsewhere)",
+            serde_json::to_vec(&json!({
+                "v": 1, "task_id": "1a2b3c4d-7", "session_id": "someone-else",
+                "lane": "query", "command_type": "read", "payload": {"path": "x"},
+                "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
+                "max_attempts": 1,
+                "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0,
+                          "max_delay_ms": 0},
+                "delivery": "at_least_once"
+            }))
+            .unwrap(),
+        ),
     ]
 }
 

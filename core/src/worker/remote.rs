@@ -707,6 +707,17 @@ impl RemoteSession {
             }
         };
         let mut task = env.task;
+        // The session id names the subject results go to: it must be the one the task came on.
+        let subject_session = msg.subject.split('.').rev().nth(2);
+        if !wire::is_token(&task.session_id) || subject_session != Some(task.session_id.as_str()) {
+            tracing::warn!(
+                subject = %msg.subject,
+                session_id = %task.session_id,
+                "dropping a task whose session id does not match its subject"
+            );
+            self.inner.ack(&reply, AckKind::Term).await;
+            return None;
+        }
         task.attempt = delivered;
         // Observability: join the session's trace (W3C `traceparent` header), see observe::trace.
         task = task.with_trace_context(crate::observe::trace::from_headers(msg.headers.as_ref()));
