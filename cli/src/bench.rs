@@ -355,28 +355,12 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     }
     // a3s: this process is the session, the workers are `a3s-code worker --noop` processes.
     let prefix = format!("ab{stamp}");
-    let cfg = SessionQueueConfig {
-        query_max_concurrency: b.lane_concurrency.unwrap_or(b.workers * b.concurrency * 2),
-        max_pending: b.tasks * 2 + 100_000,
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 120_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    let session = Agent::from_config(AgentConfig::default()).session(
-        ".",
-        Some(
-            SessionOptions::new()
-                .with_queue_config(cfg)
-                .with_nats(NatsConfig::new(&url).with_prefix(&prefix)),
-        ),
-    )?;
-    session.broker_ready(Duration::from_secs(10)).await?;
+    let session = query_session(
+        NatsConfig::new(&url).with_prefix(&prefix),
+        b.lane_concurrency.unwrap_or(b.workers * b.concurrency * 2),
+        b.tasks * 2 + 100_000,
+    )
+    .await?;
     let ours = {
         let _workers = spawn_procs(
             b.workers,
@@ -435,6 +419,34 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
         ours[2].p(0.99) / bare_runs[2].p(0.99)
     );
     Ok(())
+}
+
+/// A session whose Query lane is External over NATS with `concurrency` slots: the benchmarks'
+/// producer, ready once its streams and consumers exist.
+async fn query_session(
+    nats: NatsConfig,
+    concurrency: usize,
+    max_pending: usize,
+) -> anyhow::Result<AgentSession> {
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: concurrency,
+        max_pending,
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 120_000,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let session = Agent::from_config(AgentConfig::default()).session(
+        ".",
+        Some(SessionOptions::new().with_queue_config(cfg).with_nats(nats)),
+    )?;
+    session.broker_ready(Duration::from_secs(10)).await?;
+    Ok(session)
 }
 
 /// Deletes a session's streams (a benchmark's broker is often shared).

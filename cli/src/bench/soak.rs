@@ -8,12 +8,11 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
 use a3s_code_core::broker::NatsConfig;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
-use a3s_code_core::{Agent, AgentConfig, SessionOptions, SessionQueueConfig};
+use a3s_code_core::queue::SessionLane;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::{Procs, delete_streams, parking_lot_free, spawn_procs, start_server};
+use super::{Procs, delete_streams, parking_lot_free, query_session, spawn_procs, start_server};
 
 #[derive(clap::Args)]
 pub(super) struct SoakArgs {
@@ -102,28 +101,12 @@ pub(super) async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     };
     let prefix = format!("soak{:x}", std::process::id() ^ rand_seed() as u32);
     let lease = Duration::from_millis(a.lease_ms);
-    let cfg = SessionQueueConfig {
-        query_max_concurrency: a.workers * a.concurrency,
-        max_pending: 1_000_000,
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 120_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    let session = Agent::from_config(AgentConfig::default()).session(
-        ".",
-        Some(
-            SessionOptions::new()
-                .with_queue_config(cfg)
-                .with_nats(NatsConfig::new(&url).with_prefix(&prefix).with_lease(lease)),
-        ),
-    )?;
-    session.broker_ready(Duration::from_secs(10)).await?;
+    let session = query_session(
+        NatsConfig::new(&url).with_prefix(&prefix).with_lease(lease),
+        a.workers * a.concurrency,
+        1_000_000,
+    )
+    .await?;
     let worker_args: Vec<String> = [
         "worker",
         "--nats",
