@@ -223,12 +223,10 @@ pub(super) async fn soak(a: SoakArgs) -> anyhow::Result<()> {
         .iter()
         .filter_map(|c| rss_mib(c.id()))
         .fold(0.0, f64::max);
+    // A run shorter than the first sample compares the end with itself.
     let oldest = born.iter().min_by_key(|b| b.1).map(|b| {
-        (
-            b.1.elapsed(),
-            b.2.unwrap_or(0.0),
-            rss_mib(b.0).unwrap_or(0.0),
-        )
+        let last = rss_mib(b.0).unwrap_or(0.0);
+        (b.1.elapsed(), b.2.unwrap_or(last), last)
     });
     let (ok, failed, first_p99, worst_p99) = {
         let w = windows.lock().expect("lock");
@@ -265,7 +263,7 @@ pub(super) async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     println!(
         "session RSS: {session_rss_start:.1} MiB at start, {session_rss_end:.1} MiB at end; \
          largest worker RSS: {:.1} MiB at the first sample, {workers_rss_end:.1} MiB at end",
-        first_workers_rss.unwrap_or(0.0)
+        first_workers_rss.unwrap_or(workers_rss_end)
     );
     if let Some((age, first, last)) = oldest {
         println!(
