@@ -3,12 +3,14 @@
 //! and nothing is applied that should not be.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::SessionLane;
 use a3s_code_core::worker::{RemoteOptions, RemoteSession};
-use a3s_code_core::{Agent, AgentConfig, ExternalTaskResult, SessionOptions, SessionQueueConfig};
+use a3s_code_core::{ExternalTaskResult, SessionOptions};
 use serde_json::json;
 
 /// What a hostile or broken peer might publish, each with what it is.
@@ -59,29 +61,8 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
 async fn garbage_on_the_task_and_result_subjects_is_dropped_and_work_goes_on() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let dir = tempfile::tempdir().unwrap();
-    let cfg = SessionQueueConfig {
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 30_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
-    let session = Agent::from_config(AgentConfig::default())
-        .session(
-            dir.path(),
-            Some(
-                SessionOptions::new()
-                    .with_queue_config(cfg)
-                    .with_nats(NatsConfig::new(&url).with_prefix(&prefix)),
-            ),
-        )
-        .unwrap();
-    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let cfg = common::external_config(Default::default(), &[SessionLane::Query], 30_000);
+    let (session, _dir) = common::nats_session(&url, &prefix, cfg, SessionOptions::new()).await;
     let worker = RemoteSession::connect_with(
         NatsConfig::new(&url).with_prefix(&prefix),
         RemoteOptions::session(session.id()),

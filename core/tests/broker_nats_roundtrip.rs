@@ -1,14 +1,14 @@
 //! A session publishing to NATS JetStream and a RemoteSession worker, in one process.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
 use a3s_code_core::worker::{RemoteOptions, RemoteSession};
-use a3s_code_core::{
-    Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
-};
+use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig};
 use serde_json::json;
 
 async fn nats_session(
@@ -16,19 +16,7 @@ async fn nats_session(
     prefix: &str,
     cfg: SessionQueueConfig,
 ) -> (AgentSession, tempfile::TempDir) {
-    let dir = tempfile::tempdir().unwrap();
-    let session = Agent::from_config(AgentConfig::default())
-        .session(
-            dir.path(),
-            Some(
-                SessionOptions::new()
-                    .with_queue_config(cfg)
-                    .with_nats(NatsConfig::new(url).with_prefix(prefix)),
-            ),
-        )
-        .unwrap();
-    session.broker_ready(Duration::from_secs(10)).await.unwrap();
-    (session, dir)
+    common::nats_session(url, prefix, cfg, SessionOptions::new()).await
 }
 
 fn external(lanes: &[SessionLane], timeout_ms: u64) -> SessionQueueConfig {

@@ -2,53 +2,30 @@
 //! readiness in `/healthz`. (The trace across NATS: observe_trace.rs.)
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::observe::{BrokerInspector, TraceContext};
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::SessionLane;
 use a3s_code_core::worker::{RemoteOptions, RemoteSession};
-use a3s_code_core::{
-    Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
-};
+use a3s_code_core::{Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions};
 use serde_json::json;
 use test_support::{http_get, metric};
 
-fn config(lane: SessionLane) -> SessionQueueConfig {
-    SessionQueueConfig {
-        lane_handlers: [(
-            lane,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 30_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    }
-}
-
-async fn nats_session(url: &str, prefix: &str) -> AgentSession {
-    let session = Agent::from_config(AgentConfig::default())
-        .session(
-            ".",
-            Some(
-                SessionOptions::new()
-                    .with_queue_config(config(SessionLane::Query))
-                    .with_nats(NatsConfig::new(url).with_prefix(prefix))
-                    .with_metrics_addr("127.0.0.1:0".parse().unwrap()),
-            ),
-        )
-        .unwrap();
-    session.broker_ready(Duration::from_secs(10)).await.unwrap();
-    session
+/// A session whose Query lane is External over NATS, serving `/metrics` on a free port.
+async fn nats_session(url: &str, prefix: &str) -> (AgentSession, tempfile::TempDir) {
+    let config = common::external_config(Default::default(), &[SessionLane::Query], 30_000);
+    let metrics = SessionOptions::new().with_metrics_addr("127.0.0.1:0".parse().unwrap());
+    common::nats_session(url, prefix, config, metrics).await
 }
 
 #[tokio::test]
 async fn redeliveries_are_counted_and_visible_on_the_broker() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let session = nats_session(&url, &prefix).await;
+    let (session, _dir) = nats_session(&url, &prefix).await;
     let remote = RemoteSession::connect_with(
         NatsConfig::new(&url).with_prefix(&prefix),
         RemoteOptions::session(session.id()),

@@ -3,18 +3,17 @@
 //! subscriber must not race with other tests registering the same callsites.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::observe::TraceContext;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::SessionLane;
 use a3s_code_core::worker::{RemoteOptions, RemoteSession, Worker, WorkerConfig};
-use a3s_code_core::{
-    Agent, AgentConfig, AgentSession, ExternalTask, ExternalTaskResult, SessionOptions,
-    SessionQueueConfig,
-};
+use a3s_code_core::{AgentSession, ExternalTask, ExternalTaskResult, SessionOptions};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
 use serde_json::json;
@@ -78,34 +77,11 @@ impl Captured {
     }
 }
 
-fn config(lane: SessionLane) -> SessionQueueConfig {
-    SessionQueueConfig {
-        lane_handlers: [(
-            lane,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 30_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    }
-}
-
-async fn nats_session(url: &str, prefix: &str) -> AgentSession {
-    let session = Agent::from_config(AgentConfig::default())
-        .session(
-            ".",
-            Some(
-                SessionOptions::new()
-                    .with_queue_config(config(SessionLane::Query))
-                    .with_nats(NatsConfig::new(url).with_prefix(prefix))
-                    .with_metrics_addr("127.0.0.1:0".parse().unwrap()),
-            ),
-        )
-        .unwrap();
-    session.broker_ready(Duration::from_secs(10)).await.unwrap();
-    session
+/// A session whose Query lane is External over NATS, serving `/metrics` on a free port.
+async fn nats_session(url: &str, prefix: &str) -> (AgentSession, tempfile::TempDir) {
+    let config = common::external_config(Default::default(), &[SessionLane::Query], 30_000);
+    let metrics = SessionOptions::new().with_metrics_addr("127.0.0.1:0".parse().unwrap());
+    common::nats_session(url, prefix, config, metrics).await
 }
 
 #[tokio::test]
@@ -115,7 +91,7 @@ async fn one_trace_joins_the_session_and_the_worker() {
         tracing::subscriber::set_default(tracing_subscriber::registry().with(captured.clone()));
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let session = nats_session(&url, &prefix).await;
+    let (session, _dir) = nats_session(&url, &prefix).await;
 
     // Watch the wire: the task message and its headers.
     let client = async_nats_client(&url).await;

@@ -23,6 +23,15 @@ pub fn external_session(
     lanes: &[SessionLane],
     timeout_ms: u64,
 ) -> (AgentSession, tempfile::TempDir) {
+    session(external_config(config, lanes, timeout_ms))
+}
+
+/// `config` with the given lanes External with `timeout_ms`.
+pub fn external_config(
+    config: SessionQueueConfig,
+    lanes: &[SessionLane],
+    timeout_ms: u64,
+) -> SessionQueueConfig {
     let handlers = lanes
         .iter()
         .map(|&lane| {
@@ -35,8 +44,37 @@ pub fn external_session(
             )
         })
         .collect();
-    session(SessionQueueConfig {
+    SessionQueueConfig {
         lane_handlers: handlers,
         ..config
-    })
+    }
+}
+
+/// A session on a fresh temporary workspace publishing its External lanes to NATS under
+/// `prefix`, once its streams and consumers exist. `options` carries anything else (metrics
+/// address, ...); the queue config and the broker are set here.
+#[cfg(feature = "nats")]
+pub async fn nats_session(
+    url: &str,
+    prefix: &str,
+    config: SessionQueueConfig,
+    options: SessionOptions,
+) -> (AgentSession, tempfile::TempDir) {
+    use a3s_code_core::broker::NatsConfig;
+    let dir = tempfile::tempdir().expect("temp dir");
+    let session = Agent::from_config(AgentConfig::default())
+        .session(
+            dir.path(),
+            Some(
+                options
+                    .with_queue_config(config)
+                    .with_nats(NatsConfig::new(url).with_prefix(prefix)),
+            ),
+        )
+        .expect("session");
+    session
+        .broker_ready(std::time::Duration::from_secs(10))
+        .await
+        .expect("broker ready");
+    (session, dir)
 }
