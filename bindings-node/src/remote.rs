@@ -188,7 +188,10 @@ impl JsRemoteSession {
                     let max = limit.map(|n| count("limit", n)).transpose()?;
                     let wait = non_negative("waitMs", wait_ms.unwrap_or(0))?;
                     remote
-                        .claim_external_tasks(max.unwrap_or(256), Duration::from_millis(wait))
+                        .claim_external_tasks(
+                            max.unwrap_or(RemoteSession::DEFAULT_CLAIM_LIMIT),
+                            Duration::from_millis(wait),
+                        )
                         .await?
                 }
             };

@@ -162,7 +162,12 @@ impl PyRemoteSession {
                 None if wait.is_zero() => remote.pending_external_tasks().await,
                 limit => {
                     remote
-                        .claim_external_tasks(limit.unwrap_or(256), wait)
+                        .claim_external_tasks(
+                            limit.unwrap_or(
+                                a3s_code_core::worker::RemoteSession::DEFAULT_CLAIM_LIMIT,
+                            ),
+                            wait,
+                        )
                         .await
                 }
             };

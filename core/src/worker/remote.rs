@@ -282,7 +282,11 @@ impl std::fmt::Debug for RemoteSession {
     }
 }
 
-const MAX_PENDING_CLAIM: usize = 256;
+impl RemoteSession {
+    /// How many tasks one claim takes when the caller gives no limit (`pending_external_tasks`,
+    /// and the bindings' `pending_external_tasks(wait=...)` without `limit`).
+    pub const DEFAULT_CLAIM_LIMIT: usize = 256;
+}
 
 impl RemoteSession {
     /// Connects to `url` (one or more comma-separated servers) as a worker of `session_id`
@@ -457,7 +461,7 @@ impl RemoteSession {
     ///
     /// [`Error::BrokerUnavailable`] when NATS cannot be reached.
     pub async fn pending_external_tasks(&self) -> Result<Vec<ExternalTask>> {
-        self.claim_external_tasks(MAX_PENDING_CLAIM, Duration::ZERO)
+        self.claim_external_tasks(Self::DEFAULT_CLAIM_LIMIT, Duration::ZERO)
             .await
     }
 
