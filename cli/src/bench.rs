@@ -64,6 +64,9 @@ struct NatsBench {
     /// workers' slots).
     #[arg(long)]
     lane_concurrency: Option<usize>,
+    /// Full-load rounds of each pattern (the two take turns; each reports its median round).
+    #[arg(long, default_value_t = 3)]
+    rounds: usize,
     /// Run only the full-load part of one pattern (`a3s` or `bare`), for profiling.
     #[arg(long)]
     only: Option<String>,
@@ -248,42 +251,29 @@ fn spawn_procs(n: usize, args: &[String]) -> anyhow::Result<Procs> {
     Ok(procs)
 }
 
-async fn measure<P: Pattern>(p: Arc<P>, b: &NatsBench, label: &str) -> anyhow::Result<[Run; 3]> {
-    drive(p.clone(), 500, None).await; // warm-up: connections, consumers, caches
-    let full = drive(p.clone(), b.tasks, None).await;
-    eprintln!("{label}: full load {:.0} tasks/s", full.rate());
-    if b.only.is_some() {
-        // Profiling one pattern: skip the paced runs (workers are stopped by their guards).
-        let empty = || Run {
-            tasks: 0,
-            elapsed: Duration::ZERO,
-            latency_us: Histogram::new(3).expect("valid"),
-        };
-        return Ok([full, empty(), empty()]);
-    }
-    let half = drive(p.clone(), 0, Some((full.rate() / 2.0, b.steady_secs))).await;
-    let steady = drive(p, 0, Some((b.steady_rate as f64, b.steady_secs))).await;
-    Ok([full, half, steady])
+/// The full-load run of median throughput among `runs`.
+fn median(mut runs: Vec<Run>) -> Run {
+    runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
+    let mid = runs.len() / 2;
+    runs.swap_remove(mid)
 }
 
-async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
-    let (url, _server) = match &b.nats {
-        Some(u) => (u.clone(), None),
-        None => {
-            let (u, s) = start_server()?;
-            (u, Some(s))
-        }
-    };
-    let client = async_nats::connect(&url).await?;
-    let version = client.server_info().version;
-    let stamp = format!(
-        "{:x}",
-        Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
-    );
+/// Paced runs of one pattern: half its full-load rate, then the steady rate.
+async fn paced<P: Pattern>(p: Arc<P>, b: &NatsBench, full: &Run) -> [Run; 2] {
+    let half = drive(p.clone(), 0, Some((full.rate() / 2.0, b.steady_secs))).await;
+    let steady = drive(p, 0, Some((b.steady_rate as f64, b.steady_secs))).await;
+    [half, steady]
+}
 
-    // The bare pattern.
-    let prefix = format!("bb{stamp}");
-    let js = jetstream::new(client.clone());
+type BareSetup = (Arc<Bare>, tokio::task::JoinHandle<()>, Procs);
+
+/// The bare pattern's streams, its results listener and its worker processes.
+async fn bare_setup(
+    js: &jetstream::Context,
+    url: &str,
+    prefix: &str,
+    b: &NatsBench,
+) -> anyhow::Result<BareSetup> {
     for (name, subject) in [("TASKS", "bt"), ("RES", "br")] {
         js.get_or_create_stream(stream::Config {
             name: format!("{}_{name}", prefix.to_uppercase()),
@@ -325,72 +315,133 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
             }
         }
     });
-    let bare_runs = if b.only.as_deref() == Some("a3s") {
-        None
-    } else {
-        let _workers = spawn_procs(
-            b.workers,
-            &[
-                "bench".into(),
-                "bare-worker".into(),
-                "--nats".into(),
-                url.clone(),
-                "--prefix".into(),
-                prefix.clone(),
-                "--concurrency".into(),
-                b.concurrency.to_string(),
-            ],
-        )?;
-        Some(measure(bare, &b, "bare").await?)
-    };
-    listener.abort();
-    for name in ["TASKS", "RES"] {
-        let _ = js
-            .delete_stream(format!("{}_{name}", prefix.to_uppercase()))
-            .await;
-    }
+    let workers = spawn_procs(
+        b.workers,
+        &[
+            "bench".into(),
+            "bare-worker".into(),
+            "--nats".into(),
+            url.to_owned(),
+            "--prefix".into(),
+            prefix.to_owned(),
+            "--concurrency".into(),
+            b.concurrency.to_string(),
+        ],
+    )?;
+    Ok((bare, listener, workers))
+}
 
-    if b.only.as_deref() == Some("bare") {
-        return Ok(());
-    }
-    // a3s: this process is the session, the workers are `a3s-code worker --noop` processes.
-    let prefix = format!("ab{stamp}");
+/// The a3s session (this process) and its `a3s-code worker --noop` processes.
+async fn ours_setup(
+    url: &str,
+    prefix: &str,
+    b: &NatsBench,
+) -> anyhow::Result<(Arc<Session>, Procs)> {
     let session = query_session(
-        NatsConfig::new(&url).with_prefix(&prefix),
+        NatsConfig::new(url).with_prefix(prefix),
         b.lane_concurrency.unwrap_or(b.workers * b.concurrency * 2),
-        b.tasks * 2 + 100_000,
+        b.tasks * (b.rounds + 1) + 100_000,
     )
     .await?;
-    let ours = {
-        let _workers = spawn_procs(
-            b.workers,
-            &[
-                "worker".into(),
-                "--nats".into(),
-                url.clone(),
-                "--prefix".into(),
-                prefix.clone(),
-                "--session-id".into(),
-                session.id().to_owned(),
-                "--lanes".into(),
-                "query".into(),
-                "--concurrency".into(),
-                b.concurrency.to_string(),
-                "--noop".into(),
-            ],
-        )?;
-        measure(Arc::new(Session(session.clone())), &b, "a3s").await?
-    };
-    session.close().await;
-    delete_streams(&js, &prefix).await;
+    let workers = spawn_procs(
+        b.workers,
+        &[
+            "worker".into(),
+            "--nats".into(),
+            url.to_owned(),
+            "--prefix".into(),
+            prefix.to_owned(),
+            "--session-id".into(),
+            session.id().to_owned(),
+            "--lanes".into(),
+            "query".into(),
+            "--concurrency".into(),
+            b.concurrency.to_string(),
+            "--noop".into(),
+        ],
+    )?;
+    Ok((Arc::new(Session(session)), workers))
+}
 
-    if b.only.is_some() {
-        return Ok(());
+async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
+    let (url, _server) = match &b.nats {
+        Some(u) => (u.clone(), None),
+        None => {
+            let (u, s) = start_server()?;
+            (u, Some(s))
+        }
+    };
+    let client = async_nats::connect(&url).await?;
+    let version = client.server_info().version;
+    let stamp = format!(
+        "{:x}",
+        Instant::now().elapsed().as_nanos() ^ u128::from(std::process::id())
+    );
+    let js = jetstream::new(client.clone());
+    let (bare_prefix, prefix) = (format!("bb{stamp}"), format!("ab{stamp}"));
+    let bare = match b.only.as_deref() {
+        Some("a3s") => None,
+        _ => Some(bare_setup(&js, &url, &bare_prefix, &b).await?),
+    };
+    let ours = match b.only.as_deref() {
+        Some("bare") => None,
+        _ => Some(ours_setup(&url, &prefix, &b).await?),
+    };
+
+    // Full load: the two patterns take turns, so a drift of the machine's speed hits both alike;
+    // each keeps its median round. Round 0 warms up connections, consumers and caches.
+    let (mut bare_full, mut ours_full) = (Vec::new(), Vec::new());
+    for round in 0..=b.rounds {
+        let tasks = if round == 0 { 500 } else { b.tasks };
+        if let Some((p, ..)) = &bare {
+            let r = drive(p.clone(), tasks, None).await;
+            if round > 0 {
+                eprintln!("bare: full load {:.0} tasks/s", r.rate());
+                bare_full.push(r);
+            }
+        }
+        if let Some((p, _)) = &ours {
+            let r = drive(p.clone(), tasks, None).await;
+            if round > 0 {
+                eprintln!("a3s: full load {:.0} tasks/s", r.rate());
+                ours_full.push(r);
+            }
+        }
     }
-    let bare_runs = bare_runs.expect("measured unless --only");
+    let paced_runs = match (&bare, &ours) {
+        (Some((bp, ..)), Some((op, _))) if b.only.is_none() => {
+            let (bare_full, ours_full) = (median(bare_full), median(ours_full));
+            let [bare_half, bare_steady] = paced(bp.clone(), &b, &bare_full).await;
+            let [ours_half, ours_steady] = paced(op.clone(), &b, &ours_full).await;
+            Some((
+                [bare_full, bare_half, bare_steady],
+                [ours_full, ours_half, ours_steady],
+            ))
+        }
+        // Profiling one pattern (--only): no paced runs.
+        _ => None,
+    };
+    if let Some((listener, workers)) = bare.map(|(_, l, w)| (l, w)) {
+        drop(workers);
+        listener.abort();
+        for name in ["TASKS", "RES"] {
+            let _ = js
+                .delete_stream(format!("{}_{name}", bare_prefix.to_uppercase()))
+                .await;
+        }
+    }
+    if let Some((session, workers)) = ours {
+        drop(workers);
+        session.0.close().await;
+        delete_streams(&js, &prefix).await;
+    }
+    let Some((bare_runs, ours)) = paced_runs else {
+        return Ok(());
+    };
     println!(
-        "nats-server {version}, loopback, {} worker processes x {} slots, {} tasks at full load\n",
-        b.workers, b.concurrency, b.tasks
+        "nats-server {version}, loopback, {} worker processes x {} slots, {} tasks at full load \
+         (the median of {} rounds, the two patterns taking turns)\n",
+        b.workers, b.concurrency, b.tasks, b.rounds
     );
     println!(
         "| pattern | full load tasks/s | full p50 ms | full p99 ms | half load p50 ms | half p99 ms | {}/s p50 ms | {}/s p99 ms |",

@@ -131,6 +131,12 @@ impl ExternalTask {
             .unwrap_or_else(|| crate::observe::trace::task_context(&self.session_id, &self.task_id))
     }
 
+    /// The trace context set with [`with_trace_context`](Self::with_trace_context), if any: what
+    /// a task message's `traceparent` header carries.
+    pub(crate) fn carried_trace_context(&self) -> Option<crate::observe::TraceContext> {
+        self.trace
+    }
+
     /// Sets the trace context the task arrived with (a worker reading it from a message header).
     pub fn with_trace_context(mut self, cx: Option<crate::observe::TraceContext>) -> Self {
         self.trace = cx;

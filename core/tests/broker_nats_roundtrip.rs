@@ -19,6 +19,22 @@ async fn nats_session(
     common::nats_session(url, prefix, cfg, SessionOptions::new()).await
 }
 
+/// A session with `cfg` on NATS under `prefix`, and a worker of it.
+async fn session_and_worker(
+    url: &str,
+    prefix: &str,
+    cfg: SessionQueueConfig,
+) -> (AgentSession, tempfile::TempDir, RemoteSession) {
+    let (session, dir) = nats_session(url, prefix, cfg).await;
+    let worker = RemoteSession::connect_with(
+        NatsConfig::new(url).with_prefix(prefix),
+        RemoteOptions::session(session.id()),
+    )
+    .await
+    .unwrap();
+    (session, dir, worker)
+}
+
 fn external(lanes: &[SessionLane], timeout_ms: u64) -> SessionQueueConfig {
     SessionQueueConfig {
         lane_handlers: lanes
@@ -43,14 +59,8 @@ fn external(lanes: &[SessionLane], timeout_ms: u64) -> SessionQueueConfig {
 async fn a_remote_worker_completes_tasks_exactly_once() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let (session, _dir) =
-        nats_session(&url, &prefix, external(&[SessionLane::Query], 30_000)).await;
-    let worker = RemoteSession::connect_with(
-        NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()),
-    )
-    .await
-    .unwrap();
+    let (session, _dir, worker) =
+        session_and_worker(&url, &prefix, external(&[SessionLane::Query], 30_000)).await;
 
     let mut handles = Vec::new();
     for i in 0..50 {
@@ -93,13 +103,8 @@ async fn a_remote_worker_completes_tasks_exactly_once() {
 async fn timeouts_withdraw_the_task_and_late_results_are_ignored() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
-    let (session, _dir) = nats_session(&url, &prefix, external(&[SessionLane::Query], 1_000)).await;
-    let worker = RemoteSession::connect_with(
-        NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()),
-    )
-    .await
-    .unwrap();
+    let (session, _dir, worker) =
+        session_and_worker(&url, &prefix, external(&[SessionLane::Query], 1_000)).await;
     let mut cancels = worker.cancellations();
     let h = session
         .submit(SessionLane::Query, "read", json!({}))
@@ -140,13 +145,7 @@ async fn a_task_given_back_is_delivered_again_with_the_next_attempt() {
         retry_policy: a3s_code_core::queue::RetryPolicy::fixed(2, 50),
         ..external(&[SessionLane::Execute], 30_000)
     };
-    let (session, _dir) = nats_session(&url, &prefix, cfg).await;
-    let worker = RemoteSession::connect_with(
-        NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()),
-    )
-    .await
-    .unwrap();
+    let (session, _dir, worker) = session_and_worker(&url, &prefix, cfg).await;
     let h = session
         .submit(SessionLane::Execute, "custom", json!({}))
         .await
@@ -167,4 +166,91 @@ async fn a_task_given_back_is_delivered_again_with_the_next_attempt() {
     assert_eq!(err.code(), "RetriesExhausted");
     assert!(err.to_string().contains("flaky"), "{err}");
     session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn results_reported_together_travel_in_one_message_and_each_completes_its_task() {
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let cfg = SessionQueueConfig {
+        query_max_concurrency: 32,
+        ..external(&[SessionLane::Query], 30_000)
+    };
+    let (session, _dir, worker) = session_and_worker(&url, &prefix, cfg).await;
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let results_stream = format!("{}_RESULTS", prefix.to_uppercase().replace('-', "_"));
+    let stored = || async {
+        js.get_stream(&results_stream)
+            .await
+            .unwrap()
+            .info()
+            .await
+            .unwrap()
+            .state
+            .last_sequence
+    };
+
+    let mut handles = Vec::new();
+    for i in 0..20 {
+        let h = session
+            .submit(SessionLane::Query, "read", json!({"i": i}))
+            .await
+            .unwrap();
+        handles.push(h);
+    }
+    let mut tasks = Vec::new();
+    while tasks.len() < 20 {
+        let got = worker
+            .claim_external_tasks(20 - tasks.len(), Duration::from_secs(5))
+            .await
+            .unwrap();
+        assert!(!got.is_empty(), "tasks arrive");
+        tasks.extend(got);
+    }
+    let before = stored().await;
+    // One unknown id among them: refused alone, in its place; the others go out together.
+    let mut results: Vec<(String, ExternalTaskResult)> = tasks
+        .iter()
+        .map(|t| {
+            let i = t.payload["i"].as_i64().unwrap();
+            (
+                t.task_id.clone(),
+                ExternalTaskResult::ok(json!({"i": i * 3})),
+            )
+        })
+        .collect();
+    results.insert(
+        5,
+        ("no-such-task".into(), ExternalTaskResult::ok(json!(null))),
+    );
+    let outcomes = worker.complete_external_tasks(results).await.unwrap();
+    assert_eq!(outcomes.len(), 21);
+    for (k, outcome) in outcomes.iter().enumerate() {
+        match k {
+            5 => assert_eq!(outcome.as_ref().unwrap_err().code(), "TaskNotFound"),
+            _ => assert!(outcome.is_ok(), "{k}: {outcome:?}"),
+        }
+    }
+    assert_eq!(stored().await - before, 1, "twenty results, one message");
+    for (i, h) in handles.into_iter().enumerate() {
+        assert_eq!(h.await.unwrap().result["i"], (i * 3) as i64);
+    }
+    let m = session.queue_metrics().await.unwrap();
+    assert_eq!((m.total_processed, m.total_rejected_completions), (20, 0));
+    // Reported again (a caller retrying after a lost answer): nothing held, nothing applied.
+    let again = worker
+        .complete_external_tasks(
+            tasks
+                .iter()
+                .map(|t| (t.task_id.clone(), ExternalTaskResult::ok(json!(0)))),
+        )
+        .await
+        .unwrap();
+    assert!(
+        again
+            .iter()
+            .all(|o| o.as_ref().unwrap_err().code() == "TaskNotFound")
+    );
+    session.close().await;
+    worker.close().await;
 }

@@ -41,10 +41,11 @@ fn wire_task_round_trips_and_keeps_payload_keys() {
 #[test]
 fn wire_envelopes_decode_and_encode_canonically() {
     use a3s_code_core::broker::wire::{
-        self, CancelNotice, Doorbell, OutputChunk, ResultEnvelope, ResultKind, TaskEnvelope,
+        self, CancelNotice, Doorbell, OutputChunk, ResultBatch, ResultEnvelope, ResultKind,
+        TaskEnvelope,
     };
 
-    fn round_trip<T: serde::Serialize + for<'de> serde::Deserialize<'de>>(name: &str) -> T {
+    fn round_trip<T: serde::Serialize + wire::Envelope>(name: &str) -> T {
         let json = fixture(&format!("wire/{name}"));
         let decoded: T = wire::decode(&serde_json::to_vec(&json).unwrap()).unwrap();
         let mut encoded: Value = serde_json::from_slice(&wire::encode(&decoded)).unwrap();
@@ -82,6 +83,16 @@ fn wire_envelopes_decode_and_encode_canonically() {
     assert!(task.payload_ref.is_none() && result.result_ref.is_none());
     let exhausted: ResultEnvelope = round_trip("result_exhausted.json");
     assert_eq!(exhausted.kind, ResultKind::Exhausted);
+    let batch: ResultBatch = round_trip("result_batch.json");
+    assert_eq!(batch.results.len(), 2);
+    assert!(
+        batch
+            .results
+            .iter()
+            .all(|r| r.session_id == batch.session_id)
+    );
+    let bytes = serde_json::to_vec(&fixture("wire/result_batch.json")).unwrap();
+    assert_eq!(wire::decode_results(&bytes).unwrap(), batch.results);
     round_trip::<Doorbell>("doorbell.json");
     round_trip::<CancelNotice>("cancel.json");
     round_trip::<OutputChunk>("output_chunk.json");

@@ -33,7 +33,7 @@ pub fn assert_typed(err: &Error, codes: &[&str]) {
 /// and its encoding, or `None` when `bytes` is (correctly) rejected.
 pub fn envelope_round_trip<T>(bytes: &[u8]) -> Option<(T, Vec<u8>)>
 where
-    T: Serialize + DeserializeOwned + PartialEq + Debug,
+    T: Serialize + wire::Envelope + PartialEq + Debug,
 {
     let env = match wire::decode::<T>(bytes) {
         Ok(env) => env,
@@ -57,7 +57,7 @@ where
 /// For envelopes without a clock-dependent field (all but the task).
 pub fn envelope_stable<T>(bytes: &[u8]) -> Option<T>
 where
-    T: Serialize + DeserializeOwned + PartialEq + Debug,
+    T: Serialize + wire::Envelope + PartialEq + Debug,
 {
     let (env, encoded) = envelope_round_trip::<T>(bytes)?;
     assert_eq!(
@@ -66,6 +66,23 @@ where
         "encoding is not stable"
     );
     Some(env)
+}
+
+/// A message on a results subject as a session reads it ([`wire::decode_results`]: one result or
+/// a batch): typed errors only, and every result it yields round-trips stably.
+pub fn results_message(bytes: &[u8]) -> Option<Vec<wire::ResultEnvelope>> {
+    let results = match wire::decode_results(bytes) {
+        Ok(r) => r,
+        Err(err) => {
+            assert_typed(&err, &WIRE_ERRORS);
+            return None;
+        }
+    };
+    for r in &results {
+        let encoded = wire::encode(r);
+        envelope_stable::<wire::ResultEnvelope>(&encoded).expect("a decoded result re-decodes");
+    }
+    Some(results)
 }
 
 /// Plain serde JSON round trip (the types `wire` flattens into its envelopes).

@@ -151,6 +151,8 @@ struct Outstanding {
     withdrawn: Option<&'static str>,
     /// The object holding its payload, when too large for a message: deleted when it ends.
     object: Option<String>,
+    /// Its `traceparent` header, when the session traces it.
+    traceparent: Option<String>,
 }
 
 struct Conn {
@@ -183,6 +185,9 @@ struct State {
 
 /// Under load, one doorbell per interval instead of one per stored task.
 const RING_INTERVAL: Duration = Duration::from_millis(1);
+
+/// Tries to store a dead letter in the `P_DLQ` stream before giving up (logged each time).
+const DLQ_TRIES: u32 = 5;
 
 /// How long a pull request for results stays open.
 const RESULTS_PULL_EXPIRES: Duration = Duration::from_secs(10);
@@ -299,9 +304,10 @@ async fn run(
             Some(task_id) = republish.next(), if republish_pending => {
                 if let Some(o) = st.outstanding.get(&task_id) && let Some(bytes) = o.bytes.clone() {
                     let subject = st.names.task_subject(&st.session_id, o.lane, &o.route);
+                    let traceparent = o.traceparent.clone();
                     match stored(&mut st, &conn, &task_id, bytes, None).await {
                         Ok(bytes) => {
-                            let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+                            let ack = publish_bytes(&conn.js, subject, task_id, bytes, traceparent).await;
                             acks.push(ack);
                         }
                         Err(Some(reason)) => acks.push(failed_ack(task_id, reason)),
@@ -339,7 +345,7 @@ async fn setup(st: &mut State) -> Result<Conn> {
         storage: stream::StorageType::File,
         max_age: st.config.stream_max_age,
         max_bytes: st.config.stream_max_bytes,
-        duplicate_window: Duration::from_secs(120),
+        duplicate_window: st.config.duplicate_window,
         num_replicas: st.config.replicas,
         ..Default::default()
     };
@@ -445,6 +451,7 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                 tracing::warn!(error = %err, "could not create the consumer; publishing anyway");
             }
             let task_id = task.task_id.clone();
+            let traceparent = task.carried_trace_context().map(|cx| cx.to_string());
             let envelope = TaskEnvelope {
                 v: PROTOCOL_VERSION,
                 max_attempts: st.retry.max_attempts(),
@@ -465,11 +472,12 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                     bytes: Some(bytes.clone()),
                     withdrawn: None,
                     object: None,
+                    traceparent: traceparent.clone(),
                 },
             );
             match stored(st, conn, &task_id, bytes, Some(envelope)).await {
                 Ok(bytes) => {
-                    let ack = publish_bytes(&conn.js, subject, task_id, bytes).await;
+                    let ack = publish_bytes(&conn.js, subject, task_id, bytes, traceparent).await;
                     acks.push(ack);
                 }
                 Err(Some(reason)) => acks.push(failed_ack(task_id, reason)),
@@ -495,10 +503,30 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
             }
         }
         Cmd::DeadLetter(bytes) => {
-            let subject = st.names.dlq_subject(&st.session_id);
-            if let Err(e) = conn.js.publish(subject, bytes.into()).await {
-                tracing::warn!(error = %e, "could not record a dead letter in NATS");
-            }
+            // Stored in the background until the server acknowledges it (a few tries): the
+            // session's own dead-letter queue already holds the letter, this is the browsable copy.
+            let (js, subject) = (conn.js.clone(), st.names.dlq_subject(&st.session_id));
+            let bytes = bytes::Bytes::from(bytes);
+            tokio::spawn(async move {
+                let mut delay = Duration::from_millis(250);
+                for attempt in 1..=DLQ_TRIES {
+                    let stored = match js.publish(subject.clone(), bytes.clone()).await {
+                        Ok(ack) => match tokio::time::timeout(Duration::from_secs(5), ack).await {
+                            Ok(Ok(_)) => return,
+                            Ok(Err(e)) => e.to_string(),
+                            Err(_) => "no acknowledgement within 5 s".to_owned(),
+                        },
+                        Err(e) => e.to_string(),
+                    };
+                    tracing::warn!(
+                        attempt,
+                        error = stored,
+                        "could not record a dead letter in NATS"
+                    );
+                    tokio::time::sleep(delay).await;
+                    delay *= 2;
+                }
+            });
         }
         Cmd::Event { lane, payload } => {
             let _ = conn
@@ -595,16 +623,16 @@ async fn publish_bytes(
     subject: String,
     task_id: String,
     bytes: bytes::Bytes,
+    traceparent: Option<String>,
 ) -> AckFuture {
     // The task id as message id: a publish retried after a failure is deduplicated by the server.
-    let publish = PublishMessage::build()
+    let mut publish = PublishMessage::build()
         .payload(bytes)
-        .message_id(task_id.clone())
-        // Observability: the task's W3C trace context, so the worker's spans join the session's trace.
-        .header(
-            crate::observe::trace::TRACEPARENT,
-            crate::observe::trace::traceparent_for_published(&subject, &task_id),
-        );
+        .message_id(task_id.clone());
+    if let Some(value) = traceparent {
+        // Observability: the worker's spans join the session's trace (protocol.md §9).
+        publish = publish.header(crate::observe::trace::TRACEPARENT, value.as_str());
+    }
     // Bounded: a publish in flight when the connection drops may never be answered.
     let sent = tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject, publish))
         .await
@@ -808,38 +836,28 @@ async fn consume_results(
                     let Some(scheduler) = scheduler.upgrade() else {
                         return;
                     };
-                    match wire::decode::<ResultEnvelope>(&message.payload) {
-                        Ok(mut env) if env.session_id == session_id => {
-                            if let Some(r) = env.result_ref.take() {
-                                match objects.get(&r, max_object_bytes).await {
-                                    Ok(value) => env.result.result = value,
-                                    Err(Error::BrokerUnavailable { reason }) => {
-                                        // Read it again later.
-                                        tracing::warn!(
-                                            task_id = env.task_id,
-                                            reason,
-                                            "cannot read a result object; retrying"
-                                        );
-                                        let _ = message
-                                            .ack_with(jetstream::AckKind::Nak(Some(
-                                                Duration::from_secs(1),
-                                            )))
-                                            .await;
-                                        continue;
-                                    }
-                                    Err(err) => {
-                                        tracing::warn!(task_id = env.task_id, error = %err, "a result refers to an unreadable object; failing the task");
-                                        env.result = objects::failed(&err);
-                                    }
-                                }
-                                objects.delete(&r.name).await;
+                    match wire::decode_results(&message.payload) {
+                        Ok(mut envs) => {
+                            // Read every referenced result first: a message is applied whole or,
+                            // when the object store cannot be read now, not at all (it comes back).
+                            if !resolve_result_objects(&objects, max_object_bytes, &mut envs).await
+                            {
+                                let _ = message
+                                    .ack_with(jetstream::AckKind::Nak(Some(Duration::from_secs(1))))
+                                    .await;
+                                continue;
                             }
-                            scheduler.remote_result(env)
+                            for env in envs {
+                                if env.session_id == session_id {
+                                    scheduler.remote_result(env);
+                                } else {
+                                    tracing::warn!(
+                                        session = env.session_id,
+                                        "dropping a result addressed to another session"
+                                    );
+                                }
+                            }
                         }
-                        Ok(env) => tracing::warn!(
-                            session = env.session_id,
-                            "dropping a result addressed to another session"
-                        ),
                         Err(err) => {
                             tracing::warn!(error = %err, "dropping a malformed result message")
                         }
@@ -855,6 +873,42 @@ async fn consume_results(
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(2));
     }
+}
+
+/// Replaces each result stored by reference by the object's content (deleting the object), or
+/// by a failure saying why it cannot be read. False when the object store is unavailable: the
+/// message should be read again later.
+async fn resolve_result_objects(
+    objects: &Bucket,
+    max_object_bytes: usize,
+    envs: &mut [ResultEnvelope],
+) -> bool {
+    for env in envs.iter_mut() {
+        let Some(r) = env.result_ref.as_ref() else {
+            continue;
+        };
+        match objects.get(r, max_object_bytes).await {
+            Ok(value) => env.result.result = value,
+            Err(Error::BrokerUnavailable { reason }) => {
+                tracing::warn!(
+                    task_id = env.task_id,
+                    reason,
+                    "cannot read a result object; retrying"
+                );
+                return false;
+            }
+            Err(err) => {
+                tracing::warn!(task_id = env.task_id, error = %err, "a result refers to an unreadable object; failing the task");
+                env.result = objects::failed(&err);
+            }
+        }
+    }
+    for env in envs.iter_mut() {
+        if let Some(r) = env.result_ref.take() {
+            objects.delete(&r.name).await;
+        }
+    }
+    true
 }
 
 /// Turns workers' output chunks into `QueueEvent::Output`.

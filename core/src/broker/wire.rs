@@ -288,6 +288,88 @@ pub struct ResultEnvelope {
     pub result_ref: Option<ObjectRef>,
 }
 
+/// The `kind` of a [`ResultBatch`]: always `"batch"`.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum BatchKind {
+    /// Several results in one message.
+    #[default]
+    Batch,
+}
+
+/// Several results of one session in one message on `<prefix>.result.<session>`: a worker that
+/// finishes many tasks at once stores them with one publish (one message, one acknowledgement
+/// for the broker instead of one per task). Optional for workers; sessions accept both forms.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResultBatch {
+    /// Protocol major version: 1.
+    pub v: u32,
+    /// `"batch"`.
+    pub kind: BatchKind,
+    /// The session of every result in it.
+    pub session_id: String,
+    /// Result envelopes, each as it would be published alone.
+    pub results: Vec<ResultEnvelope>,
+}
+
+impl ResultBatch {
+    /// The bytes of a batch of already encoded result envelopes (no re-encoding).
+    pub fn encode_parts(session_id: &str, parts: &[&[u8]]) -> Vec<u8> {
+        let session = serde_json::to_string(session_id).expect("strings serialize");
+        let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + session.len() + 64;
+        let mut out = Vec::with_capacity(len);
+        out.extend_from_slice(br#"{"v":1,"kind":"batch","session_id":"#);
+        out.extend_from_slice(session.as_bytes());
+        out.extend_from_slice(br#","results":["#);
+        for (i, part) in parts.iter().enumerate() {
+            if i > 0 {
+                out.push(b',');
+            }
+            out.extend_from_slice(part);
+        }
+        out.extend_from_slice(b"]}");
+        out
+    }
+
+    /// Bytes a batch adds around its results, besides the session id and one comma per result.
+    pub const OVERHEAD: usize = 64;
+}
+
+/// Decodes what a worker published on a results subject: one [`ResultEnvelope`] or a
+/// [`ResultBatch`] of them (every one of version 1).
+///
+/// # Errors
+///
+/// As [`decode`], for the message or any result in a batch.
+pub fn decode_results(bytes: &[u8]) -> Result<Vec<ResultEnvelope>> {
+    let batch = |bytes: &[u8]| -> Result<Vec<ResultEnvelope>> {
+        let b = decode::<ResultBatch>(bytes)?;
+        if let Some(bad) = b.results.iter().find(|r| r.v != PROTOCOL_VERSION) {
+            return Err(Error::UnsupportedProtocol {
+                version: bad.v.to_string(),
+                supported: PROTOCOL_VERSION.to_string(),
+            });
+        }
+        Ok(b.results)
+    };
+    // How this build writes batches; anything else is told apart by its `kind`.
+    if bytes.starts_with(br#"{"v":1,"kind":"batch","#) {
+        return batch(bytes);
+    }
+    decode::<ResultEnvelope>(bytes)
+        .map(|r| vec![r])
+        .or_else(|err| {
+            #[derive(Deserialize)]
+            struct Kind {
+                kind: Option<Value>,
+            }
+            match serde_json::from_slice::<Kind>(bytes) {
+                Ok(Kind { kind: Some(k) }) if k == "batch" => batch(bytes),
+                _ => Err(err),
+            }
+        })
+}
+
 /// A doorbell on `<prefix>.ready.<session>`: tasks are waiting in one lane and route.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Doorbell {
@@ -328,29 +410,59 @@ pub struct OutputChunk {
     pub seq: u64,
 }
 
-/// Decodes a version-1 envelope, checking the version first.
+/// A message of the protocol: it carries its major version (`"v"`).
+pub trait Envelope: for<'de> Deserialize<'de> {
+    /// The `v` it was decoded with.
+    fn version(&self) -> u32;
+}
+
+macro_rules! envelopes {
+    ($($t:ty),*) => {$(
+        impl Envelope for $t {
+            fn version(&self) -> u32 {
+                self.v
+            }
+        }
+    )*};
+}
+envelopes!(
+    TaskEnvelope,
+    ResultEnvelope,
+    ResultBatch,
+    Doorbell,
+    CancelNotice,
+    OutputChunk
+);
+
+/// Decodes a version-1 envelope: a message of another (or no) version is refused as such even
+/// when its shape would fit.
 ///
 /// # Errors
 ///
 /// [`Error::UnsupportedProtocol`] for another or a missing version, [`Error::InvalidPayload`]
 /// for anything that is not the expected JSON.
-pub fn decode<T: for<'de> Deserialize<'de>>(bytes: &[u8]) -> Result<T> {
+pub fn decode<T: Envelope>(bytes: &[u8]) -> Result<T> {
+    // One parse on the hot path; the version is looked at on its own only to explain a failure.
+    let shape_error = match serde_json::from_slice::<T>(bytes) {
+        Ok(env) if env.version() == PROTOCOL_VERSION => return Ok(env),
+        Ok(_) => None,
+        Err(e) => Some(e),
+    };
     #[derive(Deserialize)]
     struct Version {
         v: Option<Value>,
     }
     let version: Version = serde_json::from_slice(bytes)
         .map_err(|e| Error::invalid_payload(format!("not a JSON object: {e}")))?;
-    match version.v {
-        Some(Value::Number(n)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {}
-        other => {
-            return Err(Error::UnsupportedProtocol {
-                version: other.map_or_else(|| "none".to_owned(), |v| v.to_string()),
-                supported: PROTOCOL_VERSION.to_string(),
-            });
+    match (version.v, shape_error) {
+        (Some(Value::Number(n)), Some(e)) if n.as_u64() == Some(u64::from(PROTOCOL_VERSION)) => {
+            Err(Error::invalid_payload(e.to_string()))
         }
+        (other, _) => Err(Error::UnsupportedProtocol {
+            version: other.map_or_else(|| "none".to_owned(), |v| v.to_string()),
+            supported: PROTOCOL_VERSION.to_string(),
+        }),
     }
-    serde_json::from_slice(bytes).map_err(|e| Error::invalid_payload(e.to_string()))
 }
 
 /// Encodes an envelope.
@@ -424,6 +536,66 @@ mod tests {
         assert_eq!(
             decode::<ResultEnvelope>(br#"[1,2]"#).unwrap_err().code(),
             "InvalidPayload"
+        );
+    }
+
+    fn result(task_id: &str) -> ResultEnvelope {
+        ResultEnvelope {
+            v: 1,
+            kind: ResultKind::Result,
+            task_id: task_id.into(),
+            session_id: "s1".into(),
+            attempt: 1,
+            worker_id: "w".into(),
+            result: ExternalTaskResult::ok(json!({"results": [1, 2]})),
+            result_ref: None,
+        }
+    }
+
+    #[test]
+    fn result_batches_and_single_results_decode_alike() {
+        let (a, b) = (result("t-1"), result("t-2"));
+        let parts = [encode(&a), encode(&b)];
+        let parts: Vec<&[u8]> = parts.iter().map(Vec::as_slice).collect();
+        let bytes = ResultBatch::encode_parts("s1", &parts);
+        let batch: ResultBatch = decode(&bytes).unwrap();
+        assert_eq!(batch.kind, BatchKind::Batch);
+        assert_eq!(batch.results, vec![a.clone(), b.clone()]);
+        assert_eq!(decode_results(&bytes).unwrap(), vec![a.clone(), b.clone()]);
+        // One result alone, even one whose own JSON has a "results" key.
+        assert_eq!(decode_results(&encode(&a)).unwrap(), vec![a.clone()]);
+        // A batch written by another encoder, keys in another order.
+        let foreign = json!({"results": [a, b], "session_id": "s1", "kind": "batch", "v": 1});
+        let foreign = serde_json::to_vec(&foreign).unwrap();
+        assert_eq!(decode_results(&foreign).unwrap().len(), 2);
+    }
+
+    #[test]
+    fn bad_batches_are_refused_whole_with_their_own_reason() {
+        let mut inner = serde_json::to_value(result("t-1")).unwrap();
+        inner["v"] = json!(2);
+        let newer = json!({"v": 1, "kind": "batch", "session_id": "s1", "results": [inner]});
+        let err = decode_results(&serde_json::to_vec(&newer).unwrap()).unwrap_err();
+        assert_eq!(err.code(), "UnsupportedProtocol");
+        let broken = br#"{"v":1,"kind":"batch","session_id":"s1","results":[{"v":1}]}"#;
+        let err = decode_results(broken).unwrap_err();
+        assert_eq!(err.code(), "InvalidPayload");
+        assert!(err.to_string().contains("missing field"), "{err}");
+        let reordered = br#"{"session_id":"s1","kind":"batch","v":1,"results":7}"#;
+        assert_eq!(
+            decode_results(reordered).unwrap_err().code(),
+            "InvalidPayload"
+        );
+        let garbage = br#"{"v":1,"kind":"result"}"#;
+        assert_eq!(
+            decode_results(garbage).unwrap_err().code(),
+            "InvalidPayload"
+        );
+        assert_eq!(
+            decode_results(br#"{"v":3,"kind":"batch"}"#)
+                .unwrap_err()
+                .code(),
+            "UnsupportedProtocol"
         );
     }
 

@@ -3,8 +3,9 @@
 //! Every task has a trace. Its trace id and root span id are derived from the session id and
 //! the task id ([`TraceContext::for_task`]), so the scheduler and the broker agree on them
 //! without passing anything around, and every (re)publish of a task carries the same context.
-//! Over NATS the task message carries it in a W3C `traceparent` header; a worker makes its run
-//! span a child of it, so one trace joins the session and the worker.
+//! Over NATS the message of a task whose span is enabled carries it in a W3C `traceparent`
+//! header; a worker makes its run span a child of it, so one trace joins the session and the
+//! worker.
 //!
 //! Spans and events (target `a3s::task`, level DEBUG, so they cost nothing unless enabled,
 //! e.g. `A3S_LOG=info,a3s::task=debug`):
@@ -149,15 +150,6 @@ impl fmt::Display for TraceContext {
             if self.sampled { "01" } else { "00" }
         )
     }
-}
-
-/// The `traceparent` of a task published on `subject` (`<prefix>.task.<session>.<lane>.<route>`):
-/// the session's context of the task, so the worker's spans join the session's trace.
-/// Used by the broker when it builds a task message.
-#[cfg(feature = "nats")]
-pub(crate) fn traceparent_for_published(subject: &str, task_id: &str) -> String {
-    let session = subject.split('.').nth(2).unwrap_or_default();
-    task_context(session, task_id).to_string()
 }
 
 /// The trace context of a NATS message's `traceparent` header, if it has a valid one.
@@ -429,14 +421,5 @@ mod tests {
         let child = cx.child();
         assert_eq!(child.trace_id(), cx.trace_id());
         assert_ne!(child.span_id(), cx.span_id());
-    }
-
-    #[cfg(feature = "nats")]
-    #[test]
-    fn published_subjects_name_the_session() {
-        assert_eq!(
-            traceparent_for_published("a3s.task.sess-1.query._", "t-1"),
-            TraceContext::for_task("sess-1", "t-1").to_string()
-        );
     }
 }

@@ -716,10 +716,13 @@ impl Scheduler {
         });
         if mode == TaskHandlerMode::External {
             if let Some(dispatcher) = self.dispatcher.get() {
-                dispatcher.publish(
-                    self.external_task(seq, e),
-                    (!e.labels.is_empty()).then_some(&e.labels),
-                );
+                let mut task = self.external_task(seq, e);
+                if !e.span.is_disabled() {
+                    // The session traces this task: its message carries the trace context.
+                    let cx = crate::observe::trace::task_context(&self.session_id, &task.task_id);
+                    task = task.with_trace_context(Some(cx));
+                }
+                dispatcher.publish(task, (!e.labels.is_empty()).then_some(&e.labels));
                 st.live.get_mut(&seq).expect("checked above").phase = Phase::Published;
                 return;
             }

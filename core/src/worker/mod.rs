@@ -516,17 +516,11 @@ async fn report(
 ) {
     let mut retry: Vec<Report> = Vec::new();
     loop {
+        // A retry goes out as it was, alone: the same results make the same messages (and
+        // message ids), so what the server stored after all is not stored twice.
         let mut batch = std::mem::take(&mut retry);
-        if batch.is_empty() {
-            if done.recv_many(&mut batch, 256).await == 0 {
-                return;
-            }
-        } else {
-            while batch.len() < 256
-                && let Ok(r) = done.try_recv()
-            {
-                batch.push(r);
-            }
+        if batch.is_empty() && done.recv_many(&mut batch, 256).await == 0 {
+            return;
         }
         let request: Vec<_> = batch
             .iter()

@@ -115,6 +115,38 @@ struct Claim {
     retry: RetryPolicy,
 }
 
+/// A result ready to publish, with what is needed to settle its task afterwards.
+struct Encoded {
+    /// Its place among the caller's results.
+    index: usize,
+    task_id: String,
+    claim: Claim,
+    bytes: Vec<u8>,
+    /// Why the real result was replaced by a failure (too large), reported to the caller.
+    refused: Option<Error>,
+}
+
+/// The message id of a batch: the same results (task ids and attempts, in order) give the same
+/// id, so a batch published again after a lost acknowledgement is stored once.
+fn batch_message_id(batch: &[Encoded]) -> String {
+    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
+    let mut b: u64 = 0x6c62_272e_07bb_0142;
+    for e in batch {
+        for byte in e
+            .task_id
+            .bytes()
+            .chain(e.claim.attempt.to_le_bytes())
+            .chain([0xff])
+        {
+            a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
+            b = (b ^ u64::from(byte))
+                .wrapping_mul(0x0000_0100_0000_01b3)
+                .rotate_left(5);
+        }
+    }
+    format!("batch:{}:{a:016x}{b:016x}", batch.len())
+}
+
 /// A consumer that may have work: (lane, session, route), ordered by lane priority first.
 type Source = (SessionLane, String, String);
 
@@ -517,26 +549,24 @@ impl RemoteSession {
             let arrived = d.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            {
+            let (taken, left) = {
                 let mut ready = d.ready.lock();
-                if !ready.is_empty() {
-                    let n = ready.len().min(max);
-                    return Ok(ready.drain(..n).collect());
-                }
-            }
+                let n = ready.len().min(max);
+                (ready.drain(..n).collect::<Vec<_>>(), ready.len())
+            };
             let now = Instant::now();
-            if now >= until {
-                return Ok(Vec::new());
-            }
-            // Ask for the free slots not yet covered by open requests, in batches: a request per
-            // freed slot would cost the server as much as the task itself.
-            let owed = d.outstanding();
-            if owed == 0 || owed * 2 <= max {
+            // Keep requests open for the slots the caller still has free once it runs what it
+            // takes now, less what is owed or delivered and not yet taken, so the next tasks are
+            // on their way while these run. In batches: a request per freed slot would cost the
+            // server as much as the task itself.
+            let free = max - taken.len();
+            let pending = d.outstanding() + left;
+            if free > pending && (pending == 0 || pending * 2 <= free) {
                 // Requests outlive this call (its `wait`): a request that expired between two
                 // calls would leave the worker deaf until the next one. The server answers an
                 // expired request with a 408, which retires it here too.
                 let expires = PULL_EXPIRES;
-                let want = max - owed;
+                let want = free - pending;
                 d.credit
                     .lock()
                     .push_back((now + expires + Duration::from_secs(1), want));
@@ -551,6 +581,12 @@ impl RemoteSession {
                     .publish_with_reply(d.next_subject.clone(), d.inbox.clone(), body.into())
                     .await
                     .map_err(unavailable)?;
+            }
+            if !taken.is_empty() {
+                return Ok(taken);
+            }
+            if now >= until {
+                return Ok(Vec::new());
             }
             let wake = d.silence_deadline().map_or(until, |t| t.min(until));
             tokio::select! {
@@ -850,31 +886,45 @@ impl RemoteSession {
         }
     }
 
-    async fn publish_result(
+    /// A result envelope's bytes, its result moved to the object store when too large for a
+    /// message.
+    async fn encode_result(
         &self,
         session_id: &str,
         task_id: &str,
         attempt: u32,
         mut envelope: ResultEnvelope,
-    ) -> Result<BoxFuture<'static, Result<()>>> {
-        let mut bytes = wire::encode(&envelope);
-        if bytes.len() > self.inner.inline_limit {
-            // Too large for a message: the result goes to the object store, by reference.
-            let result = serde_json::to_vec(&envelope.result.result).expect("a Value serializes");
-            if result.len() > self.inner.max_object_bytes {
-                return Err(Error::PayloadTooLarge {
-                    size: result.len(),
-                    limit: self.inner.max_object_bytes,
-                });
-            }
-            let name = self.inner.names.result_object(session_id, task_id, attempt);
-            envelope.result_ref = Some(self.objects().await?.put(&name, result).await?);
-            envelope.result.result = serde_json::Value::Null;
-            bytes = wire::encode(&envelope);
+    ) -> Result<Vec<u8>> {
+        let bytes = wire::encode(&envelope);
+        if bytes.len() <= self.inner.inline_limit {
+            return Ok(bytes);
         }
+        // Too large for a message: the result goes to the object store, by reference.
+        let result = serde_json::to_vec(&envelope.result.result).expect("a Value serializes");
+        if result.len() > self.inner.max_object_bytes {
+            return Err(Error::PayloadTooLarge {
+                size: result.len(),
+                limit: self.inner.max_object_bytes,
+            });
+        }
+        let name = self.inner.names.result_object(session_id, task_id, attempt);
+        envelope.result_ref = Some(self.objects().await?.put(&name, result).await?);
+        envelope.result.result = serde_json::Value::Null;
+        Ok(wire::encode(&envelope))
+    }
+
+    /// Publishes a results message (one envelope or a batch) to the results stream; the future
+    /// resolves once the server stored it.
+    async fn publish_results_message(
+        &self,
+        session_id: &str,
+        bytes: Vec<u8>,
+        message_id: String,
+    ) -> Result<BoxFuture<'static, Result<()>>> {
+        // The message id makes a publish retried with the same content count once.
         let publish = PublishMessage::build()
             .payload(bytes.into())
-            .message_id(format!("{task_id}:{attempt}"));
+            .message_id(message_id);
         let ack = timed(
             "publishing a result",
             self.inner
@@ -885,6 +935,20 @@ impl RemoteSession {
         Ok(Box::pin(async move {
             ack.await.map(|_| ()).map_err(unavailable)
         }))
+    }
+
+    async fn publish_result(
+        &self,
+        session_id: &str,
+        task_id: &str,
+        attempt: u32,
+        envelope: ResultEnvelope,
+    ) -> Result<BoxFuture<'static, Result<()>>> {
+        let bytes = self
+            .encode_result(session_id, task_id, attempt, envelope)
+            .await?;
+        self.publish_results_message(session_id, bytes, format!("{task_id}:{attempt}"))
+            .await
     }
 
     /// Reports a task's result: stored durably, then the task is acknowledged.
@@ -907,80 +971,128 @@ impl RemoteSession {
         out.pop().unwrap_or(Ok(()))
     }
 
-    /// Reports many results: all are published, then acknowledged, in one round trip.
+    /// Reports many results: they are stored with as few messages as fit (a batch per session,
+    /// up to the server's message size), then the tasks are acknowledged, in one round trip.
     ///
     /// # Errors
     ///
-    /// One outcome per result, as [`complete_external_task`](Self::complete_external_task).
+    /// One outcome per result, in order, as
+    /// [`complete_external_task`](Self::complete_external_task).
     pub async fn complete_external_tasks(
         &self,
         results: impl IntoIterator<Item = (String, ExternalTaskResult)>,
     ) -> Result<Vec<Result<()>>> {
-        let mut pending = Vec::new();
+        let mut outcomes: Vec<Result<()>> = Vec::new();
+        let mut ready: Vec<Encoded> = Vec::new();
         for (task_id, result) in results {
+            let index = outcomes.len();
+            outcomes.push(Ok(()));
             let claim = self.inner.claims.lock().remove(&task_id);
             let Some(claim) = claim else {
-                pending.push(Err(Error::TaskNotFound { task_id }));
+                outcomes[index] = Err(Error::TaskNotFound { task_id });
                 continue;
             };
-            let env = self.envelope(
-                ResultKind::Result,
-                &task_id,
-                &claim.session_id,
-                claim.attempt,
-                result,
-            );
-            let mut published = self
-                .publish_result(&claim.session_id, &task_id, claim.attempt, env)
+            let (session, attempt) = (claim.session_id.clone(), claim.attempt);
+            let env = self.envelope(ResultKind::Result, &task_id, &session, attempt, result);
+            let mut encoded = self
+                .encode_result(&session, &task_id, attempt, env)
                 .await
-                .map(|ack| (ack, None));
-            if let Err(too_large @ Error::PayloadTooLarge { .. }) = published {
+                .map(|bytes| (bytes, None));
+            if let Err(too_large @ Error::PayloadTooLarge { .. }) = encoded {
                 // Report a failed result instead, so the task ends rather than hangs; the caller
                 // still learns why.
                 tracing::warn!(task_id, error = %too_large, "a result is too large; reporting a failure instead");
                 let env = self.envelope(
                     ResultKind::Result,
                     &task_id,
-                    &claim.session_id,
-                    claim.attempt,
+                    &session,
+                    attempt,
                     objects::failed(&too_large),
                 );
-                published = self
-                    .publish_result(&claim.session_id, &task_id, claim.attempt, env)
+                encoded = self
+                    .encode_result(&session, &task_id, attempt, env)
                     .await
-                    .map(|ack| (ack, Some(too_large)));
+                    .map(|bytes| (bytes, Some(too_large)));
             }
-            match published {
-                Ok((ack, refused)) => pending.push(Ok((task_id, claim, ack, refused))),
+            match encoded {
+                Ok((bytes, refused)) => ready.push(Encoded {
+                    index,
+                    task_id,
+                    claim,
+                    bytes,
+                    refused,
+                }),
                 Err(e) => {
                     self.inner.claims.lock().insert(task_id, claim);
-                    pending.push(Err(e));
+                    outcomes[index] = Err(e);
                 }
             }
         }
-        let mut outcomes = Vec::with_capacity(pending.len());
-        let acks: Vec<_> = pending
-            .into_iter()
-            .map(|p| async move {
-                match p {
-                    Ok((task_id, claim, ack, refused)) => match ack.await {
-                        Ok(()) => {
-                            if claim.delivery == DeliveryMode::AtLeastOnce {
-                                self.inner.ack(&claim.reply, AckKind::Ack).await;
-                            }
-                            (None, refused.map_or(Ok(()), Err))
-                        }
-                        Err(e) => (Some((task_id, claim)), Err(e)),
-                    },
-                    Err(e) => (None, Err(e)),
-                }
-            })
-            .collect();
-        for (back, outcome) in join_all(acks).await {
-            if let Some((task_id, claim)) = back {
-                self.inner.claims.lock().insert(task_id, claim);
+        // One message per run of results of the same session that fits in a message.
+        let limit = self.inner.inline_limit;
+        let mut groups: Vec<Vec<Encoded>> = Vec::new();
+        let mut size = 0;
+        for e in ready {
+            let fits = groups.last().is_some_and(|g: &Vec<Encoded>| {
+                g[0].claim.session_id == e.claim.session_id
+                    && size
+                        + e.bytes.len()
+                        + 1
+                        + wire::ResultBatch::OVERHEAD
+                        + e.claim.session_id.len()
+                        <= limit
+            });
+            if !fits {
+                groups.push(Vec::new());
+                size = 0;
             }
-            outcomes.push(outcome);
+            size += e.bytes.len() + 1;
+            groups.last_mut().expect("pushed").push(e);
+        }
+        let mut sent = Vec::with_capacity(groups.len());
+        for group in groups {
+            let session = group[0].claim.session_id.clone();
+            let (bytes, id) = match &group[..] {
+                [one] => (
+                    one.bytes.clone(),
+                    format!("{}:{}", one.task_id, one.claim.attempt),
+                ),
+                many => {
+                    let parts: Vec<&[u8]> = many.iter().map(|e| e.bytes.as_slice()).collect();
+                    (
+                        wire::ResultBatch::encode_parts(&session, &parts),
+                        batch_message_id(many),
+                    )
+                }
+            };
+            let published = self.publish_results_message(&session, bytes, id).await;
+            sent.push((group, published));
+        }
+        let stored = join_all(sent.into_iter().map(|(group, published)| async move {
+            let outcome = match published {
+                Ok(ack) => ack.await,
+                Err(e) => Err(e),
+            };
+            (group, outcome)
+        }))
+        .await;
+        for (group, outcome) in stored {
+            for e in group {
+                match &outcome {
+                    Ok(()) => {
+                        if e.claim.delivery == DeliveryMode::AtLeastOnce {
+                            self.inner.ack(&e.claim.reply, AckKind::Ack).await;
+                        }
+                        outcomes[e.index] = e.refused.map_or(Ok(()), Err);
+                    }
+                    Err(err) => {
+                        outcomes[e.index] = Err(Error::BrokerUnavailable {
+                            reason: err.to_string(),
+                        });
+                        self.inner.claims.lock().insert(e.task_id, e.claim);
+                    }
+                }
+            }
         }
         Ok(outcomes)
     }
