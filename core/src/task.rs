@@ -133,6 +133,7 @@ impl ExternalTask {
 
     /// The trace context set with [`with_trace_context`](Self::with_trace_context), if any: what
     /// a task message's `traceparent` header carries.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     pub(crate) fn carried_trace_context(&self) -> Option<crate::observe::TraceContext> {
         self.trace
     }

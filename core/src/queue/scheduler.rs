@@ -412,11 +412,13 @@ impl Scheduler {
     }
 
     /// Hands External tasks to `dispatcher` from now on (set once, before the first submit).
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     pub(crate) fn attach_dispatcher(&self, dispatcher: Arc<dyn Dispatcher>) {
         let _ = self.dispatcher.set(dispatcher);
     }
 
     /// Applies a result that came through the broker.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     pub(crate) fn remote_result(self: &Arc<Self>, env: ResultEnvelope) {
         let Ok(seq) = self.seq_of(&env.task_id) else {
             tracing::warn!(
@@ -462,6 +464,7 @@ impl Scheduler {
     }
 
     /// Surfaces an output chunk a remote worker streamed.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     pub(crate) fn remote_output(&self, task_id: String, stream: String, chunk: String) {
         self.state.lock().emit(|| QueueEvent::Output {
             task_id,
