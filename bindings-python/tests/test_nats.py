@@ -108,6 +108,32 @@ async def test_the_foreign_worker_serves_a_session(agent: Agent, tmp_path: pathl
     assert b"malformed" in err and b"unsupported protocol version 9" in err, err.decode()
 
 
+async def test_the_foreign_worker_moves_large_payloads_and_results_by_reference(
+        agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+    big = "x" * (2 << 20) + "\n"  # over the server's 1 MiB max_payload
+    (tmp_path / "big.txt").write_text(big)
+    prefix = "py" + uuid.uuid4().hex[:10]
+    session = await nats_session(agent, tmp_path, nats_url, prefix)
+    worker = subprocess.Popen(
+        [sys.executable, str(FOREIGN_WORKER), "--nats", nats_url, "--prefix", prefix,
+         "--session-id", session.id, "--workspace", str(tmp_path)],
+        stderr=subprocess.PIPE,
+    )
+    try:
+        # A large result (the file's content) comes back through the object store...
+        read = await asyncio.wait_for(session.tool("read", {"path": "big.txt"}), 30)
+        assert read.success and read.result["content"] == big
+        # ...and a large payload goes out through it, its large result comes back the same way.
+        text = "abc" * 600_000
+        handle = await session.submit(SessionLane.QUERY, "upper", {"text": text})
+        upper = await asyncio.wait_for(handle.result(), 30)
+        assert upper.success and upper.result == {"text": text.upper()}
+    finally:
+        worker.terminate()
+        worker.communicate(timeout=10)
+        await session.close()
+
+
 async def test_a_python_remote_session_works_the_spec_loop(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
     prefix = "py" + uuid.uuid4().hex[:10]
     session = await nats_session(agent, tmp_path, nats_url, prefix)

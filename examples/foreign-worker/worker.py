@@ -7,7 +7,8 @@
 
 It serves the `read` and `ls` built-in tools (confined to the workspace) and a custom `upper`
 command, takes the highest-priority lane first, renews its lease while a task runs, reports
-exhausted deliveries, and stops a task the session cancels.
+exhausted deliveries, stops a task the session cancels, and moves payloads and results too
+large for a message through the object store.
 """
 
 import argparse
@@ -17,11 +18,12 @@ import os
 import signal
 import sys
 import time
-from typing import Any, Dict, Optional, Set
+from typing import Any, Dict, Optional, Set, Tuple
 
 import nats
 from nats.aio.msg import Msg
 from nats.errors import TimeoutError as NatsTimeout
+from nats.js.errors import ObjectNotFoundError
 
 LANES = ["control", "query", "execute", "generate"]  # priority order (protocol.md §1)
 
@@ -82,6 +84,7 @@ class Worker:
         self.running: Dict[str, "asyncio.Task[None]"] = {}
         self.slots = asyncio.Semaphore(args.concurrency)
         self.stopping = False
+        self.bucket = args.prefix.upper().replace("-", "_") + "_PAYLOADS"  # protocol.md §3.5
 
     async def start(self) -> None:
         self.nc = await nats.connect(self.args.nats, name=f"foreign-worker {self.args.worker_id}")
@@ -92,6 +95,8 @@ class Worker:
             self.subs[lane] = await self.js.pull_subscribe_bind(durable=durable, stream=self.stream)
         info = await self.subs[self.lanes[0]].consumer_info()
         self.lease = float(info.config.ack_wait or 10.0)
+        # Envelopes larger than this carry their result by reference (protocol.md §3.5).
+        self.inline_limit = max(self.nc.max_payload - 8192, 8192)
         await self.nc.subscribe(f"{self.prefix}.ready.{self.session}", cb=self.on_doorbell)
         await self.nc.subscribe(f"{self.prefix}.cancel.{self.session}", cb=self.on_cancel)
         log(f"serving session {self.session} lanes {','.join(self.lanes)}, lease {self.lease}s")
@@ -121,7 +126,11 @@ class Worker:
                     break
                 try:
                     msgs = await self.subs[lane].fetch(batch=free, timeout=0.05)
-                except NatsTimeout:
+                except (NatsTimeout, asyncio.TimeoutError):  # nats-py raises either when nothing came
+                    continue
+                except Exception as e:  # NATS unavailable: never let it take the worker down
+                    log(f"fetching tasks failed ({e!r}); retrying")
+                    await asyncio.sleep(0.5)
                     continue
                 for msg in msgs:
                     await self.slots.acquire()
@@ -171,6 +180,10 @@ class Worker:
             await self.report(task_id, session_id, attempt, "exhausted", {
                 "success": False, "result": {}, "error": f"{attempt - 1} attempts were lost"})
             return
+        if env.get("payload_ref") is not None:
+            readable, payload = await self.read_payload(msg, env["payload_ref"], task_id, session_id, attempt)
+            if not readable:
+                return
         at_most_once = env.get("delivery") == "at_most_once"
         if at_most_once:
             await msg.ack_sync()
@@ -200,10 +213,54 @@ class Worker:
         if not at_most_once:
             await msg.ack()  # only once the result is stored (protocol.md §2.5)
 
+    async def read_payload(self, msg: Msg, ref: Any, task_id: str, session_id: str, attempt: int) -> Tuple[bool, Any]:
+        """(True, the payload) of a task sent by reference (protocol.md §3.5), or (False, None) when the
+        task was given back (NATS unavailable: -NAK) or failed (missing, wrong size, not JSON, too large)."""
+        await msg.in_progress()  # reading may take a while: start from a fresh lease
+        try:
+            if not isinstance(ref, dict) or ref.get("bucket") != self.bucket:
+                raise ValueError(f"payload_ref {ref!r} is not in bucket {self.bucket}")
+            size = int(ref["size"])
+            if size > self.args.max_object_bytes:
+                await self.report(task_id, session_id, attempt, "result", {
+                    "success": False, "result": {"error_code": "PayloadTooLarge"},
+                    "error": f"payload of {size} bytes is over the limit of {self.args.max_object_bytes}"})
+                await msg.term()  # only once the failure is stored
+                return False, None
+            obj = await (await self.js.object_store(self.bucket)).get(str(ref["name"]))
+            data = obj.data or b""
+            if len(data) != size:
+                raise ValueError(f"object {ref['name']} has {len(data)} bytes, not {size}")
+            return True, json.loads(data)
+        except (ObjectNotFoundError, ValueError, KeyError, TypeError) as e:
+            log(f"task {task_id}: unreadable payload: {e}")
+            await self.report(task_id, session_id, attempt, "result", {
+                "success": False, "result": {"error_code": "InvalidPayload"}, "error": f"unreadable payload: {e}"})
+            await msg.term()  # only once the failure is stored
+            return False, None
+        except Exception as e:  # NATS unavailable: give it back
+            log(f"task {task_id}: cannot read its payload now ({e!r}); giving it back")
+            await msg.nak(delay=1)
+            return False, None
+
     async def report(self, task_id: str, session_id: str, attempt: int, kind: str, result: Dict[str, Any]) -> None:
-        envelope = {"v": 1, "kind": kind, "task_id": task_id, "session_id": session_id,
-                    "attempt": attempt, "worker_id": self.args.worker_id, "result": result}
-        await self.js.publish(f"{self.prefix}.result.{session_id}", json.dumps(envelope).encode(),
+        envelope: Dict[str, Any] = {"v": 1, "kind": kind, "task_id": task_id, "session_id": session_id,
+                                    "attempt": attempt, "worker_id": self.args.worker_id, "result": result}
+        data = json.dumps(envelope).encode()
+        if len(data) > self.inline_limit:
+            # Too large for a message: the result goes to the object store, by reference (§3.5).
+            value = json.dumps(result.get("result")).encode()
+            if len(value) > self.args.max_object_bytes:
+                envelope["result"] = {"success": False, "result": {"error_code": "PayloadTooLarge"},
+                                      "error": f"result of {len(value)} bytes is over the limit of "
+                                               f"{self.args.max_object_bytes}"}
+            else:
+                name = f"{session_id}/{task_id}/result/{attempt}"
+                await (await self.js.object_store(self.bucket)).put(name, value)
+                envelope["result"] = dict(result, result=None)
+                envelope["result_ref"] = {"bucket": self.bucket, "name": name, "size": len(value)}
+            data = json.dumps(envelope).encode()
+        await self.js.publish(f"{self.prefix}.result.{session_id}", data,
                               headers={"Nats-Msg-Id": f"{task_id}:{attempt}"})
 
 
@@ -216,6 +273,8 @@ async def main(argv: Optional[list] = None) -> None:
     p.add_argument("--workspace", default=".")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--worker-id", default=f"py-{os.getpid()}")
+    p.add_argument("--max-object-bytes", type=int, default=64 << 20,
+                   help="largest payload or result to move through the object store")
     w = Worker(p.parse_args(argv))
     await w.start()
     loop = asyncio.get_running_loop()
