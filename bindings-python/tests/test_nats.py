@@ -73,15 +73,20 @@ async def nats_session(agent: Agent, workspace: pathlib.Path, url: str, prefix: 
     return session
 
 
+def foreign_worker(nats_url: str, prefix: str, session: AgentSession, workspace: pathlib.Path) -> "subprocess.Popen[bytes]":
+    """The foreign worker (examples/foreign-worker) serving `session`, its stderr captured."""
+    return subprocess.Popen(
+        [sys.executable, str(FOREIGN_WORKER), "--nats", nats_url, "--prefix", prefix,
+         "--session-id", session.id, "--workspace", str(workspace)],
+        stderr=subprocess.PIPE,
+    )
+
+
 async def test_the_foreign_worker_serves_a_session(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
     (tmp_path / "hello.txt").write_text("hello from a foreign worker\n")
     prefix = "py" + uuid.uuid4().hex[:10]
     session = await nats_session(agent, tmp_path, nats_url, prefix)
-    worker = subprocess.Popen(
-        [sys.executable, str(FOREIGN_WORKER), "--nats", nats_url, "--prefix", prefix,
-         "--session-id", session.id, "--workspace", str(tmp_path)],
-        stderr=subprocess.PIPE,
-    )
+    worker = foreign_worker(nats_url, prefix, session, tmp_path)
     try:
         reads = await asyncio.wait_for(
             asyncio.gather(*(session.tool("read", {"path": "hello.txt"}) for _ in range(20))), 30)
@@ -114,11 +119,7 @@ async def test_the_foreign_worker_moves_large_payloads_and_results_by_reference(
     (tmp_path / "big.txt").write_text(big)
     prefix = "py" + uuid.uuid4().hex[:10]
     session = await nats_session(agent, tmp_path, nats_url, prefix)
-    worker = subprocess.Popen(
-        [sys.executable, str(FOREIGN_WORKER), "--nats", nats_url, "--prefix", prefix,
-         "--session-id", session.id, "--workspace", str(tmp_path)],
-        stderr=subprocess.PIPE,
-    )
+    worker = foreign_worker(nats_url, prefix, session, tmp_path)
     try:
         # A large result (the file's content) comes back through the object store...
         read = await asyncio.wait_for(session.tool("read", {"path": "big.txt"}), 30)
