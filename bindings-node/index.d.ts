@@ -466,6 +466,21 @@ export interface NatsConfig {
   tlsKey?: string
   /** A worker's lease on a task in milliseconds (JetStream `AckWait`, default 10 000). */
   leaseMs?: number
+  /**
+   * Largest payload or result (JSON bytes) that may go through the object store when it does
+   * not fit in a message (default 64 MiB); beyond it `PayloadTooLarge`.
+   */
+  maxObjectBytes?: number
+  /**
+   * Copies JetStream keeps of each stream the session creates, 1 to 5 (default 1; 3 on a
+   * three-server cluster survives losing one).
+   */
+  replicas?: number
+  /**
+   * How long the streams the session creates deduplicate a retried publish, in milliseconds
+   * (default 20 000).
+   */
+  duplicateWindowMs?: number
 }
 
 /**

@@ -167,3 +167,17 @@ test('brokerReady rejects with BrokerUnavailable while NATS cannot be reached', 
   await assert.rejects(session.brokerReady(), { code: 'ShutDown' })
   assert.throws(() => new Agent().session(workspace(), { nats: { url: '' } }), { code: 'InvalidConfig' })
 })
+
+test('maxObjectBytes caps what a session submits, replicas and duplicateWindowMs are checked', { skip }, async () => {
+  const ws = workspace()
+  const session = new Agent().session(ws, {
+    nats: { url, prefix, maxObjectBytes: 1_000, duplicateWindowMs: 5_000 },
+    queueConfig: { laneHandlers: { query: { mode: 'external', timeoutMs: 30_000 } } },
+  })
+  await session.brokerReady(10_000)
+  await assert.rejects(session.submit('query', 'upper', { text: 'x'.repeat(2_000) }), { code: 'PayloadTooLarge' })
+  await session.close()
+  for (const nats of [{ url, replicas: 0 }, { url, replicas: 6 }, { url, duplicateWindowMs: 0 }, { url, maxObjectBytes: -1 }]) {
+    assert.throws(() => new Agent().session(workspace(), { nats }), { code: 'InvalidConfig' })
+  }
+})

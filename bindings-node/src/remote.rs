@@ -44,6 +44,15 @@ pub struct NatsConfig {
     pub tls_key: Option<String>,
     /// A worker's lease on a task in milliseconds (JetStream `AckWait`, default 10 000).
     pub lease_ms: Option<i64>,
+    /// Largest payload or result (JSON bytes) that may go through the object store when it does
+    /// not fit in a message (default 64 MiB); beyond it `PayloadTooLarge`.
+    pub max_object_bytes: Option<i64>,
+    /// Copies JetStream keeps of each stream the session creates, 1 to 5 (default 1; 3 on a
+    /// three-server cluster survives losing one).
+    pub replicas: Option<i64>,
+    /// How long the streams the session creates deduplicate a retried publish, in milliseconds
+    /// (default 20 000).
+    pub duplicate_window_ms: Option<i64>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -84,6 +93,18 @@ impl NatsConfig {
         }
         if let Some(ms) = self.lease_ms {
             cfg = cfg.with_lease(Duration::from_millis(non_negative("leaseMs", ms)?));
+        }
+        if let Some(n) = self.max_object_bytes {
+            cfg = cfg.with_max_object_bytes(count("maxObjectBytes", n)?);
+        }
+        if let Some(n) = self.replicas {
+            cfg = cfg.with_replicas(count("replicas", n)?);
+        }
+        if let Some(ms) = self.duplicate_window_ms {
+            cfg = cfg.with_duplicate_window(Duration::from_millis(non_negative(
+                "duplicateWindowMs",
+                ms,
+            )?));
         }
         cfg.validate()?;
         Ok(cfg)

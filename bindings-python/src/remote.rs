@@ -27,7 +27,8 @@ pub(crate) struct PyNatsConfig {
 impl PyNatsConfig {
     #[new]
     #[pyo3(signature = (url, *, prefix = None, token = None, user = None, password = None, nkey = None,
-        credentials_file = None, tls_ca = None, tls_cert = None, tls_key = None, lease_ms = None))]
+        credentials_file = None, tls_ca = None, tls_cert = None, tls_key = None, lease_ms = None,
+        max_object_bytes = None, replicas = None, duplicate_window_ms = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         url: &str,
@@ -41,6 +42,9 @@ impl PyNatsConfig {
         tls_cert: Option<PathBuf>,
         tls_key: Option<PathBuf>,
         lease_ms: Option<u64>,
+        max_object_bytes: Option<usize>,
+        replicas: Option<usize>,
+        duplicate_window_ms: Option<u64>,
     ) -> PyResult<Self> {
         let mut cfg = NatsConfig::new(url);
         if let Some(p) = prefix {
@@ -68,6 +72,15 @@ impl PyNatsConfig {
         if let Some(ms) = lease_ms {
             cfg = cfg.with_lease(Duration::from_millis(ms));
         }
+        if let Some(n) = max_object_bytes {
+            cfg = cfg.with_max_object_bytes(n);
+        }
+        if let Some(n) = replicas {
+            cfg = cfg.with_replicas(n);
+        }
+        if let Some(ms) = duplicate_window_ms {
+            cfg = cfg.with_duplicate_window(Duration::from_millis(ms));
+        }
         cfg.validate().map_err(CoreError)?;
         Ok(Self { inner: cfg })
     }
@@ -80,6 +93,21 @@ impl PyNatsConfig {
     #[getter]
     fn prefix(&self) -> &str {
         &self.inner.prefix
+    }
+
+    #[getter]
+    fn max_object_bytes(&self) -> usize {
+        self.inner.max_object_bytes
+    }
+
+    #[getter]
+    fn replicas(&self) -> usize {
+        self.inner.replicas
+    }
+
+    #[getter]
+    fn duplicate_window_ms(&self) -> u64 {
+        self.inner.duplicate_window.as_millis() as u64
     }
 
     fn __repr__(&self) -> String {

@@ -22,8 +22,10 @@ from a3s_code import (
     Agent,
     AgentSession,
     ExternalTaskResult,
+    InvalidConfigError,
     LaneHandlerConfig,
     NatsConfig,
+    PayloadTooLargeError,
     RemoteSession,
     SessionLane,
     SessionOptions,
@@ -157,3 +159,24 @@ async def test_a_python_remote_session_works_the_spec_loop(agent: Agent, tmp_pat
         loop.cancel()
         await remote.close()
         await session.close()
+
+
+async def test_nats_config_limits_are_checked_and_max_object_bytes_caps_submit(
+        agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+    prefix = "py" + uuid.uuid4().hex[:10]
+    config = NatsConfig(nats_url, prefix=prefix, max_object_bytes=1_000, replicas=1, duplicate_window_ms=5_000)
+    assert (config.max_object_bytes, config.replicas, config.duplicate_window_ms) == (1_000, 1, 5_000)
+    assert NatsConfig(nats_url).duplicate_window_ms == 20_000
+    cfg = SessionQueueConfig(
+        lane_handlers={SessionLane.QUERY: LaneHandlerConfig(mode=TaskHandlerMode.EXTERNAL, timeout_ms=30_000)})
+    session = agent.session(tmp_path, SessionOptions(queue_config=cfg, nats=config))
+    await session.broker_ready(10.0)
+    with pytest.raises(PayloadTooLargeError):
+        await session.submit(SessionLane.QUERY, "upper", {"text": "x" * 2_000})
+    await session.close()
+    with pytest.raises(InvalidConfigError):
+        NatsConfig(nats_url, replicas=0)
+    with pytest.raises(InvalidConfigError):
+        NatsConfig(nats_url, replicas=6)
+    with pytest.raises(InvalidConfigError):
+        NatsConfig(nats_url, duplicate_window_ms=0)

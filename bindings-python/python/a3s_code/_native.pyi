@@ -452,11 +452,20 @@ class NatsConfig:
         tls_cert: Optional[_Path] = None,
         tls_key: Optional[_Path] = None,
         lease_ms: Optional[int] = None,
+        max_object_bytes: Optional[int] = None,
+        replicas: Optional[int] = None,
+        duplicate_window_ms: Optional[int] = None,
     ) -> NatsConfig: ...
     @property
     def servers(self) -> List[str]: ...
     @property
     def prefix(self) -> str: ...
+    @property
+    def max_object_bytes(self) -> int: ...
+    @property
+    def replicas(self) -> int: ...
+    @property
+    def duplicate_window_ms(self) -> int: ...
 
 @final
 class RemoteSession:
