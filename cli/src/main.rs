@@ -10,11 +10,6 @@ mod run;
 mod stats;
 mod worker;
 
-/// Sessions and workers allocate a little for every message; mimalloc does that with less CPU
-/// than glibc's allocator (docs/PERFORMANCE.md).
-#[global_allocator]
-static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 /// a3s-code: a per-session priority lane queue for an AI coding agent's tool calls, with
 /// workers in process or on other machines.
 #[derive(Parser)]
@@ -66,14 +61,9 @@ fn main() -> anyhow::Result<()> {
         (layers, guard)
     };
     tracing_subscriber::registry().with(layers).init();
-    // A worker's runtime only moves messages (the tools run on the blocking pool, bash in its
-    // own process): one thread does that with fewer wake-ups and context switches.
-    let runtime = match cli.command {
-        Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
-        _ => tokio::runtime::Builder::new_multi_thread(),
-    }
-    .enable_all()
-    .build()?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let out = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,

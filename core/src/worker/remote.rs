@@ -549,24 +549,26 @@ impl RemoteSession {
             let arrived = d.arrived.notified();
             tokio::pin!(arrived);
             arrived.as_mut().enable();
-            let (taken, left) = {
+            {
                 let mut ready = d.ready.lock();
-                let n = ready.len().min(max);
-                (ready.drain(..n).collect::<Vec<_>>(), ready.len())
-            };
+                if !ready.is_empty() {
+                    let n = ready.len().min(max);
+                    return Ok(ready.drain(..n).collect());
+                }
+            }
             let now = Instant::now();
-            // Keep requests open for the slots the caller still has free once it runs what it
-            // takes now, less what is owed or delivered and not yet taken, so the next tasks are
-            // on their way while these run. In batches: a request per freed slot would cost the
-            // server as much as the task itself.
-            let free = max - taken.len();
-            let pending = d.outstanding() + left;
-            if free > pending && (pending == 0 || pending * 2 <= free) {
+            if now >= until {
+                return Ok(Vec::new());
+            }
+            // Ask for the free slots not yet covered by open requests, in batches: a request per
+            // freed slot would cost the server as much as the task itself.
+            let owed = d.outstanding();
+            if owed == 0 || owed * 2 <= max {
                 // Requests outlive this call (its `wait`): a request that expired between two
                 // calls would leave the worker deaf until the next one. The server answers an
                 // expired request with a 408, which retires it here too.
                 let expires = PULL_EXPIRES;
-                let want = free - pending;
+                let want = max - owed;
                 d.credit
                     .lock()
                     .push_back((now + expires + Duration::from_secs(1), want));
@@ -581,12 +583,6 @@ impl RemoteSession {
                     .publish_with_reply(d.next_subject.clone(), d.inbox.clone(), body.into())
                     .await
                     .map_err(unavailable)?;
-            }
-            if !taken.is_empty() {
-                return Ok(taken);
-            }
-            if now >= until {
-                return Ok(Vec::new());
             }
             let wake = d.silence_deadline().map_or(until, |t| t.min(until));
             tokio::select! {
