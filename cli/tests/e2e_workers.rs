@@ -1,6 +1,8 @@
 //! End to end: this test process is the session; `a3s-code worker` processes on the same NATS
 //! server run its tasks. Workers are killed, the server restarts; every task must end exactly once.
 
+mod common;
+
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
@@ -142,18 +144,7 @@ async fn killing_a_worker_mid_run_loses_and_doubles_nothing() {
     first.kill9();
     let _others = [spawn(), spawn()];
 
-    for (i, h) in handles {
-        let out = tokio::time::timeout(Duration::from_secs(120), h)
-            .await
-            .expect("no task is lost")
-            .unwrap();
-        assert!(out.success, "task {i}: {out:?}");
-        assert_eq!(
-            out.result["stdout"],
-            format!("{i}\n"),
-            "task {i} got its own result"
-        );
-    }
+    common::expect_own_echoes(handles).await;
     let m = session.queue_metrics().await.unwrap();
     assert_eq!(
         (m.total_processed, m.total_failed, m.total_timed_out),

@@ -8,6 +8,8 @@
 //! Needs root (network namespaces) and iproute2; without them each test prints why it is skipped
 //! and passes, unless `A3S_REQUIRE_NETNS=1`.
 
+mod common;
+
 use std::process::{Child, Stdio};
 use std::time::Duration;
 
@@ -366,18 +368,7 @@ async fn many_tasks_through_a_cut_and_restored_worker_each_complete_once() {
     .await;
     cut.link_up();
 
-    for (i, h) in handles {
-        let out = tokio::time::timeout(Duration::from_secs(120), h)
-            .await
-            .expect("no task is lost")
-            .unwrap();
-        assert!(out.success, "task {i}: {out:?}");
-        assert_eq!(
-            out.result["stdout"],
-            format!("{i}\n"),
-            "task {i}'s own result"
-        );
-    }
+    common::expect_own_echoes(handles).await;
     let m = session.queue_metrics().await.unwrap();
     assert_eq!(
         (m.total_processed, m.total_failed, m.total_timed_out),
