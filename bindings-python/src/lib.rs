@@ -44,7 +44,7 @@ mod _native {
 
     #[pymodule_init]
     fn init(m: &Bound<'_, PyModule>) -> PyResult<()> {
-        crate::runtime::register_fork_hook(m)?;
+        crate::runtime::register_hooks(m)?;
         crate::error::register(m)
     }
 }

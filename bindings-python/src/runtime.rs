@@ -5,21 +5,27 @@
 //!   coroutine in any asyncio loop gives the outcome.
 //! - A process forked after the runtime started cannot use it (its threads did not survive the
 //!   fork): every entry point checks and raises a clear `RuntimeError`.
+//! - At interpreter exit (an `atexit` hook, while the interpreter is still whole) the runtime
+//!   is shut down: its threads stop before finalization begins, so none of them can take the
+//!   GIL of an interpreter that is being torn down (that aborts or crashes the process).
 
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Mutex, OnceLock};
 use std::task::{Context, Poll, Waker};
+use std::time::Duration;
 
 use pyo3::exceptions::PyRuntimeError;
 use pyo3::prelude::*;
 use pyo3::sync::PyOnceLock;
 use pyo3::types::PyDict;
-use tokio::runtime::Runtime;
-use tokio::task::JoinHandle;
+use tokio::runtime::{Handle, Runtime};
+use tokio::task::{AbortHandle, JoinError, JoinHandle};
 
 struct Shared {
-    runtime: Runtime,
+    /// Taken (and shut down) at interpreter exit.
+    runtime: Mutex<Option<Runtime>>,
+    handle: Handle,
     pid: u32,
 }
 
@@ -29,18 +35,47 @@ static RUNTIME: OnceLock<Result<Shared, String>> = OnceLock::new();
 /// call, where comparing pids would cost a system call.
 static FORKED: AtomicBool = AtomicBool::new(false);
 
+/// Set at interpreter exit: the runtime is gone, and nothing may take the GIL from its threads.
+static EXITING: AtomicBool = AtomicBool::new(false);
+
+/// How long exit waits for the runtime's threads to stop.
+const SHUTDOWN_WAIT: Duration = Duration::from_secs(2);
+
 #[pyfunction]
 fn after_fork_in_child() {
     FORKED.store(true, Ordering::Relaxed);
 }
 
-/// Registers the fork hook (at module import).
-pub(crate) fn register_fork_hook(m: &Bound<'_, PyModule>) -> PyResult<()> {
+/// Stops the runtime at interpreter exit (an `atexit` hook).
+///
+/// The GIL is released while the runtime's threads finish what they are doing: a result on its
+/// way to an asyncio future may be waiting for the GIL.
+#[pyfunction]
+fn shut_down_at_exit(py: Python<'_>) {
+    EXITING.store(true, Ordering::SeqCst);
+    let Some(Ok(shared)) = RUNTIME.get() else {
+        return;
+    };
+    let Some(runtime) = shared.runtime.lock().ok().and_then(|mut r| r.take()) else {
+        return;
+    };
+    if shared.pid == std::process::id() {
+        py.detach(|| runtime.shutdown_timeout(SHUTDOWN_WAIT));
+    } else {
+        // A forked child: the threads to stop do not exist here.
+        std::mem::forget(runtime);
+    }
+}
+
+/// Registers the fork and exit hooks (at module import).
+pub(crate) fn register_hooks(m: &Bound<'_, PyModule>) -> PyResult<()> {
     let py = m.py();
     let kwargs = PyDict::new(py);
     kwargs.set_item("after_in_child", wrap_pyfunction!(after_fork_in_child, m)?)?;
     py.import("os")?
         .call_method("register_at_fork", (), Some(&kwargs))?;
+    py.import("atexit")?
+        .call_method1("register", (wrap_pyfunction!(shut_down_at_exit, m)?,))?;
     Ok(())
 }
 
@@ -48,8 +83,9 @@ pub(crate) fn register_fork_hook(m: &Bound<'_, PyModule>) -> PyResult<()> {
 ///
 /// # Errors
 ///
-/// `RuntimeError` when it cannot start, or in a process forked after it started.
-pub(crate) fn runtime() -> PyResult<&'static Runtime> {
+/// `RuntimeError` when it cannot start, in a process forked after it started, or once the
+/// interpreter is exiting.
+pub(crate) fn runtime() -> PyResult<Handle> {
     let shared = RUNTIME.get_or_init(|| {
         let runtime = tokio::runtime::Builder::new_multi_thread()
             .enable_all()
@@ -57,7 +93,8 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
             .build()
             .map_err(|e| format!("a3s_code: cannot start the tokio runtime: {e}"))?;
         Ok(Shared {
-            runtime,
+            handle: runtime.handle().clone(),
+            runtime: Mutex::new(Some(runtime)),
             pid: std::process::id(),
         })
     });
@@ -73,12 +110,12 @@ pub(crate) fn runtime() -> PyResult<&'static Runtime> {
             std::process::id()
         )));
     }
-    static REGISTERED: OnceLock<()> = OnceLock::new();
-    REGISTERED.get_or_init(|| {
-        // The awaitables' futures run on the same runtime as everything else.
-        let _ = pyo3_async_runtimes::tokio::init_with_runtime(&shared.runtime);
-    });
-    Ok(&shared.runtime)
+    if EXITING.load(Ordering::Relaxed) {
+        return Err(PyRuntimeError::new_err(
+            "a3s_code cannot be used while the interpreter exits: its runtime has stopped",
+        ));
+    }
+    Ok(shared.handle.clone())
 }
 
 /// Runs `fut` to completion on the runtime with the GIL released (for sync methods).
@@ -93,7 +130,8 @@ where
 
 /// Runs `f` inside the runtime's context (for sync core calls that may spawn tasks).
 pub(crate) fn enter<T>(f: impl FnOnce() -> T) -> PyResult<T> {
-    let _guard = runtime()?.enter();
+    let rt = runtime()?;
+    let _guard = rt.enter();
     Ok(f())
 }
 
@@ -103,14 +141,18 @@ pub(crate) trait ToPy: Send + 'static {
     fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>>;
 }
 
-/// The three coroutine functions every async method returns through.
+/// The Python functions every async method returns through.
 struct Coroutines {
     ready: Py<PyAny>,
     fail: Py<PyAny>,
     wait: Py<PyAny>,
+    settle: Py<PyAny>,
 }
 
-const COROUTINES: &std::ffi::CStr = c"async def ready(value):
+const COROUTINES: &std::ffi::CStr = c"from asyncio import get_running_loop
+
+
+async def ready(value):
     return value
 
 
@@ -119,7 +161,20 @@ async def fail(error):
 
 
 async def wait(running):
-    return await running.future()
+    future = get_running_loop().create_future()
+    running.start(future)
+    try:
+        return await future
+    finally:
+        running.abort()
+
+
+def settle(future, ok, value):
+    if not future.done():
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
 ";
 
 fn coroutines(py: Python<'_>) -> PyResult<&Coroutines> {
@@ -135,10 +190,10 @@ fn coroutines(py: Python<'_>) -> PyResult<&Coroutines> {
             ready: m.getattr("ready")?.unbind(),
             fail: m.getattr("fail")?.unbind(),
             wait: m.getattr("wait")?.unbind(),
+            settle: m.getattr("settle")?.unbind(),
         })
     })
 }
-
 /// Returns a coroutine that resolves to `fut`'s output; the call itself starts the work.
 ///
 /// The future is polled once right away (without waiting, in the runtime's context): core calls
@@ -166,10 +221,10 @@ where
             Err(err) => coroutines.fail.bind(py).call1((err.into_value(py),)),
         },
         Poll::Pending => {
-            let task =
-                rt.spawn(async move { fut.await.map(|v| Erased(Box::new(v) as Box<dyn ToPyDyn>)) });
+            let task = rt.spawn(async move { fut.await.map(|v| Box::new(v) as Box<dyn ToPyDyn>) });
             let running = Running {
                 task: Mutex::new(Some(AbortOnDrop(task))),
+                abort: OnceLock::new(),
             };
             coroutines.wait.bind(py).call1((running,))
         }
@@ -187,21 +242,10 @@ impl<T: ToPy> ToPyDyn for T {
     }
 }
 
-struct Erased(Box<dyn ToPyDyn>);
+type Outcome = PyResult<Box<dyn ToPyDyn>>;
 
-impl<'py> IntoPyObject<'py> for Erased {
-    type Target = PyAny;
-    type Output = Bound<'py, PyAny>;
-    type Error = PyErr;
-
-    fn into_pyobject(self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
-        self.0.to_py_boxed(py)
-    }
-}
-
-/// A spawned task that is aborted when dropped (its awaiting coroutine was cancelled or never
-/// awaited).
-struct AbortOnDrop(JoinHandle<PyResult<Erased>>);
+/// A spawned task that is aborted when dropped (its coroutine was never awaited).
+struct AbortOnDrop(JoinHandle<Outcome>);
 
 impl Drop for AbortOnDrop {
     fn drop(&mut self) {
@@ -213,21 +257,65 @@ impl Drop for AbortOnDrop {
 #[pyclass(frozen, name = "Running", module = "a3s_code")]
 struct Running {
     task: Mutex<Option<AbortOnDrop>>,
+    abort: OnceLock<AbortHandle>,
 }
 
 #[pymethods]
 impl Running {
-    /// An `asyncio.Future` of the running loop for the task's outcome (once).
-    fn future<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+    /// Settles `future` (an `asyncio.Future` of the running loop) with the call's outcome, from
+    /// the runtime through the loop's `call_soon_threadsafe`, once the call is done.
+    fn start(&self, py: Python<'_>, future: Bound<'_, PyAny>) -> PyResult<()> {
         let task = self.task.lock().ok().and_then(|mut t| t.take());
         let mut task = task.ok_or_else(|| PyRuntimeError::new_err("already awaited"))?;
-        pyo3_async_runtimes::tokio::future_into_py(py, async move {
-            match (&mut task.0).await {
-                Ok(outcome) => outcome,
-                Err(e) => Err(PyRuntimeError::new_err(format!(
-                    "a3s_code: the call failed: {e}"
-                ))),
-            }
-        })
+        let _ = self.abort.set(task.0.abort_handle());
+        let event_loop = future.call_method0("get_loop")?.unbind();
+        let future = future.unbind();
+        let settle = coroutines(py)?.settle.clone_ref(py);
+        runtime()?.spawn(async move {
+            let outcome = (&mut task.0).await;
+            // Taking the GIL may wait for the loop's thread: not on a runtime worker.
+            let _ = tokio::task::spawn_blocking(move || {
+                settle_from_runtime(&event_loop, &settle, future, outcome);
+            })
+            .await;
+        });
+        Ok(())
     }
+
+    /// Stops the call if it is still running (its awaiting coroutine was cancelled).
+    fn abort(&self) {
+        if let Some(h) = self.abort.get() {
+            h.abort();
+        }
+    }
+}
+
+/// Hands a finished call's outcome to its asyncio future on the loop's thread.
+fn settle_from_runtime(
+    event_loop: &Py<PyAny>,
+    settle: &Py<PyAny>,
+    future: Py<PyAny>,
+    outcome: Result<Outcome, JoinError>,
+) {
+    // At exit the runtime is being shut down with the GIL released for exactly this; once the
+    // flag is up, nothing is awaiting any more.
+    if EXITING.load(Ordering::SeqCst) {
+        return;
+    }
+    Python::attach(|py| {
+        let (ok, value) = match outcome.map(|o| o.and_then(|v| v.to_py_boxed(py))) {
+            Ok(Ok(value)) => (true, value),
+            Ok(Err(err)) => (false, err.into_value(py).into_bound(py).into_any()),
+            Err(e) if e.is_cancelled() => return,
+            Err(e) => (
+                false,
+                PyRuntimeError::new_err(format!("a3s_code: the call failed: {e}"))
+                    .into_value(py)
+                    .into_bound(py)
+                    .into_any(),
+            ),
+        };
+        // A closed loop has no one left to tell.
+        let _ = event_loop.call_method1(py, "call_soon_threadsafe", (settle, future, ok, value));
+    });
 }
