@@ -66,7 +66,11 @@ impl WorkerProc {
             .arg("--workspace")
             .arg(workspace)
             .args(extra)
-            .env("A3S_LOG", "warn")
+            // A3S_TEST_WORKER_LOG (an A3S_LOG filter) shows the workers' logs when debugging.
+            .env(
+                "A3S_LOG",
+                std::env::var("A3S_TEST_WORKER_LOG").unwrap_or_else(|_| "warn".to_owned()),
+            )
             .stdout(Stdio::null())
             .stderr(Stdio::inherit())
             .spawn()
@@ -170,15 +174,16 @@ async fn lose_and_restore(
     let restarted = started.elapsed();
     let end = (at + 2 * STEP).min(TASKS as u64);
     wait_processed(session, end, STALL, &format!("after restarting n{i}")).await;
-    for (k, (w, before)) in pullers.iter().zip(before).enumerate() {
-        let claimed = w.claimed().await - before;
-        // More than the tasks it may have held already (its slots, twice).
-        assert!(
-            claimed > 64.0,
-            "worker {k} claimed only {claimed} of {} tasks since n{i} was lost",
-            end - at
-        );
+    let mut claimed = Vec::new();
+    for (w, before) in pullers.iter().zip(before) {
+        claimed.push(w.claimed().await - before);
     }
+    // Each took more than the tasks it may have held already (its slots, twice).
+    assert!(
+        claimed.iter().all(|&n| n > 64.0),
+        "tasks claimed by each pull-mode worker since n{i} was lost: {claimed:?} (of {})",
+        end - at
+    );
     eprintln!(
         "n{i} ({why}) lost after {at} tasks: {STEP} more done {stalled:?} later; restarted \
          after {restarted:?}; {end} done after {:?}",

@@ -170,7 +170,11 @@ struct Direct {
     heard: Mutex<Instant>,
     /// Tasks delivered and claimed, waiting for the caller.
     ready: Mutex<std::collections::VecDeque<ExternalTask>>,
+    /// Woken when tasks arrive or a request ends (the claim may ask again).
     arrived: tokio::sync::Notify,
+    /// No new request before this instant: the last one was refused (no leader yet, too many
+    /// waiting requests), and asking again at once would only be refused again.
+    pause_until: Mutex<Instant>,
 }
 
 impl Direct {
@@ -200,7 +204,18 @@ impl Direct {
 
     /// Forgets every open request (they are gone with the connection).
     fn forget(&self) {
+        tracing::debug!("reconnected: forgetting the open pull requests");
         self.credit.lock().clear();
+        self.arrived.notify_waiters();
+    }
+
+    /// A request ended with a status: it owes nothing more, and the claim may ask again (after
+    /// [`REASK_PAUSE`] unless it merely expired).
+    fn ended(&self, status: async_nats::StatusCode) {
+        self.consume(true);
+        if status != async_nats::StatusCode::TIMEOUT {
+            *self.pause_until.lock() = Instant::now() + REASK_PAUSE;
+        }
         self.arrived.notify_waiters();
     }
 
@@ -383,6 +398,7 @@ impl RemoteSession {
                 heard: Mutex::new(Instant::now()),
                 ready: Mutex::default(),
                 arrived: tokio::sync::Notify::new(),
+                pause_until: Mutex::new(Instant::now()),
             }),
             _ => None,
         };
@@ -563,12 +579,21 @@ impl RemoteSession {
             // Ask for the free slots not yet covered by open requests, in batches: a request per
             // freed slot would cost the server as much as the task itself.
             let owed = d.outstanding();
+            let paused = *d.pause_until.lock();
+            if now < paused {
+                tokio::select! {
+                    _ = arrived => {}
+                    _ = tokio::time::sleep_until(paused.min(until)) => {}
+                }
+                continue;
+            }
             if owed == 0 || owed * 2 <= max {
                 // Requests outlive this call (its `wait`): a request that expired between two
                 // calls would leave the worker deaf until the next one. The server answers an
                 // expired request with a 408, which retires it here too.
                 let expires = PULL_EXPIRES;
                 let want = max - owed;
+                tracing::trace!(want, owed, "asking for tasks");
                 d.credit
                     .lock()
                     .push_back((now + expires + Duration::from_secs(1), want));
@@ -1227,10 +1252,15 @@ async fn forget_requests_on_reconnect(
 const PULL_EXPIRES: Duration = Duration::from_secs(30);
 
 /// How often the server confirms an idle pull request is still open.
-const PULL_HEARTBEAT: Duration = Duration::from_secs(1);
+const PULL_HEARTBEAT: Duration = Duration::from_millis(500);
 
-/// Silence after which open pull requests count as lost (a few missed heartbeats).
-const PULL_SILENCE: Duration = Duration::from_secs(3);
+/// Silence after which open pull requests count as lost (three missed heartbeats): a consumer
+/// that lost its leader answers nothing until it has a new one, and a worker must ask again
+/// soon after, or the others take all the work meanwhile.
+const PULL_SILENCE: Duration = Duration::from_millis(1500);
+
+/// How long a worker waits before asking again after a request was refused.
+const REASK_PAUSE: Duration = Duration::from_millis(250);
 
 /// The longest a single broker operation may take before it counts as failed.
 const OP_TIMEOUT: Duration = Duration::from_secs(5);
@@ -1358,9 +1388,10 @@ async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::S
                 d.heard();
                 continue;
             }
-            // A request expired or was cut short: it owes nothing more.
-            Some(_) => {
-                d.consume(true);
+            // A request expired or was cut short (its consumer's leader changed or is missing).
+            Some(status) => {
+                tracing::debug!(%status, description = ?msg.description, "a pull request ended");
+                d.ended(status);
                 continue;
             }
             None => {
