@@ -51,8 +51,10 @@ struct NatsBench {
     /// Worker processes.
     #[arg(long, default_value_t = 4)]
     workers: usize,
-    /// Tasks each worker runs at once.
-    #[arg(long, default_value_t = 16)]
+    /// Tasks each worker runs at once (both patterns). A worker of ours never asks for more
+    /// tasks than its free slots, while a bare worker keeps 200 prefetched whatever its slots:
+    /// docs/PERFORMANCE.md gives the figures at 16 slots too.
+    #[arg(long, default_value_t = 64)]
     concurrency: usize,
     /// Rate of the steady run, tasks/s.
     #[arg(long, default_value_t = 500)]
@@ -64,7 +66,8 @@ struct NatsBench {
     /// workers' slots).
     #[arg(long)]
     lane_concurrency: Option<usize>,
-    /// Full-load rounds of each pattern (the two take turns; each reports its median round).
+    /// Rounds of each pattern (the two take turns): full load reports the median round, the
+    /// paced runs pool their latencies over the rounds.
     #[arg(long, default_value_t = 3)]
     rounds: usize,
     /// Run only the full-load part of one pattern (`a3s` or `bare`), for profiling.
@@ -103,6 +106,15 @@ impl Run {
     }
     fn p(&self, q: f64) -> f64 {
         self.latency_us.value_at_quantile(q) as f64 / 1000.0
+    }
+    /// Pools another run's samples into this one (its rate becomes the pooled rate).
+    fn pool(mut self, other: Run) -> Run {
+        self.tasks += other.tasks;
+        self.elapsed += other.elapsed;
+        self.latency_us
+            .add(&other.latency_us)
+            .expect("same histogram bounds");
+        self
     }
 }
 
@@ -258,6 +270,13 @@ fn median(mut runs: Vec<Run>) -> Run {
     runs.swap_remove(mid)
 }
 
+/// Rounds of paced runs, each kind's samples pooled.
+fn pool(rounds: Vec<[Run; 2]>) -> [Run; 2] {
+    let mut rounds = rounds.into_iter();
+    let first = rounds.next().expect("at least one round");
+    rounds.fold(first, |[h, s], [h2, s2]| [h.pool(h2), s.pool(s2)])
+}
+
 /// Paced runs of one pattern: half its full-load rate, then the steady rate.
 async fn paced<P: Pattern>(p: Arc<P>, b: &NatsBench, full: &Run) -> [Run; 2] {
     let half = drive(p.clone(), 0, Some((full.rate() / 2.0, b.steady_secs))).await;
@@ -410,9 +429,16 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     }
     let paced_runs = match (&bare, &ours) {
         (Some((bp, ..)), Some((op, _))) if b.only.is_none() => {
+            // Paced runs take turns too, and each pattern's samples are pooled over the rounds:
+            // a single 10-second run at 500/s has only 50 samples above its p99.
             let (bare_full, ours_full) = (median(bare_full), median(ours_full));
-            let [bare_half, bare_steady] = paced(bp.clone(), &b, &bare_full).await;
-            let [ours_half, ours_steady] = paced(op.clone(), &b, &ours_full).await;
+            let (mut bare_paced, mut ours_paced) = (Vec::new(), Vec::new());
+            for _ in 0..b.rounds.max(1) {
+                bare_paced.push(paced(bp.clone(), &b, &bare_full).await);
+                ours_paced.push(paced(op.clone(), &b, &ours_full).await);
+            }
+            let [bare_half, bare_steady] = pool(bare_paced);
+            let [ours_half, ours_steady] = pool(ours_paced);
             Some((
                 [bare_full, bare_half, bare_steady],
                 [ours_full, ours_half, ours_steady],
@@ -440,8 +466,14 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     };
     println!(
         "nats-server {version}, loopback, {} worker processes x {} slots, {} tasks at full load \
-         (the median of {} rounds, the two patterns taking turns)\n",
-        b.workers, b.concurrency, b.tasks, b.rounds
+         (the median of {} rounds, the two patterns taking turns); paced runs {} s each, {} \
+         rounds taking turns, latencies pooled\n",
+        b.workers,
+        b.concurrency,
+        b.tasks,
+        b.rounds,
+        b.steady_secs,
+        b.rounds.max(1)
     );
     println!(
         "| pattern | full load tasks/s | full p50 ms | full p99 ms | half load p50 ms | half p99 ms | {}/s p50 ms | {}/s p99 ms |",

@@ -61,9 +61,14 @@ fn main() -> anyhow::Result<()> {
         (layers, guard)
     };
     tracing_subscriber::registry().with(layers).init();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()?;
+    // A worker's runtime only moves messages (the tools run on the blocking pool, bash in its
+    // own process): one thread does that with fewer wake-ups and context switches.
+    let runtime = match cli.command {
+        Command::Worker(_) => tokio::runtime::Builder::new_current_thread(),
+        _ => tokio::runtime::Builder::new_multi_thread(),
+    }
+    .enable_all()
+    .build()?;
     let out = runtime.block_on(async {
         match cli.command {
             Command::Demo(args) => demo::run(args).await,

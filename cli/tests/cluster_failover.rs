@@ -14,7 +14,9 @@ use std::time::{Duration, Instant};
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::broker::wire::{ANY_ROUTE, Names};
 use a3s_code_core::queue::{LaneHandlerConfig, QueueEvent, SessionLane, TaskHandlerMode};
-use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
+use a3s_code_core::{
+    Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig, TaskHandle,
+};
 use serde_json::json;
 use test_support::NatsCluster;
 
@@ -28,6 +30,44 @@ const STEP: u64 = (TASKS / 8) as u64;
 /// seconds, and clients must not wait for pull requests the lost server held (30 s) before
 /// asking again.
 const STALL: Duration = Duration::from_secs(28);
+
+/// How long after a step's tasks are done every pull-mode worker may take to have claimed its
+/// share. A worker deaf on requests the lost server held would stay so for their 30 s expiry;
+/// a live one asks a consumer that had no leader again within 1.5 s.
+const CATCH_UP: Duration = Duration::from_secs(10);
+
+/// The tasks submitted so far, with their handles (the task's number gives its file).
+struct Load<'a> {
+    session: &'a AgentSession,
+    handles: Vec<(usize, TaskHandle)>,
+    /// `Submitted` events the event counter has seen.
+    seen: Arc<AtomicUsize>,
+}
+
+impl Load<'_> {
+    async fn submit(&mut self, n: usize) {
+        for _ in 0..n {
+            let i = self.handles.len();
+            let path = format!("f{}.txt", i % FILES);
+            let h = self
+                .session
+                .submit(SessionLane::Query, "read", json!({"path": path}))
+                .await
+                .unwrap();
+            self.handles.push((i, h));
+            // Let the event counter keep up (its buffer holds 4096 events).
+            if (i + 1).is_multiple_of(1_000) {
+                while self.seen.load(Ordering::Relaxed) < i + 1 {
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }
+        }
+    }
+
+    fn len(&self) -> u64 {
+        self.handles.len() as u64
+    }
+}
 
 /// An `a3s-code worker` process, with its `/metrics`.
 struct WorkerProc {
@@ -149,18 +189,25 @@ async fn wait_processed(session: &AgentSession, n: u64, within: Duration, what: 
 }
 
 /// Kills node `i`, checks that tasks keep completing without it, restarts it, and checks that
-/// tasks keep completing and that every worker keeping pull requests open took part (none
-/// stays deaf on requests the lost server held: they would stay open 30 s).
+/// tasks keep completing and that every worker keeping pull requests open takes part (none
+/// stays deaf on requests the lost server held: they would stay open 30 s). When the others
+/// have taken the step's tasks before a worker asked again (a consumer without a leader answers
+/// nothing, and its new leader may come late in the step), more tasks are submitted for
+/// [`CATCH_UP`], so that the worker asking last still finds some.
 ///
 /// A worker that fetches on doorbells instead is not checked: open requests are served first,
 /// so it may rightly get few tasks.
 async fn lose_and_restore(
     cluster: &mut NatsCluster,
-    session: &AgentSession,
+    load: &mut Load<'_>,
     pullers: &[WorkerProc],
     i: usize,
     why: &str,
 ) {
+    let session = load.session;
+    // Enough tasks for the step (the previous steps may have taken more than theirs).
+    let shortfall = (processed(session).await + 3 * STEP).saturating_sub(load.len());
+    load.submit(shortfall as usize).await;
     let started = Instant::now();
     cluster.kill(i);
     let at = processed(session).await;
@@ -172,18 +219,29 @@ async fn lose_and_restore(
     let stalled = started.elapsed();
     cluster.restart(i);
     let restarted = started.elapsed();
-    let end = (at + 2 * STEP).min(TASKS as u64);
+    let end = (at + 2 * STEP).min(load.len());
     wait_processed(session, end, STALL, &format!("after restarting n{i}")).await;
-    let mut claimed = Vec::new();
-    for (w, before) in pullers.iter().zip(before) {
-        claimed.push(w.claimed().await - before);
+    let deadline = Instant::now() + CATCH_UP;
+    loop {
+        let mut claimed = Vec::new();
+        for (w, before) in pullers.iter().zip(&before) {
+            claimed.push(w.claimed().await - before);
+        }
+        // Each took more than the tasks it may have held already (its slots, twice).
+        if claimed.iter().all(|&n| n > 64.0) {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "tasks claimed by each pull-mode worker since n{i} was lost: {claimed:?} (of {}, \
+             {CATCH_UP:?} after the step)",
+            processed(session).await - at
+        );
+        if processed(session).await + 256 > load.len() {
+            load.submit(512).await;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    // Each took more than the tasks it may have held already (its slots, twice).
-    assert!(
-        claimed.iter().all(|&n| n > 64.0),
-        "tasks claimed by each pull-mode worker since n{i} was lost: {claimed:?} (of {})",
-        end - at
-    );
     eprintln!(
         "n{i} ({why}) lost after {at} tasks: {STEP} more done {stalled:?} later; restarted \
          after {restarted:?}; {end} done after {:?}",
@@ -263,21 +321,12 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     ];
     let _fetcher = WorkerProc::spawn(&url, &prefix, session.id(), dir.path());
 
-    let mut handles = Vec::with_capacity(TASKS);
-    for i in 0..TASKS {
-        let path = format!("f{}.txt", i % FILES);
-        let h = session
-            .submit(SessionLane::Query, "read", json!({"path": path}))
-            .await
-            .unwrap();
-        handles.push((i, h));
-        // Let the event counter keep up (its buffer holds 4096 events).
-        if (i + 1) % 1_000 == 0 {
-            while submitted.load(Ordering::Relaxed) < i + 1 {
-                tokio::time::sleep(Duration::from_millis(1)).await;
-            }
-        }
-    }
+    let mut load = Load {
+        session: &session,
+        handles: Vec::with_capacity(TASKS),
+        seen: submitted,
+    };
+    load.submit(TASKS).await;
 
     wait_processed(&session, STEP, Duration::from_secs(60), "before any loss").await;
     let leader = cluster
@@ -285,7 +334,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         .expect("the tasks stream has a leader");
     lose_and_restore(
         &mut cluster,
-        &session,
+        &mut load,
         &pullers,
         leader,
         "tasks stream leader",
@@ -297,7 +346,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         .expect("the task consumer has a leader");
     lose_and_restore(
         &mut cluster,
-        &session,
+        &mut load,
         &pullers,
         leader,
         "task consumer leader",
@@ -311,13 +360,15 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         .expect("the results consumer has a leader");
     lose_and_restore(
         &mut cluster,
-        &session,
+        &mut load,
         &pullers,
         leader,
         "results consumer leader",
     )
     .await;
 
+    let handles = load.handles;
+    let total = handles.len();
     for (i, h) in handles {
         let out = tokio::time::timeout(Duration::from_secs(120), h)
             .await
@@ -333,20 +384,20 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     let m = session.queue_metrics().await.unwrap();
     assert_eq!(
         (m.total_processed, m.total_failed, m.total_timed_out),
-        (TASKS as u64, 0, 0),
+        (total as u64, 0, 0),
         "{m:?}"
     );
     session.close().await;
     let (completed, lagged) = counting.await.unwrap();
     assert_eq!(lagged, 0, "the event subscriber kept up");
-    assert_eq!(completed.len(), TASKS, "every task completed");
+    assert_eq!(completed.len(), total, "every task completed");
     let twice: Vec<_> = completed.iter().filter(|(_, n)| **n > 1).collect();
     assert!(
         twice.is_empty(),
         "tasks completed more than once: {twice:?}"
     );
     eprintln!(
-        "{TASKS} tasks in {:?}; {} attempts retried, {} duplicate results ignored",
+        "{total} tasks in {:?}; {} attempts retried, {} duplicate results ignored",
         started.elapsed(),
         m.total_retried,
         m.total_rejected_completions
