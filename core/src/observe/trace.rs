@@ -55,9 +55,9 @@ impl TraceContext {
     /// The context of a task: its trace id and the id of its root span, derived from the
     /// session id and the task id (the same inputs always give the same context).
     pub fn for_task(session_id: &str, task_id: &str) -> Self {
-        let a = fnv1a(0xcbf2_9ce4_8422_2325, session_id, task_id);
-        let b = fnv1a(0x6c62_272e_07bb_0142, session_id, task_id);
-        let c = fnv1a(0x9e37_79b9_7f4a_7c15, session_id, task_id);
+        let a = task_hash(crate::broker::wire::FNV_OFFSET, session_id, task_id);
+        let b = task_hash(0x6c62_272e_07bb_0142, session_id, task_id);
+        let c = task_hash(0x9e37_79b9_7f4a_7c15, session_id, task_id);
         let mut trace_id = [0u8; 16];
         trace_id[..8].copy_from_slice(&a.to_be_bytes());
         trace_id[8..].copy_from_slice(&b.to_be_bytes());
@@ -158,16 +158,13 @@ pub(crate) fn from_headers(headers: Option<&async_nats::HeaderMap>) -> Option<Tr
     TraceContext::parse(headers?.get(TRACEPARENT)?.as_str())
 }
 
-fn fnv1a(seed: u64, session_id: &str, task_id: &str) -> u64 {
-    let mut h = seed;
-    for b in session_id
+/// A 64-bit id from a session and task id: FNV-1a from `seed`, then mixed.
+fn task_hash(seed: u64, session_id: &str, task_id: &str) -> u64 {
+    let bytes = session_id
         .bytes()
         .chain(std::iter::once(b'/'))
-        .chain(task_id.bytes())
-    {
-        h ^= u64::from(b);
-        h = h.wrapping_mul(0x0000_0100_0000_01b3);
-    }
+        .chain(task_id.bytes());
+    let mut h = crate::broker::wire::fnv1a(seed, bytes);
     // A final avalanche (splitmix64), so close inputs give unrelated ids.
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);

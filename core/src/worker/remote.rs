@@ -129,21 +129,16 @@ struct Encoded {
 /// The message id of a batch: the same results (task ids and attempts, in order) give the same
 /// id, so a batch published again after a lost acknowledgement is stored once.
 fn batch_message_id(batch: &[Encoded]) -> String {
-    let mut a: u64 = 0xcbf2_9ce4_8422_2325;
-    let mut b: u64 = 0x6c62_272e_07bb_0142;
-    for e in batch {
-        for byte in e
-            .task_id
-            .bytes()
-            .chain(e.claim.attempt.to_le_bytes())
-            .chain([0xff])
-        {
-            a = (a ^ u64::from(byte)).wrapping_mul(0x0000_0100_0000_01b3);
-            b = (b ^ u64::from(byte))
-                .wrapping_mul(0x0000_0100_0000_01b3)
-                .rotate_left(5);
-        }
-    }
+    let bytes = || {
+        batch.iter().flat_map(|e| {
+            e.task_id
+                .bytes()
+                .chain(e.claim.attempt.to_le_bytes())
+                .chain([0xff])
+        })
+    };
+    let a = wire::fnv1a(wire::FNV_OFFSET, bytes());
+    let b = wire::fnv1a(0x6c62_272e_07bb_0142, bytes());
     format!("batch:{}:{a:016x}{b:016x}", batch.len())
 }
 
