@@ -319,12 +319,15 @@ pub struct ResultBatch {
 }
 
 impl ResultBatch {
+    /// How [`encode_parts`](Self::encode_parts) begins a batch (version 1).
+    const PREFIX: &[u8] = br#"{"v":1,"kind":"batch","session_id":"#;
+
     /// The bytes of a batch of already encoded result envelopes (no re-encoding).
     pub fn encode_parts(session_id: &str, parts: &[&[u8]]) -> Vec<u8> {
         let session = serde_json::to_string(session_id).expect("strings serialize");
-        let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + session.len() + 64;
+        let len = parts.iter().map(|p| p.len() + 1).sum::<usize>() + session.len() + Self::OVERHEAD;
         let mut out = Vec::with_capacity(len);
-        out.extend_from_slice(br#"{"v":1,"kind":"batch","session_id":"#);
+        out.extend_from_slice(Self::PREFIX);
         out.extend_from_slice(session.as_bytes());
         out.extend_from_slice(br#","results":["#);
         for (i, part) in parts.iter().enumerate() {
@@ -359,7 +362,7 @@ pub fn decode_results(bytes: &[u8]) -> Result<Vec<ResultEnvelope>> {
         Ok(b.results)
     };
     // How this build writes batches; anything else is told apart by its `kind`.
-    if bytes.starts_with(br#"{"v":1,"kind":"batch","#) {
+    if bytes.starts_with(ResultBatch::PREFIX) {
         return batch(bytes);
     }
     decode::<ResultEnvelope>(bytes)
