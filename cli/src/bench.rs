@@ -263,6 +263,22 @@ fn spawn_procs(n: usize, args: &[String]) -> anyhow::Result<Procs> {
     Ok(procs)
 }
 
+/// One full-load round of a pattern, kept in `runs` (round 0 is a short warm-up, not kept).
+async fn full_round<P: Pattern>(
+    p: &Arc<P>,
+    b: &NatsBench,
+    round: usize,
+    label: &str,
+    runs: &mut Vec<Run>,
+) {
+    let tasks = if round == 0 { 500 } else { b.tasks };
+    let r = drive(p.clone(), tasks, None).await;
+    if round > 0 {
+        eprintln!("{label}: full load {:.0} tasks/s", r.rate());
+        runs.push(r);
+    }
+}
+
 /// The full-load run of median throughput among `runs`.
 fn median(mut runs: Vec<Run>) -> Run {
     runs.sort_by(|a, b| a.rate().total_cmp(&b.rate()));
@@ -411,20 +427,11 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     // each keeps its median round. Round 0 warms up connections, consumers and caches.
     let (mut bare_full, mut ours_full) = (Vec::new(), Vec::new());
     for round in 0..=b.rounds {
-        let tasks = if round == 0 { 500 } else { b.tasks };
         if let Some((p, ..)) = &bare {
-            let r = drive(p.clone(), tasks, None).await;
-            if round > 0 {
-                eprintln!("bare: full load {:.0} tasks/s", r.rate());
-                bare_full.push(r);
-            }
+            full_round(p, &b, round, "bare", &mut bare_full).await;
         }
         if let Some((p, _)) = &ours {
-            let r = drive(p.clone(), tasks, None).await;
-            if round > 0 {
-                eprintln!("a3s: full load {:.0} tasks/s", r.rate());
-                ours_full.push(r);
-            }
+            full_round(p, &b, round, "a3s", &mut ours_full).await;
         }
     }
     let paced_runs = match (&bare, &ours) {
