@@ -102,3 +102,23 @@ fn wire_envelopes_decode_and_encode_canonically() {
         "UnsupportedProtocol"
     );
 }
+
+#[test]
+fn api_json_options_are_the_cores_option_sets() {
+    let options = fixture("api.json")["options"].clone();
+    let names = |set: &str| -> Vec<String> {
+        serde_json::from_value(options[set].clone()).unwrap_or_else(|e| panic!("{set}: {e}"))
+    };
+    let core = |fields: &[&str]| fields.iter().map(|f| (*f).to_owned()).collect::<Vec<_>>();
+    use a3s_code_core::SessionQueueConfig;
+    use a3s_code_core::queue::RetryPolicy;
+    use a3s_code_core::worker::ClaimOptions;
+    assert_eq!(names("SessionQueueConfig"), core(SessionQueueConfig::FIELDS));
+    assert_eq!(names("RetryPolicy"), core(RetryPolicy::FIELDS));
+    assert_eq!(names("ClaimOptions"), core(ClaimOptions::FIELDS));
+    #[cfg(feature = "nats")]
+    assert_eq!(
+        names("NatsConfig"),
+        core(a3s_code_core::broker::NatsOptions::FIELDS)
+    );
+}

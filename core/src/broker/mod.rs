@@ -17,7 +17,7 @@ mod nats_config;
 pub(crate) mod objects;
 
 #[cfg(feature = "nats")]
-pub use nats_config::{NatsAuth, NatsConfig, NatsTls};
+pub use nats_config::{NatsAuth, NatsConfig, NatsOptions, NatsTls};
 
 use std::collections::BTreeMap;
 

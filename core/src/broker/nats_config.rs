@@ -393,3 +393,195 @@ impl NatsConfig {
         Ok((client, connected_rx))
     }
 }
+
+/// The settings of a [`NatsConfig`] as plain optional values: what the bindings' keyword
+/// arguments and plain objects, and `A3S_NATS_*`-style inputs, carry. One home for the rules
+/// that turn them into a config (which credential wins, when TLS turns on); unset values keep
+/// [`NatsConfig::new`]'s defaults.
+///
+/// Field names are the Python keyword names (Node uses the same in camelCase); the list is
+/// [`NatsOptions::FIELDS`], and `tests/fixtures/v1/api.json` (`options.NatsConfig`) holds it for
+/// the bindings' tests.
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::broker::{NatsAuth, NatsOptions};
+/// let cfg = NatsOptions {
+///     url: "nats://10.0.0.5:4222".into(),
+///     user: Some("worker".into()),
+///     password: Some("pw".into()),
+///     replicas: Some(3),
+///     ..Default::default()
+/// }
+/// .into_config()
+/// .unwrap();
+/// assert_eq!(cfg.replicas, 3);
+/// assert!(matches!(cfg.auth, NatsAuth::UserPassword { .. }));
+/// assert!(NatsOptions { url: "nats://h:4222".into(), password: Some("x".into()), ..Default::default() }
+///     .into_config()
+///     .is_err());
+/// ```
+#[derive(Clone, Default, PartialEq, Eq, serde::Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct NatsOptions {
+    /// One server URL or several separated by commas.
+    pub url: String,
+    /// [`NatsConfig::prefix`].
+    pub prefix: Option<String>,
+    /// Authenticate with a token.
+    pub token: Option<String>,
+    /// Authenticate with a user (and `password`).
+    pub user: Option<String>,
+    /// The password of `user`.
+    pub password: Option<String>,
+    /// Authenticate with an NKey seed.
+    pub nkey: Option<String>,
+    /// Authenticate with a `.creds` file.
+    pub credentials_file: Option<PathBuf>,
+    /// A PEM file of CA certificates to trust; setting it (or `tls_cert`) turns TLS on.
+    pub tls_ca: Option<PathBuf>,
+    /// A PEM client certificate.
+    pub tls_cert: Option<PathBuf>,
+    /// The client certificate's private key.
+    pub tls_key: Option<PathBuf>,
+    /// [`NatsConfig::lease`] in milliseconds.
+    pub lease_ms: Option<u64>,
+    /// [`NatsConfig::max_object_bytes`].
+    pub max_object_bytes: Option<usize>,
+    /// [`NatsConfig::replicas`].
+    pub replicas: Option<usize>,
+    /// [`NatsConfig::duplicate_window`] in milliseconds.
+    pub duplicate_window_ms: Option<u64>,
+}
+
+impl fmt::Debug for NatsOptions {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("NatsOptions")
+            .field("url", &self.url)
+            .field("prefix", &self.prefix)
+            .field("user", &self.user)
+            .finish_non_exhaustive()
+    }
+}
+
+impl NatsOptions {
+    /// Every field, in declaration order: the names the bindings must accept.
+    pub const FIELDS: &'static [&'static str] = &[
+        "url",
+        "prefix",
+        "token",
+        "user",
+        "password",
+        "nkey",
+        "credentials_file",
+        "tls_ca",
+        "tls_cert",
+        "tls_key",
+        "lease_ms",
+        "max_object_bytes",
+        "replicas",
+        "duplicate_window_ms",
+    ];
+
+    /// The config these options describe, checked.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] when more than one credential kind is given, a `password` or
+    /// `tls_key` comes without its `user` or `tls_cert`, or [`NatsConfig::validate`] fails.
+    pub fn into_config(self) -> Result<NatsConfig> {
+        let kinds = [
+            self.token.is_some(),
+            self.user.is_some(),
+            self.nkey.is_some(),
+            self.credentials_file.is_some(),
+        ];
+        if kinds.iter().filter(|k| **k).count() > 1 {
+            return Err(Error::invalid_config(
+                "NATS: give one of token, user/password, nkey or credentials_file",
+            ));
+        }
+        if self.password.is_some() && self.user.is_none() {
+            return Err(Error::invalid_config("NATS: password given without user"));
+        }
+        if self.tls_key.is_some() && self.tls_cert.is_none() {
+            return Err(Error::invalid_config("NATS: tls_key given without tls_cert"));
+        }
+        let mut cfg = NatsConfig::new(&self.url);
+        if let Some(p) = self.prefix {
+            cfg.prefix = p;
+        }
+        cfg.auth = match (self.token, self.user, self.nkey, self.credentials_file) {
+            (Some(t), ..) => NatsAuth::Token(t),
+            (_, Some(user), ..) => NatsAuth::UserPassword {
+                user,
+                password: self.password.unwrap_or_default(),
+            },
+            (_, _, Some(seed), _) => NatsAuth::NKey(seed),
+            (.., Some(path)) => NatsAuth::CredentialsFile(path),
+            _ => NatsAuth::None,
+        };
+        if self.tls_ca.is_some() || self.tls_cert.is_some() {
+            cfg.tls = Some(NatsTls {
+                ca_file: self.tls_ca,
+                client_cert: self.tls_cert,
+                client_key: self.tls_key,
+            });
+        }
+        if let Some(ms) = self.lease_ms {
+            cfg.lease = Duration::from_millis(ms);
+        }
+        if let Some(n) = self.max_object_bytes {
+            cfg.max_object_bytes = n;
+        }
+        if let Some(n) = self.replicas {
+            cfg.replicas = n;
+        }
+        if let Some(ms) = self.duplicate_window_ms {
+            cfg.duplicate_window = Duration::from_millis(ms);
+        }
+        cfg.validate()?;
+        Ok(cfg)
+    }
+}
+
+#[cfg(test)]
+mod options_tests {
+    use super::*;
+
+    #[test]
+    fn fields_lists_every_field() {
+        // Deserializing each listed name alone must work, and an unknown one must not: the
+        // list and the struct cannot drift apart.
+        for field in NatsOptions::FIELDS {
+            let value = match *field {
+                "url" | "prefix" | "token" | "user" | "password" | "nkey" => "\"x\"".to_owned(),
+                "credentials_file" | "tls_ca" | "tls_cert" | "tls_key" => "\"/x\"".to_owned(),
+                _ => "1".to_owned(),
+            };
+            let json = format!("{{\"{field}\": {value}}}");
+            serde_json::from_str::<NatsOptions>(&json).unwrap_or_else(|e| panic!("{field}: {e}"));
+        }
+        assert!(serde_json::from_str::<NatsOptions>("{\"nope\": 1}").is_err());
+        let all: serde_json::Map<_, _> = NatsOptions::FIELDS
+            .iter()
+            .map(|f| ((*f).to_owned(), serde_json::Value::Null))
+            .collect();
+        assert!(serde_json::from_value::<NatsOptions>(serde_json::Value::Object(all)).is_ok());
+    }
+
+    #[test]
+    fn credential_rules() {
+        let base = || NatsOptions {
+            url: "nats://h:4222".into(),
+            ..Default::default()
+        };
+        assert!(NatsOptions { token: Some("t".into()), nkey: Some("n".into()), ..base() }.into_config().is_err());
+        assert!(NatsOptions { tls_key: Some("/k".into()), ..base() }.into_config().is_err());
+        let cfg = NatsOptions { tls_ca: Some("/ca".into()), lease_ms: Some(2000), ..base() }.into_config().unwrap();
+        assert!(cfg.tls.is_some());
+        assert_eq!(cfg.lease, Duration::from_secs(2));
+        assert!(NatsOptions { url: String::new(), ..Default::default() }.into_config().is_err());
+    }
+}

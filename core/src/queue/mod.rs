@@ -266,6 +266,10 @@ impl Default for RetryPolicy {
 }
 
 impl RetryPolicy {
+    /// Every field, in declaration order (the bindings' names; Node in camelCase).
+    pub const FIELDS: &'static [&'static str] =
+        &["strategy", "max_retries", "initial_delay_ms", "max_delay_ms"];
+
     /// No retries: a lost attempt fails the task.
     pub fn none() -> Self {
         Self {
@@ -445,6 +449,26 @@ impl Default for SessionQueueConfig {
 }
 
 impl SessionQueueConfig {
+    /// Every field, in declaration order: the names agent.hcl's `queue { }` block and the
+    /// bindings accept (Node in camelCase). `tests/fixtures/v1/api.json` (`options`) holds the
+    /// same list for the bindings' tests, and a unit test keeps it equal to the struct.
+    pub const FIELDS: &'static [&'static str] = &[
+        "control_max_concurrency",
+        "query_max_concurrency",
+        "execute_max_concurrency",
+        "generate_max_concurrency",
+        "max_pending",
+        "enable_metrics",
+        "enable_dlq",
+        "dlq_max_size",
+        "enable_alerts",
+        "queue_depth_alert_threshold",
+        "latency_alert_threshold_ms",
+        "default_timeout_ms",
+        "retry_policy",
+        "lane_handlers",
+    ];
+
     /// The concurrency limit of a lane.
     pub fn max_concurrency(&self, lane: SessionLane) -> usize {
         match lane {
@@ -519,6 +543,16 @@ impl SessionQueueConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn fields_lists_every_field_in_order() {
+        let json = serde_json::to_value(SessionQueueConfig::default()).unwrap();
+        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, SessionQueueConfig::FIELDS);
+        let policy = serde_json::to_value(RetryPolicy::default()).unwrap();
+        let keys: Vec<&str> = policy.as_object().unwrap().keys().map(String::as_str).collect();
+        assert_eq!(keys, RetryPolicy::FIELDS);
+    }
 
     #[test]
     fn defaults_match_the_spec() {

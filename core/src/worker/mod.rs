@@ -50,6 +50,69 @@ pub trait TaskSource: Send + Sync + 'static {
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
     }
+    /// Gives a claimed task back without a result: it is offered again after the retry policy's
+    /// delay, or fails when it has no attempts left.
+    fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// How many tasks a claim takes when the caller gives no limit.
+    fn default_claim_limit(&self) -> usize;
+    /// Claims as `options` say: what the spec's `pending_external_tasks()` does without
+    /// options, and the bindings' `pending_external_tasks(limit=, wait_ms=)` with them.
+    fn pending(&self, options: ClaimOptions) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
+        let (max, wait) = options.resolve(self.default_claim_limit());
+        self.claim(max, wait)
+    }
+}
+
+/// How much one claim takes and how long it waits: the optional arguments of
+/// `pending_external_tasks` in every language, resolved in one place.
+///
+/// # Examples
+///
+/// ```
+/// use std::time::Duration;
+/// use a3s_code_core::worker::ClaimOptions;
+/// assert_eq!(ClaimOptions::default().resolve(256), (256, Duration::ZERO));
+/// let opts = ClaimOptions::new().with_limit(8).with_wait(Duration::from_millis(500));
+/// assert_eq!(opts.resolve(256), (8, Duration::from_millis(500)));
+/// ```
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct ClaimOptions {
+    /// At most this many tasks (default: the source's [`TaskSource::default_claim_limit`]:
+    /// every claimable task of an in-process session, 256 over NATS).
+    pub limit: Option<usize>,
+    /// Wait up to this long for the first task (default, and zero: return at once).
+    pub wait: Option<Duration>,
+}
+
+impl ClaimOptions {
+    /// The names the bindings accept (Python keywords; Node uses them in camelCase). `wait_ms` is
+    /// milliseconds; Python also keeps its older `wait` in seconds.
+    pub const FIELDS: &'static [&'static str] = &["limit", "wait_ms"];
+
+    /// No limit, no wait.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// Takes at most `limit` tasks.
+    pub fn with_limit(mut self, limit: usize) -> Self {
+        self.limit = Some(limit);
+        self
+    }
+
+    /// Waits up to `wait` for the first task.
+    pub fn with_wait(mut self, wait: Duration) -> Self {
+        self.wait = Some(wait);
+        self
+    }
+
+    /// `(max, wait)` for a source whose default limit is `default_limit`.
+    pub fn resolve(self, default_limit: usize) -> (usize, Duration) {
+        (
+            self.limit.unwrap_or(default_limit),
+            self.wait.unwrap_or(Duration::ZERO),
+        )
+    }
 }
 
 /// What a [`TaskSource`] tells about its connection.
@@ -90,6 +153,14 @@ impl TaskSource for AgentSession {
             connected: !self.is_closed(),
             ..SourceHealth::default()
         }
+    }
+
+    fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.abandon_external_task(task_id, reason))
+    }
+
+    fn default_claim_limit(&self) -> usize {
+        usize::MAX
     }
 }
 

@@ -1219,6 +1219,14 @@ impl TaskSource for RemoteSession {
         Some(RemoteSession::output_sink(self, task))
     }
 
+    fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.abandon_external_task(task_id, reason))
+    }
+
+    fn default_claim_limit(&self) -> usize {
+        Self::DEFAULT_CLAIM_LIMIT
+    }
+
     fn health(&self) -> super::SourceHealth {
         super::SourceHealth {
             connected: self.is_connected(),
