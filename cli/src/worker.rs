@@ -9,7 +9,7 @@ use a3s_code_core::broker::{NatsConfig, NatsTls};
 use a3s_code_core::queue::SessionLane;
 use a3s_code_core::tools::Workspace;
 use a3s_code_core::worker::{
-    Executor, RemoteOptions, RemoteSession, Worker, WorkerConfig, builtin_handler,
+    Executor, Worker, WorkerClient, WorkerClientOptions, WorkerConfig, builtin_handler,
 };
 use a3s_code_core::{ExternalTask, ExternalTaskResult};
 use anyhow::{Context, bail};
@@ -113,10 +113,10 @@ impl WorkerArgs {
         Ok(cfg)
     }
 
-    fn remote_options(&self) -> anyhow::Result<RemoteOptions> {
+    fn remote_options(&self) -> anyhow::Result<WorkerClientOptions> {
         let mut opts = match self.session_id.as_str() {
-            "*" => RemoteOptions::pool(),
-            id => RemoteOptions::session(id),
+            "*" => WorkerClientOptions::pool(),
+            id => WorkerClientOptions::session(id),
         };
         let lanes = self
             .lanes
@@ -147,7 +147,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         .with_bash(args.allow_bash);
     let options = args.remote_options()?;
     let lanes: Vec<&str> = options.lanes.iter().map(|l| l.as_str()).collect();
-    let remote = RemoteSession::connect_with(args.nats_config()?, options.clone())
+    let remote = WorkerClient::connect_with(args.nats_config()?, options.clone())
         .await
         .with_context(|| format!("connecting to {}", args.nats))?;
     tracing::info!(

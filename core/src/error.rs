@@ -114,7 +114,7 @@ pub enum Error {
 
     /// A tool refused to run or failed (bad arguments, missing file, non-unique edit, ...).
     #[error("{tool}: {reason}")]
-    Tool {
+    ToolFailed {
         /// The tool.
         tool: String,
         /// What went wrong.
@@ -141,7 +141,7 @@ pub enum Error {
     /// after the retries, network failure, unreadable reply), or a Generate lane worker
     /// reported a failure.
     #[error("{provider}: {}{message}", status.map(|s| format!("HTTP {s}: ")).unwrap_or_default())]
-    Model {
+    ModelFailed {
         /// The provider's name from `agent.hcl` (`"openai"`).
         provider: String,
         /// The HTTP status, when the provider answered (401 for a bad key, 404 for an unknown
@@ -187,10 +187,10 @@ impl Error {
             Error::PayloadTooLarge { .. } => "PayloadTooLarge",
             Error::PathEscapesWorkspace { .. } => "PathEscapesWorkspace",
             Error::UnknownTool { .. } => "UnknownTool",
-            Error::Tool { .. } => "ToolFailed",
+            Error::ToolFailed { .. } => "ToolFailed",
             Error::BrokerUnavailable { .. } => "BrokerUnavailable",
             Error::UnsupportedProtocol { .. } => "UnsupportedProtocol",
-            Error::Model { .. } => "ModelFailed",
+            Error::ModelFailed { .. } => "ModelFailed",
             Error::ShutDown => "ShutDown",
             Error::Io(_) => "Io",
         }

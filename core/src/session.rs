@@ -535,7 +535,7 @@ impl AgentSession {
     ///
     /// # Errors
     ///
-    /// [`Error::Model`] when the provider refuses or fails (bad key, unknown model, rate limit
+    /// [`Error::ModelFailed`] when the provider refuses or fails (bad key, unknown model, rate limit
     /// after retries), [`Error::InvalidConfig`] when the model or its API key is not configured,
     /// the Generate task's own failures ([`Error::TaskTimedOut`], ...), [`Error::ShutDown`]
     /// after `close()`. A failed tool call is not an error: the model gets it as a result.

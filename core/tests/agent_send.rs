@@ -336,7 +336,7 @@ async fn retries_end_with_a_typed_error() {
     let (session, _dir) = open_session(&agent, &[]);
     let err = session.send("hi").await.unwrap_err();
     match &err {
-        Error::Model {
+        Error::ModelFailed {
             provider,
             status: Some(429),
             message,
@@ -360,7 +360,7 @@ async fn a_bad_key_is_a_typed_error_and_not_retried() {
         let err = result.unwrap_err();
 
         assert_eq!(err.code(), "ModelFailed");
-        let Error::Model {
+        let Error::ModelFailed {
             status, message, ..
         } = &err
         else {
@@ -385,7 +385,7 @@ async fn an_unknown_model_is_a_typed_error() {
         let agent = agent_for(&server, wire, "k", "");
         let (session, _dir) = open_session(&agent, &[]);
         let err = session.send("hi").await.unwrap_err();
-        let Error::Model {
+        let Error::ModelFailed {
             status, message, ..
         } = &err
         else {

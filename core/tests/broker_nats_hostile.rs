@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::SessionLane;
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{ExternalTaskResult, SessionOptions};
 use serde_json::json;
 
@@ -63,9 +63,9 @@ async fn garbage_on_the_task_and_result_subjects_is_dropped_and_work_goes_on() {
     let prefix = test_support::unique_prefix();
     let cfg = common::external_config(Default::default(), &[SessionLane::Query], 30_000);
     let (session, _dir) = common::nats_session(&url, &prefix, cfg, SessionOptions::new()).await;
-    let worker = RemoteSession::connect_with(
+    let worker = WorkerClient::connect_with(
         NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()),
+        WorkerClientOptions::session(session.id()),
     )
     .await
     .unwrap();

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{
     Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
 };
@@ -77,7 +77,7 @@ async fn large_payloads_and_results_travel_by_reference_and_are_deleted_after_us
     let prefix = test_support::unique_prefix();
     let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
-    let worker = RemoteSession::connect_with(nats, RemoteOptions::session(session.id()))
+    let worker = WorkerClient::connect_with(nats, WorkerClientOptions::session(session.id()))
         .await
         .unwrap();
     // Watch the envelopes go by.
@@ -226,9 +226,9 @@ async fn a_result_over_the_limit_fails_the_task_instead_of_hanging() {
     let prefix = test_support::unique_prefix();
     let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
-    let worker = RemoteSession::connect_with(
+    let worker = WorkerClient::connect_with(
         nats.with_max_object_bytes(2 * MIB),
-        RemoteOptions::session(session.id()),
+        WorkerClientOptions::session(session.id()),
     )
     .await
     .unwrap();
@@ -278,7 +278,7 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
     let nats = config(&url, &prefix);
     let (session, _dir) = nats_session(nats.clone()).await;
     let sid = session.id().to_owned();
-    let worker = RemoteSession::connect_with(nats, RemoteOptions::session(&sid))
+    let worker = WorkerClient::connect_with(nats, WorkerClientOptions::session(&sid))
         .await
         .unwrap();
     let raw = async_nats::connect(&url).await.unwrap();
@@ -357,9 +357,9 @@ async fn a_least_privilege_worker_with_the_object_store_permissions_handles_larg
     let server = test_support::NatsServer::start_with_config(&conf);
     let nats = config(&server.url(), &prefix);
     let (session, _dir) = nats_session(nats.clone().with_user_password("session", "s1")).await;
-    let worker = RemoteSession::connect_with(
+    let worker = WorkerClient::connect_with(
         nats.with_user_password("worker", "w1"),
-        RemoteOptions::session(session.id()),
+        WorkerClientOptions::session(session.id()),
     )
     .await
     .unwrap();

@@ -1,4 +1,4 @@
-//! A session publishing to NATS JetStream and a RemoteSession worker, in one process.
+//! A session publishing to NATS JetStream and a WorkerClient worker, in one process.
 #![cfg(feature = "nats")]
 
 mod common;
@@ -7,7 +7,7 @@ use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig};
 use serde_json::json;
 
@@ -24,11 +24,11 @@ async fn session_and_worker(
     url: &str,
     prefix: &str,
     cfg: SessionQueueConfig,
-) -> (AgentSession, tempfile::TempDir, RemoteSession) {
+) -> (AgentSession, tempfile::TempDir, WorkerClient) {
     let (session, dir) = nats_session(url, prefix, cfg).await;
-    let worker = RemoteSession::connect_with(
+    let worker = WorkerClient::connect_with(
         NatsConfig::new(url).with_prefix(prefix),
-        RemoteOptions::session(session.id()),
+        WorkerClientOptions::session(session.id()),
     )
     .await
     .unwrap();

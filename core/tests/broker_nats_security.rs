@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use a3s_code_core::broker::{NatsConfig, NatsTls};
 use a3s_code_core::queue::{LaneHandlerConfig, RetryPolicy, SessionLane, TaskHandlerMode};
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{
     Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
 };
@@ -35,7 +35,7 @@ fn session(nats: NatsConfig, cfg: SessionQueueConfig) -> (AgentSession, tempfile
 }
 
 /// One task through `worker`, checked end to end.
-async fn round_trip(session: &AgentSession, worker: &RemoteSession) {
+async fn round_trip(session: &AgentSession, worker: &WorkerClient) {
     let h = session
         .submit(SessionLane::Query, "read", json!({"path": "x"}))
         .await
@@ -66,17 +66,17 @@ async fn token_authentication_and_a_wrong_token() {
         SessionQueueConfig::default(),
     );
     s.broker_ready(Duration::from_secs(10)).await.unwrap();
-    let worker = RemoteSession::connect_with(
+    let worker = WorkerClient::connect_with(
         nats.clone().with_token("s3cret"),
-        RemoteOptions::session(s.id()),
+        WorkerClientOptions::session(s.id()),
     )
     .await
     .unwrap();
     round_trip(&s, &worker).await;
 
-    let err = RemoteSession::connect_with(
+    let err = WorkerClient::connect_with(
         nats.clone().with_token("wrong"),
-        RemoteOptions::session(s.id()),
+        WorkerClientOptions::session(s.id()),
     )
     .await
     .unwrap_err();
@@ -117,12 +117,13 @@ async fn a_least_privilege_worker_can_pull_and_report_but_not_publish_tasks_or_r
     );
     s.broker_ready(Duration::from_secs(10)).await.unwrap();
     let worker_cfg = nats.clone().with_user_password("worker", "w1");
-    let worker = RemoteSession::connect_with(worker_cfg.clone(), RemoteOptions::session(s.id()))
-        .await
-        .unwrap();
+    let worker =
+        WorkerClient::connect_with(worker_cfg.clone(), WorkerClientOptions::session(s.id()))
+            .await
+            .unwrap();
     round_trip(&s, &worker).await;
     // And the pool form.
-    let pool = RemoteSession::connect_with(worker_cfg, RemoteOptions::pool())
+    let pool = WorkerClient::connect_with(worker_cfg, WorkerClientOptions::pool())
         .await
         .unwrap();
     round_trip(&s, &pool).await;
@@ -199,7 +200,7 @@ async fn tls_with_a_private_ca() {
         .with_tls(tls);
     let (s, _dir) = session(nats.clone(), SessionQueueConfig::default());
     s.broker_ready(Duration::from_secs(10)).await.unwrap();
-    let worker = RemoteSession::connect_with(nats.clone(), RemoteOptions::session(s.id()))
+    let worker = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
         .await
         .unwrap();
     round_trip(&s, &worker).await;
@@ -207,7 +208,7 @@ async fn tls_with_a_private_ca() {
     let untrusted =
         NatsConfig::new(format!("tls://127.0.0.1:{}", server.port())).with_prefix(&prefix);
     assert_eq!(
-        RemoteSession::connect_with(untrusted, RemoteOptions::session(s.id()))
+        WorkerClient::connect_with(untrusted, WorkerClientOptions::session(s.id()))
             .await
             .unwrap_err()
             .code(),
@@ -237,7 +238,7 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
         .unwrap();
     {
         // Claims it, then vanishes without a word: no lease renewal, no result.
-        let doomed = RemoteSession::connect_with(nats.clone(), RemoteOptions::session(s.id()))
+        let doomed = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
             .await
             .unwrap();
         let t = doomed
@@ -247,7 +248,7 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
         assert_eq!(t.len(), 1);
     }
     // Redelivered after the lease; with no retries allowed the next worker reports it exhausted.
-    let next = RemoteSession::connect_with(nats.clone(), RemoteOptions::session(s.id()))
+    let next = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
         .await
         .unwrap();
     let got = next

@@ -113,7 +113,10 @@ fn api_json_options_are_the_cores_option_sets() {
     use a3s_code_core::SessionQueueConfig;
     use a3s_code_core::queue::RetryPolicy;
     use a3s_code_core::worker::ClaimOptions;
-    assert_eq!(names("SessionQueueConfig"), core(SessionQueueConfig::FIELDS));
+    assert_eq!(
+        names("SessionQueueConfig"),
+        core(SessionQueueConfig::FIELDS)
+    );
     assert_eq!(names("RetryPolicy"), core(RetryPolicy::FIELDS));
     assert_eq!(names("ClaimOptions"), core(ClaimOptions::FIELDS));
     #[cfg(feature = "nats")]

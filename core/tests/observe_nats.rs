@@ -9,7 +9,7 @@ use std::time::Duration;
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::observe::{BrokerInspector, TraceContext};
 use a3s_code_core::queue::SessionLane;
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions};
 use serde_json::json;
 use test_support::{http_get, metric};
@@ -26,9 +26,9 @@ async fn redeliveries_are_counted_and_visible_on_the_broker() {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
     let (session, _dir) = nats_session(&url, &prefix).await;
-    let remote = RemoteSession::connect_with(
+    let remote = WorkerClient::connect_with(
         NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()),
+        WorkerClientOptions::session(session.id()),
     )
     .await
     .unwrap();

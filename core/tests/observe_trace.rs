@@ -12,7 +12,7 @@ use std::time::Duration;
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::observe::TraceContext;
 use a3s_code_core::queue::SessionLane;
-use a3s_code_core::worker::{RemoteOptions, RemoteSession, Worker, WorkerConfig};
+use a3s_code_core::worker::{Worker, WorkerClient, WorkerClientOptions, WorkerConfig};
 use a3s_code_core::{AgentSession, ExternalTask, ExternalTaskResult, SessionOptions};
 use futures_util::StreamExt;
 use parking_lot::Mutex;
@@ -101,9 +101,9 @@ async fn one_trace_joins_the_session_and_the_worker() {
         .unwrap();
     client.flush().await.unwrap();
 
-    let remote = RemoteSession::connect_with(
+    let remote = WorkerClient::connect_with(
         NatsConfig::new(&url).with_prefix(&prefix),
-        RemoteOptions::session(session.id()).with_worker_id("w-trace"),
+        WorkerClientOptions::session(session.id()).with_worker_id("w-trace"),
     )
     .await
     .unwrap();

@@ -121,7 +121,7 @@ async fn edit_uniqueness_and_already_applied() {
     .await
     .unwrap_err();
     assert!(
-        matches!(&err, Error::Tool { tool, reason } if tool == "edit" && reason.contains("2 times")),
+        matches!(&err, Error::ToolFailed { tool, reason } if tool == "edit" && reason.contains("2 times")),
         "{err}"
     );
     let err = run(
@@ -298,7 +298,7 @@ async fn ls_lists_and_refuses_files() {
     );
     let err = run("ls", json!({"path": "a.txt"}), &ws).await.unwrap_err();
     assert!(
-        matches!(&err, Error::Tool { reason, .. } if reason.contains("not a directory")),
+        matches!(&err, Error::ToolFailed { reason, .. } if reason.contains("not a directory")),
         "{err}"
     );
 }

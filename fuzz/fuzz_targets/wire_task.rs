@@ -1,4 +1,4 @@
-//! A task message as a worker receives it (`RemoteSession::accept`, and the session re-reading
+//! A task message as a worker receives it (`WorkerClient::accept`, and the session re-reading
 //! its own envelope to move a large payload to the object store): `wire::decode::<TaskEnvelope>`.
 #![no_main]
 

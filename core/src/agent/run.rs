@@ -631,7 +631,7 @@ fn tool_content(result: &ExternalTaskResult) -> String {
 fn error_result(err: &Error) -> ExternalTaskResult {
     let mut result = json!({"error_code": err.code()});
     match err {
-        Error::Model {
+        Error::ModelFailed {
             provider,
             status,
             message,
@@ -662,14 +662,14 @@ fn error_from_result(result: &ExternalTaskResult, provider: &str) -> Error {
     match (result.result["error_code"].as_str(), field("reason")) {
         (Some("InvalidConfig"), Some(reason)) => Error::InvalidConfig { reason },
         (Some("InvalidPayload"), Some(reason)) => Error::InvalidPayload { reason },
-        (Some("ModelFailed"), _) => Error::Model {
+        (Some("ModelFailed"), _) => Error::ModelFailed {
             provider: field("provider").unwrap_or_else(|| provider.to_owned()),
             status: result.result["status"]
                 .as_u64()
                 .and_then(|s| u16::try_from(s).ok()),
             message: field("message").unwrap_or(error),
         },
-        _ => Error::Model {
+        _ => Error::ModelFailed {
             provider: provider.to_owned(),
             status: None,
             message: error,
@@ -733,7 +733,7 @@ mod tests {
     #[test]
     fn errors_survive_the_lane() {
         for err in [
-            Error::Model {
+            Error::ModelFailed {
                 provider: "openai".into(),
                 status: Some(401),
                 message: "Unauthorized".into(),

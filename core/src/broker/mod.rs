@@ -4,7 +4,7 @@
 //! `pending_external_tasks()` / `claim_external_tasks()` on the session. With
 //! [`SessionOptions::with_nats`](crate::SessionOptions::with_nats) an External lane instead
 //! publishes each task to NATS JetStream once it holds a lane slot, and remote workers
-//! ([`RemoteSession`](crate::worker::RemoteSession), `a3s-code worker`, or any client following
+//! ([`WorkerClient`](crate::worker::WorkerClient), `a3s-code worker`, or any client following
 //! `docs/protocol.md`) pull it from there. Scheduling stays in the session either way.
 
 pub mod wire;

@@ -506,7 +506,9 @@ impl NatsOptions {
             return Err(Error::invalid_config("NATS: password given without user"));
         }
         if self.tls_key.is_some() && self.tls_cert.is_none() {
-            return Err(Error::invalid_config("NATS: tls_key given without tls_cert"));
+            return Err(Error::invalid_config(
+                "NATS: tls_key given without tls_cert",
+            ));
         }
         let mut cfg = NatsConfig::new(&self.url);
         if let Some(p) = self.prefix {
@@ -577,11 +579,39 @@ mod options_tests {
             url: "nats://h:4222".into(),
             ..Default::default()
         };
-        assert!(NatsOptions { token: Some("t".into()), nkey: Some("n".into()), ..base() }.into_config().is_err());
-        assert!(NatsOptions { tls_key: Some("/k".into()), ..base() }.into_config().is_err());
-        let cfg = NatsOptions { tls_ca: Some("/ca".into()), lease_ms: Some(2000), ..base() }.into_config().unwrap();
+        assert!(
+            NatsOptions {
+                token: Some("t".into()),
+                nkey: Some("n".into()),
+                ..base()
+            }
+            .into_config()
+            .is_err()
+        );
+        assert!(
+            NatsOptions {
+                tls_key: Some("/k".into()),
+                ..base()
+            }
+            .into_config()
+            .is_err()
+        );
+        let cfg = NatsOptions {
+            tls_ca: Some("/ca".into()),
+            lease_ms: Some(2000),
+            ..base()
+        }
+        .into_config()
+        .unwrap();
         assert!(cfg.tls.is_some());
         assert_eq!(cfg.lease, Duration::from_secs(2));
-        assert!(NatsOptions { url: String::new(), ..Default::default() }.into_config().is_err());
+        assert!(
+            NatsOptions {
+                url: String::new(),
+                ..Default::default()
+            }
+            .into_config()
+            .is_err()
+        );
     }
 }

@@ -267,8 +267,12 @@ impl Default for RetryPolicy {
 
 impl RetryPolicy {
     /// Every field, in declaration order (the bindings' names; Node in camelCase).
-    pub const FIELDS: &'static [&'static str] =
-        &["strategy", "max_retries", "initial_delay_ms", "max_delay_ms"];
+    pub const FIELDS: &'static [&'static str] = &[
+        "strategy",
+        "max_retries",
+        "initial_delay_ms",
+        "max_delay_ms",
+    ];
 
     /// No retries: a lost attempt fails the task.
     pub fn none() -> Self {
@@ -547,10 +551,20 @@ mod tests {
     #[test]
     fn fields_lists_every_field_in_order() {
         let json = serde_json::to_value(SessionQueueConfig::default()).unwrap();
-        let keys: Vec<&str> = json.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = json
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, SessionQueueConfig::FIELDS);
         let policy = serde_json::to_value(RetryPolicy::default()).unwrap();
-        let keys: Vec<&str> = policy.as_object().unwrap().keys().map(String::as_str).collect();
+        let keys: Vec<&str> = policy
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(String::as_str)
+            .collect();
         assert_eq!(keys, RetryPolicy::FIELDS);
     }
 

@@ -16,7 +16,7 @@
 //!
 //! Errors: a missing or ill-typed `command` or `timeout_ms` (at least 1) is
 //! [`Error::InvalidPayload`](crate::Error::InvalidPayload); `bash` disabled on the workspace or
-//! `sh` failing to start is [`Error::Tool`](crate::Error::Tool). A non-zero exit is not an error.
+//! `sh` failing to start is [`Error::ToolFailed`](crate::Error::ToolFailed). A non-zero exit is not an error.
 
 use std::process::{ExitStatus, Stdio};
 use std::time::Duration;

@@ -10,7 +10,7 @@
 //!
 //! Errors: an empty `old_string` is [`Error::InvalidPayload`](crate::Error::InvalidPayload);
 //! `old_string` not found or found several times, and the failures of `read`, are
-//! [`Error::Tool`](crate::Error::Tool).
+//! [`Error::ToolFailed`](crate::Error::ToolFailed).
 
 use serde_json::{Value, json};
 

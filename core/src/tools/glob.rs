@@ -15,7 +15,7 @@
 //! work as usual. So `*.rs` finds Rust files at any depth, `src/*.rs` only those directly in
 //! `src`, and `src/**/*.rs` those anywhere below it.
 //!
-//! Errors ([`Error::Tool`](crate::Error::Tool)): an invalid pattern, a missing `path`, or a
+//! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): an invalid pattern, a missing `path`, or a
 //! `path` that is not a directory.
 
 use std::path::{Path, PathBuf};
@@ -60,7 +60,7 @@ impl GlobFilter {
     ///
     /// # Errors
     ///
-    /// [`Error::Tool`](crate::Error::Tool) for an invalid pattern.
+    /// [`Error::ToolFailed`](crate::Error::ToolFailed) for an invalid pattern.
     pub(super) fn new(tool: &str, pattern: &str) -> Result<Self> {
         let glob = GlobBuilder::new(pattern)
             .literal_separator(true)

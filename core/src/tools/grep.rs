@@ -17,7 +17,7 @@
 //! workspace-relative `path` (with `/`), the 1-based `line` and its `text` without the line
 //! terminator, cut to 500 characters. Matches are ordered by path, then line.
 //!
-//! Errors ([`Error::Tool`](crate::Error::Tool)): an invalid regex or glob, a missing `path`, a
+//! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): an invalid regex or glob, a missing `path`, a
 //! `path` that is neither a directory nor a regular file.
 
 use std::path::PathBuf;

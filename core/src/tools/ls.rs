@@ -4,7 +4,7 @@
 //! sorted by name. `kind` is `"file"`, `"dir"`, `"symlink"` (not followed) or `"other"`; `size`
 //! is the length in bytes of a file or of a symbolic link's target text, 0 otherwise.
 //!
-//! Errors ([`Error::Tool`](crate::Error::Tool)): a missing path, or one that is not a directory.
+//! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): a missing path, or one that is not a directory.
 
 use serde_json::{Value, json};
 

@@ -126,7 +126,7 @@ impl fmt::Debug for ToolContext {
 /// - [`Error::InvalidPayload`] when `args` is not an object, or a key is missing or ill-typed
 ///   (the message names the key);
 /// - [`Error::PathEscapesWorkspace`] when a path leaves the workspace;
-/// - [`Error::Tool`] when the tool fails: missing file, binary file, non-unique edit, invalid
+/// - [`Error::ToolFailed`] when the tool fails: missing file, binary file, non-unique edit, invalid
 ///   regex or glob, `bash` disabled, ...
 ///
 /// # Examples
@@ -254,15 +254,15 @@ pub async fn execute_builtin_with(
     }
 }
 
-/// A [`Error::Tool`] for `tool`.
+/// A [`Error::ToolFailed`] for `tool`.
 pub(crate) fn tool_error(tool: &str, reason: impl Into<String>) -> Error {
-    Error::Tool {
+    Error::ToolFailed {
         tool: tool.to_string(),
         reason: reason.into(),
     }
 }
 
-/// A tool's I/O failure on `path` (as the user wrote it) as an [`Error::Tool`].
+/// A tool's I/O failure on `path` (as the user wrote it) as an [`Error::ToolFailed`].
 pub(crate) fn io_error(tool: &str, path: &str, err: &std::io::Error) -> Error {
     let what = match err.kind() {
         std::io::ErrorKind::NotFound => "no such file or directory".to_string(),

@@ -8,7 +8,7 @@
 //!   `end_line: 0`.
 //! - `truncated`: lines exist after `end_line`.
 //!
-//! Errors ([`Error::Tool`](crate::Error::Tool)): missing file, a directory or other non-regular
+//! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): missing file, a directory or other non-regular
 //! file, binary content (a NUL byte in the first 8 KiB), invalid UTF-8, an `offset` past the end.
 
 use serde_json::{Value, json};

@@ -5,7 +5,7 @@
 //! of `content` in bytes. When the file already holds exactly `content`, nothing is written and
 //! the result also says `"unchanged": true`, so a redelivered task is recognisable.
 //!
-//! Errors ([`Error::Tool`](crate::Error::Tool)): the path is a directory or another non-regular
+//! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): the path is a directory or another non-regular
 //! file, or the file system refuses.
 
 use std::path::{Path, PathBuf};

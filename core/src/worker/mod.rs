@@ -25,7 +25,17 @@ use crate::tools::{OutputSink, ToolContext, Workspace, execute_builtin_with};
 #[cfg(feature = "nats")]
 mod remote;
 #[cfg(feature = "nats")]
-pub use remote::{RemoteOptions, RemoteSession};
+pub use remote::{WorkerClient, WorkerClientOptions};
+
+/// The old name of [`WorkerClient`] (a worker's handle is not a session).
+#[cfg(feature = "nats")]
+#[deprecated(since = "0.2.0", note = "renamed `WorkerClient`")]
+pub type RemoteSession = WorkerClient;
+
+/// The old name of [`WorkerClientOptions`].
+#[cfg(feature = "nats")]
+#[deprecated(since = "0.2.0", note = "renamed `WorkerClientOptions`")]
+pub type RemoteOptions = WorkerClientOptions;
 
 /// Where a worker claims tasks and reports results.
 pub trait TaskSource: Send + Sync + 'static {

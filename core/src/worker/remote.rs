@@ -1,4 +1,4 @@
-//! [`RemoteSession`]: the worker's side of NATS JetStream, with the same methods as
+//! [`WorkerClient`]: the worker's side of NATS JetStream, with the same methods as
 //! [`AgentSession`](crate::AgentSession) so the spec's worker loop runs unchanged on another
 //! machine.
 //!
@@ -36,21 +36,21 @@ use crate::queue::{RetryPolicy, SessionLane};
 use crate::task::{ExternalTask, ExternalTaskResult};
 use crate::tools::OutputSink;
 
-/// Which tasks a [`RemoteSession`] takes.
+/// Which tasks a [`WorkerClient`] takes.
 ///
 /// # Examples
 ///
 /// ```
 /// use a3s_code_core::queue::SessionLane;
-/// use a3s_code_core::worker::RemoteOptions;
-/// let opts = RemoteOptions::session("abc123")
+/// use a3s_code_core::worker::WorkerClientOptions;
+/// let opts = WorkerClientOptions::session("abc123")
 ///     .with_lanes([SessionLane::Query])
 ///     .with_label("region", "eu-west");
 /// assert_eq!(opts.session_id.as_deref(), Some("abc123"));
-/// assert!(RemoteOptions::pool().session_id.is_none());
+/// assert!(WorkerClientOptions::pool().session_id.is_none());
 /// ```
 #[derive(Debug, Clone)]
-pub struct RemoteOptions {
+pub struct WorkerClientOptions {
     /// The session to serve; `None` serves every session (a pool worker).
     pub session_id: Option<String>,
     /// The lanes to serve (default: all four).
@@ -61,7 +61,7 @@ pub struct RemoteOptions {
     pub worker_id: String,
 }
 
-impl RemoteOptions {
+impl WorkerClientOptions {
     /// Serve one session.
     pub fn session(session_id: impl Into<String>) -> Self {
         Self {
@@ -231,7 +231,7 @@ struct Inner {
     client: async_nats::Client,
     js: jetstream::Context,
     names: Names,
-    options: RemoteOptions,
+    options: WorkerClientOptions,
     lease: Duration,
     tasks_stream: stream::Stream,
     consumers: Mutex<HashMap<String, consumer::PullConsumer>>,
@@ -293,9 +293,9 @@ impl Drop for Inner {
 ///
 /// ```no_run
 /// use a3s_code_core::ExternalTaskResult;
-/// use a3s_code_core::worker::RemoteSession;
+/// use a3s_code_core::worker::WorkerClient;
 /// # #[tokio::main] async fn main() -> a3s_code_core::Result<()> {
-/// let session = RemoteSession::connect("nats://127.0.0.1:4222", "abc123").await?;
+/// let session = WorkerClient::connect("nats://127.0.0.1:4222", "abc123").await?;
 /// loop {
 ///     let tasks = session.pending_external_tasks().await?;
 ///     if tasks.is_empty() {
@@ -310,13 +310,13 @@ impl Drop for Inner {
 /// # }
 /// ```
 #[derive(Clone)]
-pub struct RemoteSession {
+pub struct WorkerClient {
     inner: Arc<Inner>,
 }
 
-impl std::fmt::Debug for RemoteSession {
+impl std::fmt::Debug for WorkerClient {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("RemoteSession")
+        f.debug_struct("WorkerClient")
             .field("session_id", &self.inner.options.session_id)
             .field("worker_id", &self.inner.options.worker_id)
             .field("claims", &self.inner.claims.lock().len())
@@ -324,13 +324,13 @@ impl std::fmt::Debug for RemoteSession {
     }
 }
 
-impl RemoteSession {
+impl WorkerClient {
     /// How many tasks one claim takes when the caller gives no limit (`pending_external_tasks`,
     /// and the bindings' `pending_external_tasks(wait=...)` without `limit`).
     pub const DEFAULT_CLAIM_LIMIT: usize = 256;
 }
 
-impl RemoteSession {
+impl WorkerClient {
     /// Connects to `url` (one or more comma-separated servers) as a worker of `session_id`
     /// (`"*"` for every session).
     ///
@@ -340,8 +340,8 @@ impl RemoteSession {
     /// prefix yet (no session was ever opened on it).
     pub async fn connect(url: &str, session_id: &str) -> Result<Self> {
         let options = match session_id {
-            "*" => RemoteOptions::pool(),
-            id => RemoteOptions::session(id),
+            "*" => WorkerClientOptions::pool(),
+            id => WorkerClientOptions::session(id),
         };
         Self::connect_with(NatsConfig::new(url), options).await
     }
@@ -351,7 +351,7 @@ impl RemoteSession {
     /// # Errors
     ///
     /// As [`connect`](Self::connect), plus [`Error::InvalidConfig`] for bad settings.
-    pub async fn connect_with(config: NatsConfig, options: RemoteOptions) -> Result<Self> {
+    pub async fn connect_with(config: NatsConfig, options: WorkerClientOptions) -> Result<Self> {
         let names = config.validate()?;
         if let Some(id) = &options.session_id
             && !wire::is_token(id)
@@ -1199,7 +1199,7 @@ impl RemoteSession {
     }
 }
 
-impl TaskSource for RemoteSession {
+impl TaskSource for WorkerClient {
     fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
         Box::pin(self.claim_external_tasks(max, wait))
     }
@@ -1216,7 +1216,7 @@ impl TaskSource for RemoteSession {
     }
 
     fn output_sink(&self, task: &ExternalTask) -> Option<OutputSink> {
-        Some(RemoteSession::output_sink(self, task))
+        Some(WorkerClient::output_sink(self, task))
     }
 
     fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
@@ -1402,7 +1402,7 @@ async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::S
                 d.consume(false);
             }
         }
-        let session = RemoteSession {
+        let session = WorkerClient {
             inner: inner.clone(),
         };
         let message = jetstream::Message {

@@ -32,7 +32,7 @@
 //! Requests time out at the task's deadline; 408, 409, 429 and 5xx answers (Anthropic's 529
 //! included) and connection failures are retried up to 4 times with exponential backoff,
 //! honouring `retry-after` and `retry-after-ms`, while the deadline allows; other answers become
-//! [`Error::Model`] at once.
+//! [`Error::ModelFailed`] at once.
 
 mod anthropic;
 mod openai;
@@ -367,7 +367,7 @@ impl ModelEndpoint {
     }
 
     fn error(&self, status: Option<u16>, message: impl Into<String>) -> Error {
-        Error::Model {
+        Error::ModelFailed {
             provider: self.provider.clone(),
             status,
             message: message.into(),
@@ -478,7 +478,7 @@ impl ModelClient {
     ///
     /// # Errors
     ///
-    /// [`Error::Model`] with the HTTP status for a refused request (401/403 for a bad key,
+    /// [`Error::ModelFailed`] with the HTTP status for a refused request (401/403 for a bad key,
     /// 404 or 400 for an unknown model, 429/5xx once retries are exhausted) and without one for
     /// a network failure, a timeout or an unreadable reply.
     pub async fn generate(
@@ -635,7 +635,7 @@ fn retry_delay(headers: &HeaderMap, retry: u32) -> Duration {
     base.mul_f64(0.75 + (random % 1000) as f64 / 2000.0)
 }
 
-/// An [`Error::Model`] for a refused request, with the provider's own message.
+/// An [`Error::ModelFailed`] for a refused request, with the provider's own message.
 fn status_error(endpoint: &ModelEndpoint, status: StatusCode, body: &str) -> Error {
     let from_body = serde_json::from_str::<Value>(body).ok().and_then(|v| {
         v.pointer("/error/message")
