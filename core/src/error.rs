@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use crate::queue::SessionLane;
+use crate::lane::{InvalidLaneSetting, SessionLane};
 
 /// Every error the crate returns.
 ///
@@ -233,3 +233,9 @@ impl Error {
 
 /// `Result<T, Error>`.
 pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+impl From<InvalidLaneSetting> for Error {
+    fn from(e: InvalidLaneSetting) -> Self {
+        Error::InvalidConfig { reason: e.0 }
+    }
+}

@@ -55,16 +55,17 @@
 pub mod agent;
 pub mod broker;
 pub mod error;
+pub mod lane;
 pub mod observe;
 pub mod queue;
-mod session;
 pub mod task;
 pub mod tools;
+pub mod trace;
 pub mod worker;
 
 pub use agent::{Agent, AgentConfig};
+pub use agent::{AgentSession, SessionOptions};
 pub use error::{Error, Result};
 pub use queue::SessionQueueConfig;
 pub use queue::scheduler::{TaskHandle, TaskHandler};
-pub use session::{AgentSession, SessionOptions};
 pub use task::{ExternalTask, ExternalTaskResult};

@@ -6,7 +6,7 @@ use serde::{Deserialize, Deserializer, Serialize, Serializer};
 use serde_json::Value;
 use tokio::time::Instant;
 
-use crate::queue::SessionLane;
+use crate::lane::SessionLane;
 
 /// A unit of work handed to a worker: one tool call or custom command.
 ///
@@ -51,7 +51,7 @@ pub struct ExternalTask {
     pub attempt: u32,
     deadline: Instant,
     /// The trace context it came with (a broker message's `traceparent`), if any.
-    trace: Option<crate::observe::TraceContext>,
+    trace: Option<crate::trace::TraceContext>,
 }
 
 impl ExternalTask {
@@ -125,21 +125,35 @@ impl ExternalTask {
     /// header), else the session's own for this task (its span's, or
     /// [`TraceContext::for_task`]). A worker's spans of this task are its children.
     ///
-    /// [`TraceContext::for_task`]: crate::observe::TraceContext::for_task
-    pub fn trace_context(&self) -> crate::observe::TraceContext {
+    /// [`TraceContext::for_task`]: crate::trace::TraceContext::for_task
+    pub fn trace_context(&self) -> crate::trace::TraceContext {
         self.trace
-            .unwrap_or_else(|| crate::observe::trace::task_context(&self.session_id, &self.task_id))
+            .unwrap_or_else(|| crate::trace::task_context(&self.session_id, &self.task_id))
     }
 
     /// The trace context set with [`with_trace_context`](Self::with_trace_context), if any: what
     /// a task message's `traceparent` header carries.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
-    pub(crate) fn carried_trace_context(&self) -> Option<crate::observe::TraceContext> {
+    /// The span of one attempt of this task (see [`crate::trace`]).
+    pub(crate) fn run_span(&self, parent: Option<&tracing::Span>) -> tracing::Span {
+        crate::trace::run_span(
+            crate::trace::RunOf {
+                task_id: &self.task_id,
+                lane: self.lane,
+                command: &self.command_type,
+                attempt: self.attempt,
+                context: &|| self.trace_context(),
+            },
+            parent,
+        )
+    }
+
+    pub(crate) fn carried_trace_context(&self) -> Option<crate::trace::TraceContext> {
         self.trace
     }
 
     /// Sets the trace context the task arrived with (a worker reading it from a message header).
-    pub fn with_trace_context(mut self, cx: Option<crate::observe::TraceContext>) -> Self {
+    pub fn with_trace_context(mut self, cx: Option<crate::trace::TraceContext>) -> Self {
         self.trace = cx;
         self
     }

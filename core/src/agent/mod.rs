@@ -5,6 +5,7 @@
 mod config;
 pub mod llm;
 pub mod run;
+mod session;
 mod tool_defs;
 
 pub use config::{AgentConfig, DistributionConfig, ModelConfig, ProviderConfig};
@@ -16,7 +17,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use crate::error::Result;
-use crate::session::{AgentSession, SessionOptions};
+pub use session::{AgentSession, SessionOptions};
 
 /// An agent: its configuration (`agent.hcl`), from which sessions are opened.
 ///

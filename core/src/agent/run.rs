@@ -35,10 +35,10 @@ use super::llm::{
     ToolCall, Usage,
 };
 use super::tool_defs::builtin_tool_definitions;
+use crate::agent::AgentSession;
 use crate::error::{Error, Result};
 use crate::queue::scheduler::TaskHandler;
 use crate::queue::{QueueEvent, SessionLane};
-use crate::session::AgentSession;
 use crate::task::{ExternalTask, ExternalTaskResult};
 
 /// Rounds of tool calls per send when `max_tool_rounds` is not set.

@@ -19,33 +19,4 @@ pub(crate) mod objects;
 #[cfg(feature = "nats")]
 pub use nats_config::{NatsAuth, NatsConfig, NatsOptions, NatsTls};
 
-use std::collections::BTreeMap;
-
-use crate::queue::{DeadLetter, QueueEvent, SessionLane};
-use crate::task::ExternalTask;
-
-/// How a published task ended, as the session tells its broker.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum Ended {
-    /// A result was applied: the worker already removed the task.
-    Completed,
-    /// Cancelled, timed out, failed or closed: remove it and stop running copies.
-    Withdrawn(&'static str),
-}
-
-/// The session's side of a broker. Called under the scheduler's lock: never blocks.
-pub(crate) trait Dispatcher: Send + Sync {
-    /// Publishes a task that holds a lane slot, for workers with `labels` (none: any worker).
-    fn publish(&self, task: ExternalTask, labels: Option<&BTreeMap<String, String>>);
-    /// A published task ended.
-    fn task_ended(&self, task_id: &str, lane: SessionLane, how: Ended);
-    /// The largest payload (as JSON) a task of an External lane may have, if limited.
-    fn max_payload_bytes(&self) -> Option<usize>;
-    /// A task was dead-lettered.
-    fn dead_letter(&self, letter: &DeadLetter);
-    /// A lifecycle event of a Hybrid lane, for external monitoring.
-    fn hybrid_event(&self, lane: SessionLane, event: &QueueEvent);
-    /// The session closed: withdraw its tasks, delete its consumers, stop. The future resolves
-    /// when that is done; dropping it does not stop the work.
-    fn close(&self) -> futures_util::future::BoxFuture<'static, ()>;
-}
+pub(crate) use crate::queue::dispatch::{Dispatcher, Ended};

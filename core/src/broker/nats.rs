@@ -597,16 +597,19 @@ async fn stored(
             tracing::warn!(task_id, error = %err, "failing a task whose payload cannot be published");
             st.outstanding.remove(task_id);
             if let Some(scheduler) = st.scheduler.upgrade() {
-                scheduler.remote_result(ResultEnvelope {
-                    v: PROTOCOL_VERSION,
-                    kind: ResultKind::Result,
-                    task_id: task_id.to_owned(),
-                    session_id: st.session_id.clone(),
-                    attempt: 1,
-                    worker_id: String::new(),
-                    result: objects::failed(&err),
-                    result_ref: None,
-                });
+                scheduler.remote_result(
+                    ResultEnvelope {
+                        v: PROTOCOL_VERSION,
+                        kind: ResultKind::Result,
+                        task_id: task_id.to_owned(),
+                        session_id: st.session_id.clone(),
+                        attempt: 1,
+                        worker_id: String::new(),
+                        result: objects::failed(&err),
+                        result_ref: None,
+                    }
+                    .into(),
+                );
             }
             Err(None)
         }
@@ -631,7 +634,7 @@ async fn publish_bytes(
         .message_id(task_id.clone());
     if let Some(value) = traceparent {
         // Observability: the worker's spans join the session's trace (protocol.md §9).
-        publish = publish.header(crate::observe::trace::TRACEPARENT, value.as_str());
+        publish = publish.header(crate::trace::TRACEPARENT, value.as_str());
     }
     // Bounded: a publish in flight when the connection drops may never be answered.
     let sent = tokio::time::timeout(Duration::from_secs(5), js.send_publish(subject, publish))
@@ -849,7 +852,7 @@ async fn consume_results(
                             }
                             for env in envs {
                                 if env.session_id == session_id {
-                                    scheduler.remote_result(env);
+                                    scheduler.remote_result(env.into());
                                 } else {
                                     tracing::warn!(
                                         session = env.session_id,

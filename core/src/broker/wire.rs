@@ -205,16 +205,7 @@ pub fn route_token(labels: &BTreeMap<String, String>) -> String {
     format!("r{:016x}", fnv1a(FNV_OFFSET, canonical.bytes()))
 }
 
-/// FNV-1a's standard offset basis (other seeds give independent hashes of the same bytes).
-pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
-
-/// 64-bit FNV-1a of `bytes` from `seed`: the stable hash behind route tokens, batch message ids
-/// and trace ids (the same bytes give the same value in every process and version).
-pub(crate) fn fnv1a(seed: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
-    bytes.into_iter().fold(seed, |h, b| {
-        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
-    })
-}
+pub(crate) use crate::trace::{FNV_OFFSET, fnv1a};
 
 /// Whether a worker with `worker_labels` may run a task that requires `required`.
 pub fn labels_match(
@@ -636,5 +627,16 @@ mod tests {
             Names::new("my-app").unwrap().results_stream(),
             "MY_APP_RESULTS"
         );
+    }
+}
+
+impl From<ResultEnvelope> for crate::queue::dispatch::RemoteResult {
+    fn from(env: ResultEnvelope) -> Self {
+        Self {
+            task_id: env.task_id,
+            attempt: env.attempt,
+            exhausted: env.kind == ResultKind::Exhausted,
+            result: env.result,
+        }
     }
 }

@@ -26,14 +26,14 @@ use futures_util::future::BoxFuture;
 use crate::error::{Error, Result};
 
 pub(crate) mod prometheus;
-pub mod trace;
+pub use crate::trace;
 
 #[cfg(feature = "nats")]
 mod broker_stats;
 #[cfg(feature = "nats")]
 pub use broker_stats::{BrokerInspector, BrokerLaneStats, BrokerSessionStats};
 
-pub use prometheus::CONTENT_TYPE;
+pub use prometheus::{CONTENT_TYPE, WorkerStats};
 pub use trace::TraceContext;
 
 /// What a [`MetricsServer`] serves.

@@ -10,7 +10,6 @@ use prometheus_client::registry::{Registry, Unit};
 
 use crate::queue::metrics::{HistogramExport, MetricsExport};
 use crate::queue::{QueueStats, SessionLane};
-use crate::worker::WorkerStats;
 
 /// The `Content-Type` of `/metrics` (the Prometheus text format, version 0.0.4).
 pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CONTENT_TYPE;
@@ -375,4 +374,22 @@ pub(crate) fn render_session(snapshot: SessionSnapshot) -> String {
 
 pub(crate) fn render_worker(snapshot: WorkerSnapshot) -> String {
     render(snapshot)
+}
+
+/// Counters of a running worker (`a3s_code_core::worker::WorkerStats`; defined here, below the
+/// worker, because its `/metrics` renders them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct WorkerStats {
+    /// Tasks claimed.
+    pub claimed: u64,
+    /// Results accepted by the session, `success: true`.
+    pub succeeded: u64,
+    /// Results accepted by the session, `success: false`.
+    pub failed: u64,
+    /// Tasks not run because their deadline had passed.
+    pub skipped_expired: u64,
+    /// Results the session refused (the task had timed out, was cancelled or completed elsewhere).
+    pub rejected: u64,
+    /// Tasks running now.
+    pub busy: u64,
 }

@@ -36,15 +36,14 @@ use tokio::sync::{Notify, broadcast, oneshot};
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
 
+use super::dispatch::{Dispatcher, Ended, RemoteResult};
 use super::dlq::{DeadLetter, DeadLetterQueue};
 use super::events::{AlertKind, EventStream, QueueEvent};
 use super::metrics::{LaneStats, MetricsRecorder, QueueMetrics, QueueStats};
 use super::{LaneHandlerConfig, SessionLane, SessionQueueConfig, SubmitOptions, TaskHandlerMode};
-use crate::broker::wire::{ResultEnvelope, ResultKind};
-use crate::broker::{Dispatcher, Ended};
 use crate::error::{Error, Result};
+use crate::lane::BUILTIN_TOOLS;
 use crate::task::{ExternalTask, ExternalTaskResult, epoch_ms};
-use crate::tools::BUILTIN_TOOLS;
 
 /// Runs tasks of Internal and Hybrid lanes in this process.
 ///
@@ -419,7 +418,7 @@ impl Scheduler {
 
     /// Applies a result that came through the broker.
     #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
-    pub(crate) fn remote_result(self: &Arc<Self>, env: ResultEnvelope) {
+    pub(crate) fn remote_result(self: &Arc<Self>, env: RemoteResult) {
         let Ok(seq) = self.seq_of(&env.task_id) else {
             tracing::warn!(
                 task_id = env.task_id,
@@ -429,8 +428,8 @@ impl Scheduler {
         };
         let mut st = self.state.lock();
         let published = matches!(st.live.get(&seq), Some(e) if matches!(e.phase, Phase::Published));
-        match env.kind {
-            ResultKind::Result => {
+        match env.exhausted {
+            false => {
                 if let Some(e) = st.live.get_mut(&seq) {
                     e.attempt = e.attempt.max(env.attempt);
                     let lane = e.lane;
@@ -447,7 +446,7 @@ impl Scheduler {
                     tracing::debug!(task_id = env.task_id, error = %err, "ignoring a result: the task already ended");
                 }
             }
-            ResultKind::Exhausted if published => {
+            true if published => {
                 let reason = env
                     .result
                     .error
@@ -459,7 +458,7 @@ impl Scheduler {
                 };
                 self.finish(&mut st, seq, Err(err));
             }
-            ResultKind::Exhausted => {}
+            true => {}
         }
     }
 
@@ -672,7 +671,7 @@ impl Scheduler {
         if let Some(m) = &mut st.metrics {
             m.dispatched(lane, queue_wait);
         }
-        let span = crate::observe::trace::task_span(
+        let span = crate::trace::task_span(
             &self.session_id,
             || self.task_id(task.seq),
             lane,
@@ -722,7 +721,7 @@ impl Scheduler {
                 let mut task = self.external_task(seq, e);
                 if !e.span.is_disabled() {
                     // The session traces this task: its message carries the trace context.
-                    let cx = crate::observe::trace::task_context(&self.session_id, &task.task_id);
+                    let cx = crate::trace::task_context(&self.session_id, &task.task_id);
                     task = task.with_trace_context(Some(cx));
                 }
                 dispatcher.publish(task, (!e.labels.is_empty()).then_some(&e.labels));
@@ -735,7 +734,7 @@ impl Scheduler {
             return;
         }
         let task = self.external_task(seq, e);
-        let run_span = crate::observe::trace::run_span(&task, Some(&e.span));
+        let run_span = task.run_span(Some(&e.span));
         let handler = st
             .handlers
             .get(e.command.as_str())
@@ -1123,7 +1122,7 @@ impl Scheduler {
         st.remembered.insert(seq, remembered);
         if !e.span.is_disabled() {
             trace_outcome(&e, &outcome);
-            crate::observe::trace::task_ended(&self.session_id, || self.task_id(seq));
+            crate::trace::task_ended(&self.session_id, || self.task_id(seq));
         }
         if let Some(reply) = e.reply.take() {
             let _ = reply.send(outcome);

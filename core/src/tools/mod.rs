@@ -38,8 +38,7 @@ mod write;
 
 pub use workspace::Workspace;
 
-/// The names of the built-in tools.
-pub const BUILTIN_TOOLS: [&str; 7] = ["read", "write", "edit", "grep", "glob", "ls", "bash"];
+pub use crate::lane::BUILTIN_TOOLS;
 
 /// Whether `name` is one of [`BUILTIN_TOOLS`].
 ///

@@ -13,12 +13,13 @@ use futures_util::future::BoxFuture;
 use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
+use crate::agent::AgentSession;
 use crate::error::{Error, Result};
+pub use crate::observe::WorkerStats;
 use crate::observe::prometheus::{WorkerLaneCounts, WorkerSnapshot};
 use crate::observe::{Exporter, MetricsServer};
 use crate::queue::SessionLane;
 use crate::queue::scheduler::TaskHandler;
-use crate::session::AgentSession;
 use crate::task::{ExternalTask, ExternalTaskResult};
 use crate::tools::{OutputSink, ToolContext, Workspace, execute_builtin_with};
 
@@ -239,23 +240,6 @@ impl Default for WorkerConfig {
             name: None,
         }
     }
-}
-
-/// Counters of a running worker.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub struct WorkerStats {
-    /// Tasks claimed.
-    pub claimed: u64,
-    /// Results accepted by the session, `success: true`.
-    pub succeeded: u64,
-    /// Results accepted by the session, `success: false`.
-    pub failed: u64,
-    /// Tasks not run because their deadline had passed.
-    pub skipped_expired: u64,
-    /// Results the session refused (the task had timed out, was cancelled or completed elsewhere).
-    pub rejected: u64,
-    /// Tasks running now.
-    pub busy: u64,
 }
 
 #[derive(Default)]
@@ -546,7 +530,7 @@ async fn run(
             let output = source.output_sink(&task);
             let id = task.task_id.clone();
             let mut guard = running.lock();
-            let span = crate::observe::trace::run_span(&task, None);
+            let span = task.run_span(None);
             let counted = Running::start(&counters);
             let join = tokio::spawn(async move {
                 let _permit = permit;

@@ -776,7 +776,7 @@ impl WorkerClient {
         }
         task.attempt = delivered;
         // Observability: join the session's trace (W3C `traceparent` header), see observe::trace.
-        task = task.with_trace_context(crate::observe::trace::from_headers(msg.headers.as_ref()));
+        task = task.with_trace_context(crate::trace::from_headers(msg.headers.as_ref()));
         if delivered > env.max_attempts {
             self.inner.ack(&reply, AckKind::Term).await;
             let reason = format!(

@@ -31,6 +31,17 @@ pub const TRACEPARENT: &str = "traceparent";
 /// The tracing target of the task spans and events.
 pub const TARGET: &str = "a3s::task";
 
+/// FNV-1a's standard offset basis (other seeds give independent hashes of the same bytes).
+pub(crate) const FNV_OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+
+/// 64-bit FNV-1a of `bytes` from `seed`: the stable hash behind route tokens, batch message ids
+/// and trace ids (the same bytes give the same value in every process and version).
+pub(crate) fn fnv1a(seed: u64, bytes: impl IntoIterator<Item = u8>) -> u64 {
+    bytes.into_iter().fold(seed, |h, b| {
+        (h ^ u64::from(b)).wrapping_mul(0x0000_0100_0000_01b3)
+    })
+}
+
 /// A W3C trace context (`traceparent`): a trace id, the id of the parent span, and whether the
 /// trace is sampled.
 ///
@@ -55,7 +66,7 @@ impl TraceContext {
     /// The context of a task: its trace id and the id of its root span, derived from the
     /// session id and the task id (the same inputs always give the same context).
     pub fn for_task(session_id: &str, task_id: &str) -> Self {
-        let a = task_hash(crate::broker::wire::FNV_OFFSET, session_id, task_id);
+        let a = task_hash(FNV_OFFSET, session_id, task_id);
         let b = task_hash(0x6c62_272e_07bb_0142, session_id, task_id);
         let c = task_hash(0x9e37_79b9_7f4a_7c15, session_id, task_id);
         let mut trace_id = [0u8; 16];
@@ -164,7 +175,7 @@ fn task_hash(seed: u64, session_id: &str, task_id: &str) -> u64 {
         .bytes()
         .chain(std::iter::once(b'/'))
         .chain(task_id.bytes());
-    let mut h = crate::broker::wire::fnv1a(seed, bytes);
+    let mut h = fnv1a(seed, bytes);
     // A final avalanche (splitmix64), so close inputs give unrelated ids.
     h = (h ^ (h >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     h = (h ^ (h >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
@@ -202,26 +213,34 @@ fn hex(bytes: &[u8]) -> String {
     s
 }
 
+/// What [`run_span`] records of the attempt (the task's fields, so this module needs no task
+/// type: it sits below `task`).
+pub(crate) struct RunOf<'a> {
+    pub(crate) task_id: &'a str,
+    pub(crate) lane: crate::lane::SessionLane,
+    pub(crate) command: &'a str,
+    pub(crate) attempt: u32,
+    /// The task's trace context, computed only when the span is recorded.
+    pub(crate) context: &'a dyn Fn() -> TraceContext,
+}
+
 /// The span of one attempt run by a handler or worker: a child of `parent` (the session's task
 /// span, for a handler in the session's process), else of the task's trace context (a worker).
-pub(crate) fn run_span(
-    task: &crate::task::ExternalTask,
-    parent: Option<&tracing::Span>,
-) -> tracing::Span {
+pub(crate) fn run_span(task: RunOf<'_>, parent: Option<&tracing::Span>) -> tracing::Span {
     let span = tracing::debug_span!(
         target: "a3s::task",
         parent: parent.and_then(tracing::Span::id),
         "a3s.task.run",
         task_id = %task.task_id,
         lane = task.lane.as_str(),
-        command = %task.command_type,
+        command = %task.command,
         attempt = task.attempt,
         trace_id = tracing::field::Empty,
         parent_span_id = tracing::field::Empty,
         span_id = tracing::field::Empty,
     );
     if !span.is_disabled() {
-        let cx = task.trace_context();
+        let cx = (task.context)();
         span.record("trace_id", cx.trace_id());
         span.record("parent_span_id", cx.span_id());
         if parent.is_none() {
@@ -237,7 +256,7 @@ pub(crate) fn run_span(
 pub(crate) fn task_span(
     session_id: &str,
     task_id: impl FnOnce() -> String,
-    lane: crate::queue::SessionLane,
+    lane: crate::lane::SessionLane,
     command: &str,
     queue_wait: std::time::Duration,
 ) -> tracing::Span {
