@@ -154,85 +154,11 @@ pub(crate) struct BrokerView {
 
 // ----- Prometheus text -------------------------------------------------------------------------
 
-/// One sample of the Prometheus text format.
-#[derive(Debug, Clone, PartialEq)]
-pub(crate) struct Sample {
-    pub(crate) name: String,
-    pub(crate) labels: BTreeMap<String, String>,
-    pub(crate) value: f64,
-}
+// The parser is in its own file because `test-support` compiles the same file (its `metric()`
+// helper), so the stats view and the tests read scrapes one way.
+mod prometheus_text;
 
-/// Parses the Prometheus text format (0.0.4; OpenMetrics text parses too). Comments, blank
-/// and malformed lines are skipped.
-pub(crate) fn parse_prometheus(text: &str) -> Vec<Sample> {
-    text.lines().filter_map(parse_line).collect()
-}
-
-fn parse_line(line: &str) -> Option<Sample> {
-    let line = line.trim();
-    if line.is_empty() || line.starts_with('#') {
-        return None;
-    }
-    let name_end = line.find(|c: char| c == '{' || c.is_whitespace())?;
-    let name = line[..name_end].to_owned();
-    let mut rest = &line[name_end..];
-    let mut labels = BTreeMap::new();
-    if let Some(body) = rest.strip_prefix('{') {
-        let mut chars = body.char_indices().peekable();
-        let mut end = None;
-        loop {
-            // key
-            while chars
-                .peek()
-                .is_some_and(|(_, c)| *c == ',' || c.is_whitespace())
-            {
-                chars.next();
-            }
-            match chars.peek() {
-                Some((i, '}')) => {
-                    end = Some(*i);
-                    break;
-                }
-                None => break,
-                _ => {}
-            }
-            let mut key = String::new();
-            for (_, c) in chars.by_ref() {
-                if c == '=' {
-                    break;
-                }
-                key.push(c);
-            }
-            if chars.next().map(|(_, c)| c) != Some('"') {
-                return None;
-            }
-            let mut value = String::new();
-            loop {
-                match chars.next()? {
-                    (_, '\\') => match chars.next()?.1 {
-                        'n' => value.push('\n'),
-                        c => value.push(c),
-                    },
-                    (_, '"') => break,
-                    (_, c) => value.push(c),
-                }
-            }
-            labels.insert(key.trim().to_owned(), value);
-        }
-        rest = &body[end? + 1..];
-    }
-    let value = rest.split_whitespace().next()?;
-    let value = match value {
-        "+Inf" => f64::INFINITY,
-        "-Inf" => f64::NEG_INFINITY,
-        v => v.parse().ok()?,
-    };
-    Some(Sample {
-        name,
-        labels,
-        value,
-    })
-}
+pub(crate) use prometheus_text::{Sample, parse_prometheus};
 
 /// Builds the sessions and workers of `samples` (from any number of endpoints).
 pub(crate) fn view_from_samples(samples: &[Sample]) -> View {
@@ -682,19 +608,6 @@ a3s_worker_tasks_succeeded_total{worker="worker-ab12cd34ef56",lane="query"} 90
 a3s_worker_tasks_succeeded_total{worker="worker-ab12cd34ef56",lane="execute"} 8
 a3s_worker_tasks_failed_total{worker="worker-ab12cd34ef56",lane="query"} 2
 "#;
-
-    #[test]
-    fn parses_the_text_format() {
-        let samples = parse_prometheus(
-            "# EOF\nup 1\nx_bucket{le=\"+Inf\",a=\"q\\\"uo\\\\te\"} 7\nbad line\nx{a=\"1\"} +Inf\n",
-        );
-        assert_eq!(samples.len(), 3);
-        assert_eq!(samples[0].name, "up");
-        assert_eq!(samples[1].labels["le"], "+Inf");
-        assert_eq!(samples[1].labels["a"], "q\"uo\\te");
-        assert_eq!(samples[1].value, 7.0);
-        assert!(samples[2].value.is_infinite());
-    }
 
     #[test]
     fn the_view_renders() {

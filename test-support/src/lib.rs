@@ -6,6 +6,11 @@
 
 pub mod model_server;
 pub mod netns;
+// The CLI's Prometheus text parser, the workspace's only one: compiled here from its file so
+// the tests read scrapes as `a3s-code stats` does, without test-support depending on the CLI
+// (a binary) or the CLI on test-support.
+#[path = "../../cli/src/stats/prometheus_text.rs"]
+mod prometheus_text;
 
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
@@ -498,19 +503,16 @@ fn dechunk(mut body: &str) -> String {
 
 /// The value of the sample `name{labels...}` in a Prometheus text scrape, where `labels` are
 /// `key="value"` pairs that must all appear in the sample's label set. `None` when absent.
+///
+/// The scrape is read by the CLI's parser (`a3s-code stats`), compiled here from its file.
 pub fn metric(scrape: &str, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-    scrape.lines().find_map(|line| {
-        if line.starts_with('#') {
-            return None;
-        }
-        let (series, value) = line.rsplit_once(' ')?;
-        let (n, rest) = match series.split_once('{') {
-            Some((n, rest)) => (n, rest.trim_end_matches('}')),
-            None => (series, ""),
-        };
-        let all = labels
-            .iter()
-            .all(|(k, v)| rest.split(',').any(|kv| kv == format!("{k}=\"{v}\"")));
-        (n == name && all).then(|| value.parse().ok()).flatten()
-    })
+    prometheus_text::parse_prometheus(scrape)
+        .into_iter()
+        .find(|s| {
+            s.name == name
+                && labels
+                    .iter()
+                    .all(|(k, v)| s.labels.get(*k).is_some_and(|x| x == v))
+        })
+        .map(|s| s.value)
 }
