@@ -129,21 +129,38 @@ async fn a_least_privilege_worker_can_pull_and_report_but_not_publish_tasks_or_r
     round_trip(&s, &pool).await;
 
     // With the worker's credentials, a raw client can neither inject a task nor read results.
+    // The server says so (`-ERR 'Permissions Violation ...'`): the tests wait for those refusals
+    // instead of for a quiet period that a slow machine would pass anyway.
+    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
     let raw = async_nats::ConnectOptions::with_user_and_password("worker".into(), "w1".into())
+        .event_callback(move |event| {
+            let refused_tx = refused_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) = event {
+                    let _ = refused_tx.send(msg);
+                }
+            }
+        })
         .connect(server.url())
         .await
         .unwrap();
-    let js = async_nats::jetstream::new(raw.clone());
-    let forged = js
-        .publish(format!("{p}.task.{}.query._", s.id()), "{}".into())
-        .await;
-    let stored = match forged {
-        Ok(ack) => tokio::time::timeout(Duration::from_secs(2), ack.into_future())
-            .await
-            .is_ok_and(|r| r.is_ok()),
-        Err(_) => false,
+    let mut refusal_of = async |what: &str, subject: &str| {
+        let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(msg) = refused.recv().await {
+                if msg.contains(&wanted) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
     };
-    assert!(!stored, "a worker must not be able to publish tasks");
+    let js = async_nats::jetstream::new(raw.clone());
+    let forged_subject = format!("{p}.task.{}.query._", s.id());
+    // Never acknowledged: the refusal below proves the message was dropped.
+    let _forged = js.publish(forged_subject.clone(), "{}".into()).await;
+    refusal_of("Publish", &forged_subject).await;
     let results_stream = js
         .get_stream(format!("{}_RESULTS", prefix.to_uppercase()))
         .await;
@@ -152,14 +169,14 @@ async fn a_least_privilege_worker_can_pull_and_report_but_not_publish_tasks_or_r
         "a worker must not be able to look at the results stream"
     );
     let mut snoop = raw.subscribe(format!("{p}.result.>")).await.unwrap();
+    refusal_of("Subscription", &format!("{p}.result.>")).await;
     round_trip(&s, &worker).await;
-    let leaked = tokio::time::timeout(
-        Duration::from_millis(500),
-        futures_util::StreamExt::next(&mut snoop),
-    )
-    .await;
+    // The result was routed before the session got it from its stream, so a PING/PONG on the
+    // raw connection afterwards is a barrier: anything routed to `snoop` has arrived by now.
+    raw.flush().await.unwrap();
+    let leaked = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut snoop));
     assert!(
-        !matches!(leaked, Ok(Some(_))),
+        !matches!(leaked, Some(Some(_))),
         "a worker must not receive results"
     );
     s.close().await;
