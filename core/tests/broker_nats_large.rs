@@ -287,6 +287,7 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
         .await
         .unwrap();
     raw.flush().await.unwrap();
+    let flusher = raw.clone();
     let js = async_nats::jetstream::new(raw);
     // A task whose payload object does not exist (expired, or a buggy producer).
     let envelope = json!({
@@ -305,13 +306,25 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
     .unwrap()
     .await
     .unwrap();
-    let got = worker
-        .claim_external_tasks(1, Duration::from_secs(3))
-        .await
-        .unwrap();
-    assert!(got.is_empty(), "not handed out: {got:?}");
-    let result: Value =
-        serde_json::from_slice(&results_seen.next().await.unwrap().payload).unwrap();
+    // Claim until the worker's failed result is seen, so "not handed out" is checked on the
+    // claim that met the task, however long the fetch takes. A flush on `raw` after each claim
+    // lets a result published during it arrive first.
+    let seen = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let got = worker
+                .claim_external_tasks(1, Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert!(got.is_empty(), "not handed out: {got:?}");
+            flusher.flush().await.unwrap();
+            if let Some(msg) = futures_util::FutureExt::now_or_never(results_seen.next()) {
+                break msg.unwrap();
+            }
+        }
+    })
+    .await
+    .expect("the worker reports the task failed");
+    let result: Value = serde_json::from_slice(&seen.payload).unwrap();
     assert_eq!(result["task_id"], "0badf00d-1");
     assert_eq!(result["result"]["success"], false);
     assert_eq!(result["result"]["result"]["error_code"], "InvalidPayload");

@@ -268,15 +268,23 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
     let next = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
         .await
         .unwrap();
-    let got = next
-        .claim_external_tasks(1, Duration::from_secs(5))
-        .await
-        .unwrap();
-    assert!(got.is_empty(), "an exhausted task is not handed out");
-    let err = tokio::time::timeout(Duration::from_secs(10), h)
-        .await
-        .unwrap()
-        .unwrap_err();
+    // Claim until the session has the worker's report, so "not handed out" is checked on the
+    // claims that met the redelivered task, however long the redelivery takes.
+    let mut h = std::pin::pin!(h);
+    let err = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            let got = next
+                .claim_external_tasks(1, Duration::from_secs(1))
+                .await
+                .unwrap();
+            assert!(got.is_empty(), "an exhausted task is not handed out");
+            if let Some(out) = futures_util::FutureExt::now_or_never(h.as_mut()) {
+                break out.unwrap_err();
+            }
+        }
+    })
+    .await
+    .expect("the exhausted task is reported");
     assert_eq!(err.code(), "RetriesExhausted");
     assert_eq!(s.dead_letters().await.len(), 1);
     // The dead letter is browsable in the DLQ stream.
