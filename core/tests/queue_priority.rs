@@ -9,6 +9,7 @@ use std::time::Duration;
 use a3s_code_core::queue::SessionLane;
 use a3s_code_core::{ExternalTask, ExternalTaskResult, SessionQueueConfig};
 use serde_json::json;
+use tokio::sync::watch;
 
 #[tokio::test]
 async fn claims_take_the_highest_priority_lane_first() {
@@ -112,14 +113,27 @@ async fn internal_concurrency_reaches_but_never_exceeds_each_lane_limit() {
     let (session, _dir) = common::session(cfg.clone());
     let running: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
     let peak: Arc<[AtomicUsize; 4]> = Arc::new(Default::default());
-    let (r, p) = (running.clone(), peak.clone());
+    // Per lane: set once as many handlers as the limit run at the same time. Until then each
+    // handler waits, so the limit is reached whatever the machine's speed (no sleep to overlap
+    // them); a lane that could not reach its limit would hang, not pass.
+    let reached: Arc<[watch::Sender<bool>; 4]> =
+        Arc::new(std::array::from_fn(|_| watch::channel(false).0));
+    let mut limits = [0; 4];
+    for lane in SessionLane::ALL {
+        limits[lane as usize] = cfg.max_concurrency(lane);
+    }
+    let (r, p, full) = (running.clone(), peak.clone(), reached.clone());
     session.register_handler("work", move |task: ExternalTask| {
-        let (r, p) = (r.clone(), p.clone());
+        let (r, p, full) = (r.clone(), p.clone(), full.clone());
         async move {
             let i = task.lane as usize;
             let now = r[i].fetch_add(1, Ordering::SeqCst) + 1;
             p[i].fetch_max(now, Ordering::SeqCst);
-            tokio::time::sleep(Duration::from_millis(2)).await;
+            if now == limits[i] {
+                full[i].send_replace(true);
+            }
+            let mut full_rx = full[i].subscribe();
+            let _ = full_rx.wait_for(|full| *full).await;
             r[i].fetch_sub(1, Ordering::SeqCst);
             ExternalTaskResult::ok(json!({}))
         }
