@@ -86,7 +86,7 @@ async fn eight_concurrent_pollers_never_get_the_same_task() {
     assert_eq!(unique, ids);
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn long_poll_wakes_when_a_task_arrives() {
     let (session, _dir) =
         common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
@@ -98,7 +98,12 @@ async fn long_poll_wakes_when_a_task_arrives() {
                 .await
         })
     };
-    tokio::task::yield_now().await;
+    // With the clock paused, a sleep returns only once every task is idle: the poller is
+    // parked in its long poll, not merely not started (a yield could leave it unpolled, and a
+    // claim that ran after the submit would pass without testing the wake-up).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!poller.is_finished(), "the poller is waiting");
+    let t0 = tokio::time::Instant::now();
     let handle = session
         .submit(SessionLane::Query, "read", json!({"path": "a"}))
         .await
@@ -113,6 +118,11 @@ async fn long_poll_wakes_when_a_task_arrives() {
     assert_eq!(tasks[0].payload, json!({"path": "a"}));
     assert_eq!(tasks[0].session_id, session.id());
     assert_eq!(tasks[0].attempt, 1);
+    assert_eq!(
+        t0.elapsed(),
+        Duration::ZERO,
+        "woken by the submit, not by a timer"
+    );
 }
 
 #[tokio::test(start_paused = true)]

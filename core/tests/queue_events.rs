@@ -181,7 +181,7 @@ async fn cancel_a_queued_a_claimed_and_a_running_task() {
     assert_eq!(h.await.unwrap_err().code(), "TaskCancelled");
 }
 
-#[tokio::test]
+#[tokio::test(start_paused = true)]
 async fn close_fails_everything_and_stops_workers() {
     let cfg = SessionQueueConfig {
         query_max_concurrency: 1,
@@ -202,7 +202,10 @@ async fn close_fails_everything_and_stops_workers() {
         tokio::spawn(async move { s.claim_external_tasks(1, Duration::from_secs(60)).await })
     };
     let _ = session.pending_external_tasks().await; // claims `active`, so the waiter waits
-    tokio::task::yield_now().await;
+    // With the clock paused, a sleep returns only once every task is idle: the waiter is
+    // parked in its long poll when the session closes (a yield could leave it unpolled).
+    tokio::time::sleep(Duration::from_millis(1)).await;
+    assert!(!waiter.is_finished(), "the waiter is waiting");
     session.close().await;
     assert_eq!(active.await.unwrap_err().code(), "ShutDown");
     assert_eq!(queued.await.unwrap_err().code(), "ShutDown");
