@@ -1,7 +1,7 @@
 //! The Python exception tree, rooted at `A3sError`, and the one mapping from the core's error.
 //!
 //! Every class carries the core's stable code as its `code` attribute
-//! (`tests/fixtures/v1/errors.json` lists them).
+//! (`tests/fixtures/v1/errors.json` lists them, and each class's older `python_aliases`).
 
 use a3s_code_core::Error;
 use pyo3::create_exception;
@@ -16,7 +16,7 @@ create_exception!(
 );
 
 macro_rules! error_classes {
-    ($($code:literal => $class:ident: $doc:literal,)*) => {
+    ($($code:literal => $class:ident: $doc:literal,)* aliases { $($alias:literal => $target:ident,)* }) => {
         $(create_exception!(a3s_code, $class, A3sError, $doc);)*
 
         /// The (lazily built) exception of a core error code; `A3sError` for a code this build
@@ -37,6 +37,8 @@ macro_rules! error_classes {
                 py.get_type::<$class>().setattr("code", $code)?;
                 m.add(stringify!($class), py.get_type::<$class>())?;
             )*
+            // Old names: the same class objects, so `except ToolError` still catches.
+            $(m.add($alias, py.get_type::<$target>())?;)*
             Ok(())
         }
     };
@@ -55,12 +57,16 @@ error_classes! {
     "PayloadTooLarge" => PayloadTooLargeError: "A message is larger than allowed.",
     "PathEscapesWorkspace" => PathEscapesWorkspaceError: "A path names something outside the workspace root.",
     "UnknownTool" => UnknownToolError: "tool(name, ...) was called with a name that is not a built-in tool.",
-    "ToolFailed" => ToolError: "A tool refused to run or failed.",
-    "ModelFailed" => ModelError: "The model provider refused or failed a request (bad key, unknown model, retries exhausted).",
+    "ToolFailed" => ToolFailedError: "A tool refused to run or failed (`ToolError` is its old name).",
+    "ModelFailed" => ModelFailedError: "The model provider refused or failed a request (bad key, unknown model, retries exhausted; `ModelError` is its old name).",
     "BrokerUnavailable" => BrokerUnavailableError: "The message broker cannot be reached or refused an operation.",
     "UnsupportedProtocol" => UnsupportedProtocolError: "A wire message uses a protocol version this build does not speak.",
     "ShutDown" => ShutDownError: "The session (or worker) is closed.",
     "Io" => A3sIoError: "An I/O error outside any tool.",
+    aliases {
+        "ToolError" => ToolFailedError,
+        "ModelError" => ModelFailedError,
+    }
 }
 
 /// A core error on its way to Python: `?` turns it into the exception of its code.

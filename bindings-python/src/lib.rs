@@ -6,6 +6,7 @@
 //! `json` the `dict` ↔ `serde_json::Value` conversion.
 
 mod agent;
+mod claim;
 mod error;
 mod json;
 mod queue;
@@ -28,7 +29,7 @@ mod _native {
         PySessionQueueConfig, PyTaskHandlerMode,
     };
     #[pymodule_export]
-    use crate::remote::{PyNatsConfig, PyRemoteSession};
+    use crate::remote::{PyNatsConfig, PyWorkerClient};
     #[pymodule_export]
     use crate::session::{PyAgentSession, PyAgentStream, PySessionOptions, PyTaskHandle};
     #[pymodule_export]

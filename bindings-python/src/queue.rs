@@ -1,18 +1,20 @@
 //! Lanes, handler modes, the queue configuration, statistics, metrics, dead letters and events.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3s_code_core::SessionQueueConfig;
 use a3s_code_core::queue::{
     DeadLetter, EventStream, LaneHandlerConfig, LaneMetrics, QueueEvent, QueueMetrics, QueueStats,
     RetryPolicy, RetryStrategy, SessionLane, TaskHandlerMode,
 };
+use a3s_code_core::{Error, SessionQueueConfig};
 use pyo3::IntoPyObjectExt;
 use pyo3::exceptions::{PyStopAsyncIteration, PyTypeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyList};
 
+use crate::error::CoreError;
 use crate::json;
 use crate::runtime::{self, ToPy};
 
@@ -88,7 +90,7 @@ pub(crate) struct PyLaneHandlerConfig {
 
 #[pymethods]
 impl PyLaneHandlerConfig {
-    /// Unset arguments take the core's defaults (Internal, 60 000 ms).
+    /// Unset arguments keep the core's `LaneHandlerConfig::default()` (see its docs).
     #[new]
     #[pyo3(signature = (*, mode = None, timeout_ms = None))]
     fn new(mode: Option<PyTaskHandlerMode>, timeout_ms: Option<u64>) -> Self {
@@ -127,6 +129,25 @@ impl ToPy for LaneHandlerConfig {
     }
 }
 
+/// A core config from the keywords that were given, as a JSON object through the core's serde
+/// (`#[serde(default)]`): unset keywords keep the core's `Default`, which is their one home.
+macro_rules! from_given {
+    ($ty:ty; $($field:ident),* $(,)?) => {{
+        let mut given = serde_json::Map::new();
+        $(if let Some(v) = $field {
+            given.insert(stringify!($field).to_owned(), serde_json::to_value(v).map_err(config_error)?);
+        })*
+        serde_json::from_value::<$ty>(serde_json::Value::Object(given)).map_err(config_error)
+    }};
+}
+
+fn config_error(e: serde_json::Error) -> PyErr {
+    CoreError(Error::InvalidConfig {
+        reason: e.to_string(),
+    })
+    .into()
+}
+
 /// Retries of lost attempts (worker crash, expired lease, panicking handler).
 #[pyclass(frozen, eq, from_py_object, name = "RetryPolicy", module = "a3s_code")]
 #[derive(Clone, PartialEq)]
@@ -136,7 +157,8 @@ pub(crate) struct PyRetryPolicy {
 
 #[pymethods]
 impl PyRetryPolicy {
-    /// Unset arguments take the core's defaults (no retries).
+    /// Every field of the core's `RetryPolicy` as a keyword; unset ones keep the core's
+    /// `RetryPolicy::default()` (see its docs for the values).
     #[new]
     #[pyo3(signature = (*, strategy = None, max_retries = None, initial_delay_ms = None, max_delay_ms = None))]
     fn new(
@@ -144,21 +166,11 @@ impl PyRetryPolicy {
         max_retries: Option<u32>,
         initial_delay_ms: Option<u64>,
         max_delay_ms: Option<u64>,
-    ) -> Self {
-        let mut inner = RetryPolicy::default();
-        if let Some(v) = strategy {
-            inner.strategy = v.into();
-        }
-        if let Some(v) = max_retries {
-            inner.max_retries = v;
-        }
-        if let Some(v) = initial_delay_ms {
-            inner.initial_delay_ms = v;
-        }
-        if let Some(v) = max_delay_ms {
-            inner.max_delay_ms = v;
-        }
-        Self { inner }
+    ) -> PyResult<Self> {
+        let strategy = strategy.map(RetryStrategy::from);
+        let inner =
+            from_given!(RetryPolicy; strategy, max_retries, initial_delay_ms, max_delay_ms)?;
+        Ok(Self { inner })
     }
 
     #[getter]
@@ -216,17 +228,10 @@ pub(crate) struct PySessionQueueConfig {
     pub(crate) inner: SessionQueueConfig,
 }
 
-/// Sets `inner.field` for every keyword that was given.
-macro_rules! set_given {
-    ($inner:ident; $($field:ident),*) => {
-        $(if let Some(v) = $field { $inner.$field = v; })*
-    };
-}
-
 #[pymethods]
 impl PySessionQueueConfig {
-    /// Every field of the core's `SessionQueueConfig` as a keyword; unset ones keep the core's
-    /// defaults.
+    /// Every field of the core's `SessionQueueConfig` (its `FIELDS`) as a keyword; unset ones
+    /// keep the core's `SessionQueueConfig::default()` (see its docs for the values).
     #[new]
     #[pyo3(signature = (
         *,
@@ -262,27 +267,12 @@ impl PySessionQueueConfig {
         retry_policy: Option<PyRetryPolicy>,
         lane_handlers: Option<&Bound<'_, PyDict>>,
     ) -> PyResult<Self> {
-        let mut inner = SessionQueueConfig::default();
-        set_given!(inner; control_max_concurrency, query_max_concurrency, execute_max_concurrency,
-            generate_max_concurrency, max_pending, enable_metrics, enable_dlq, dlq_max_size,
-            enable_alerts, queue_depth_alert_threshold, latency_alert_threshold_ms,
-            default_timeout_ms);
-        if let Some(p) = retry_policy {
-            inner.retry_policy = p.inner;
-        }
-        if let Some(handlers) = lane_handlers {
-            for (lane, cfg) in handlers.iter() {
-                let (Ok(lane), Ok(cfg)) = (
-                    lane.extract::<PySessionLane>(),
-                    cfg.extract::<PyLaneHandlerConfig>(),
-                ) else {
-                    return Err(PyTypeError::new_err(
-                        "lane_handlers must map SessionLane to LaneHandlerConfig",
-                    ));
-                };
-                inner.lane_handlers.insert(lane.into(), cfg.inner);
-            }
-        }
+        let retry_policy = retry_policy.map(|p| p.inner);
+        let lane_handlers = lane_handlers.map(lane_handler_map).transpose()?;
+        let inner = from_given!(SessionQueueConfig; control_max_concurrency, query_max_concurrency,
+            execute_max_concurrency, generate_max_concurrency, max_pending, enable_metrics,
+            enable_dlq, dlq_max_size, enable_alerts, queue_depth_alert_threshold,
+            latency_alert_threshold_ms, default_timeout_ms, retry_policy, lane_handlers)?;
         Ok(Self { inner })
     }
 
@@ -397,6 +387,25 @@ impl PySessionQueueConfig {
             handlers.join(", ")
         )
     }
+}
+
+/// `{SessionLane: LaneHandlerConfig}` as the core's map.
+fn lane_handler_map(
+    handlers: &Bound<'_, PyDict>,
+) -> PyResult<HashMap<SessionLane, LaneHandlerConfig>> {
+    let mut map = HashMap::new();
+    for (lane, cfg) in handlers.iter() {
+        let (Ok(lane), Ok(cfg)) = (
+            lane.extract::<PySessionLane>(),
+            cfg.extract::<PyLaneHandlerConfig>(),
+        ) else {
+            return Err(PyTypeError::new_err(
+                "lane_handlers must map SessionLane to LaneHandlerConfig",
+            ));
+        };
+        map.insert(lane.into(), cfg.inner);
+    }
+    Ok(map)
 }
 
 /// Declares a frozen Python record class with read-only attributes and a repr.

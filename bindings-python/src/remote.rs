@@ -1,22 +1,23 @@
-//! NATS: `NatsConfig` (how to reach the broker) and `RemoteSession` (the worker's side, with the
-//! same methods as `AgentSession`).
+//! NATS: `NatsConfig` (how to reach the broker) and `WorkerClient` (the worker's side of a
+//! session on another machine, with the same worker methods as `AgentSession`; `RemoteSession`
+//! is its deprecated old name).
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
-use std::time::Duration;
 
-use a3s_code_core::broker::{NatsConfig, NatsTls};
+use a3s_code_core::broker::{NatsConfig, NatsOptions};
 use a3s_code_core::queue::SessionLane;
-use a3s_code_core::worker::{RemoteOptions, RemoteSession};
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use pyo3::prelude::*;
 
+use crate::claim;
 use crate::error::CoreError;
 use crate::queue::PySessionLane;
 use crate::runtime;
-use crate::session::{Outcomes, result_pair, seconds};
 use crate::task::PyExternalTaskResult;
 
-/// Where and how to reach NATS JetStream. Unset keywords keep the core's defaults.
+/// Where and how to reach NATS JetStream: the core's `NatsOptions` as keywords (its
+/// `into_config` checks them); unset keywords keep the core's `NatsConfig::new` defaults.
 #[pyclass(frozen, from_py_object, name = "NatsConfig", module = "a3s_code")]
 #[derive(Clone)]
 pub(crate) struct PyNatsConfig {
@@ -31,7 +32,7 @@ impl PyNatsConfig {
         max_object_bytes = None, replicas = None, duplicate_window_ms = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
-        url: &str,
+        url: String,
         prefix: Option<String>,
         token: Option<String>,
         user: Option<String>,
@@ -46,43 +47,26 @@ impl PyNatsConfig {
         replicas: Option<usize>,
         duplicate_window_ms: Option<u64>,
     ) -> PyResult<Self> {
-        let mut cfg = NatsConfig::new(url);
-        if let Some(p) = prefix {
-            cfg = cfg.with_prefix(p);
-        }
-        if let Some(t) = token {
-            cfg = cfg.with_token(t);
-        }
-        if let Some(u) = user {
-            cfg = cfg.with_user_password(u, password.unwrap_or_default());
-        }
-        if let Some(k) = nkey {
-            cfg = cfg.with_nkey(k);
-        }
-        if let Some(c) = credentials_file {
-            cfg = cfg.with_credentials_file(c);
-        }
-        if tls_ca.is_some() || tls_cert.is_some() {
-            cfg = cfg.with_tls(NatsTls {
-                ca_file: tls_ca,
-                client_cert: tls_cert,
-                client_key: tls_key,
-            });
-        }
-        if let Some(ms) = lease_ms {
-            cfg = cfg.with_lease(Duration::from_millis(ms));
-        }
-        if let Some(n) = max_object_bytes {
-            cfg = cfg.with_max_object_bytes(n);
-        }
-        if let Some(n) = replicas {
-            cfg = cfg.with_replicas(n);
-        }
-        if let Some(ms) = duplicate_window_ms {
-            cfg = cfg.with_duplicate_window(Duration::from_millis(ms));
-        }
-        cfg.validate().map_err(CoreError)?;
-        Ok(Self { inner: cfg })
+        // No `..Default::default()`: a field added to the core fails to compile here.
+        let options = NatsOptions {
+            url,
+            prefix,
+            token,
+            user,
+            password,
+            nkey,
+            credentials_file,
+            tls_ca,
+            tls_cert,
+            tls_key,
+            lease_ms,
+            max_object_bytes,
+            replicas,
+            duplicate_window_ms,
+        };
+        Ok(Self {
+            inner: options.into_config().map_err(CoreError)?,
+        })
     }
 
     #[getter]
@@ -118,15 +102,16 @@ impl PyNatsConfig {
     }
 }
 
-/// The worker's side of a session on another machine (same methods as `AgentSession`).
-#[pyclass(frozen, name = "RemoteSession", module = "a3s_code")]
-pub(crate) struct PyRemoteSession {
-    inner: RemoteSession,
+/// The worker's side of a session on another machine, over NATS (same worker methods as
+/// `AgentSession`). `RemoteSession` is its deprecated old name.
+#[pyclass(frozen, name = "WorkerClient", module = "a3s_code")]
+pub(crate) struct PyWorkerClient {
+    inner: WorkerClient,
 }
 
 #[pymethods]
-impl PyRemoteSession {
-    /// `await RemoteSession.connect(url, session_id)`: a worker of `session_id` (`"*"` for every
+impl PyWorkerClient {
+    /// `await WorkerClient.connect(url, session_id)`: a worker of `session_id` (`"*"` for every
     /// session). With `config` (a `NatsConfig`) for auth, TLS or a prefix; `lanes`, `labels` and
     /// `worker_id` narrow what it takes.
     #[staticmethod]
@@ -148,8 +133,8 @@ impl PyRemoteSession {
             None => NatsConfig::new(url),
         };
         let mut opts = match session_id {
-            "*" => RemoteOptions::pool(),
-            id => RemoteOptions::session(id),
+            "*" => WorkerClientOptions::pool(),
+            id => WorkerClientOptions::session(id),
         };
         if let Some(lanes) = lanes {
             opts = opts.with_lanes(lanes.into_iter().map(SessionLane::from));
@@ -161,7 +146,7 @@ impl PyRemoteSession {
             opts = opts.with_worker_id(id);
         }
         runtime::awaitable(py, async move {
-            let inner = RemoteSession::connect_with(cfg, opts)
+            let inner = WorkerClient::connect_with(cfg, opts)
                 .await
                 .map_err(CoreError)?;
             Ok(Connected(inner))
@@ -174,33 +159,18 @@ impl PyRemoteSession {
         self.inner.worker_id()
     }
 
-    /// Claims tasks: without arguments what is waiting now; with `limit` / `wait` (seconds) at
-    /// most `limit`, waiting up to `wait` for the first.
-    #[pyo3(signature = (limit = None, wait = None))]
+    /// Claims tasks: without arguments what is waiting now; with `limit` / `wait_ms` at most
+    /// `limit`, waiting up to `wait_ms` for the first. Defaults: the core's `ClaimOptions` and
+    /// `WorkerClient::DEFAULT_CLAIM_LIMIT`. `wait` (seconds) is deprecated.
+    #[pyo3(signature = (limit = None, wait = None, *, wait_ms = None))]
     fn pending_external_tasks<'py>(
         &self,
         py: Python<'py>,
         limit: Option<usize>,
         wait: Option<f64>,
+        wait_ms: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let remote = self.inner.clone();
-        let wait = seconds(wait.unwrap_or(0.0), "wait")?;
-        runtime::awaitable(py, async move {
-            let tasks = match limit {
-                None if wait.is_zero() => remote.pending_external_tasks().await,
-                limit => {
-                    remote
-                        .claim_external_tasks(
-                            limit.unwrap_or(
-                                a3s_code_core::worker::RemoteSession::DEFAULT_CLAIM_LIMIT,
-                            ),
-                            wait,
-                        )
-                        .await
-                }
-            };
-            Ok(tasks.map_err(CoreError)?)
-        })
+        claim::pending(py, &self.inner, limit, wait_ms, wait)
     }
 
     /// Reports a task's result (stored durably, then the task is acknowledged).
@@ -210,14 +180,7 @@ impl PyRemoteSession {
         task_id: String,
         result: &Bound<'py, PyExternalTaskResult>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let result = result.get().inner.clone();
-        let remote = self.inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(remote
-                .complete_external_task(&task_id, result)
-                .await
-                .map_err(CoreError)?)
-        })
+        claim::complete_one(py, &self.inner, task_id, result)
     }
 
     /// Reports many `(task_id, ExternalTaskResult)` pairs; resolves to `None` or the exception of
@@ -227,19 +190,7 @@ impl PyRemoteSession {
         py: Python<'py>,
         results: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut batch = Vec::new();
-        for item in results.try_iter()? {
-            batch.push(result_pair(&item?)?);
-        }
-        let remote = self.inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(Outcomes(
-                remote
-                    .complete_external_tasks(batch)
-                    .await
-                    .map_err(CoreError)?,
-            ))
-        })
+        claim::complete_many(py, &self.inner, results)
     }
 
     /// Gives a task back without a result (delivered again after the retry delay).
@@ -249,13 +200,7 @@ impl PyRemoteSession {
         task_id: String,
         reason: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let remote = self.inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(remote
-                .abandon_external_task(&task_id, &reason)
-                .await
-                .map_err(CoreError)?)
-        })
+        claim::abandon(py, &self.inner, task_id, reason)
     }
 
     /// Gives back every claimed task and disconnects.
@@ -268,15 +213,15 @@ impl PyRemoteSession {
     }
 
     fn __repr__(&self) -> String {
-        format!("RemoteSession(worker_id={:?})", self.inner.worker_id())
+        format!("WorkerClient(worker_id={:?})", self.inner.worker_id())
     }
 }
 
-/// A connected `RemoteSession`, converted under the GIL.
-struct Connected(RemoteSession);
+/// A connected `WorkerClient`, converted under the GIL.
+struct Connected(WorkerClient);
 
 impl runtime::ToPy for Connected {
     fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        Ok(Bound::new(py, PyRemoteSession { inner: self.0 })?.into_any())
+        Ok(Bound::new(py, PyWorkerClient { inner: self.0 })?.into_any())
     }
 }

@@ -6,8 +6,8 @@ use std::time::Duration;
 use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, TaskHandle};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
-use pyo3::types::{PyList, PyString, PyTuple};
 
+use crate::claim;
 use crate::error::CoreError;
 use crate::json;
 use crate::queue::{PyEventStream, PyLaneHandlerConfig, PySessionLane, PySessionQueueConfig};
@@ -117,31 +117,19 @@ impl PyAgentSession {
         }
     }
 
-    /// `await pending_external_tasks()` claims every claimable task; with `limit` and/or `wait`
-    /// (seconds) it claims at most `limit`, waiting up to `wait` for the first one (a long poll),
-    /// and raises `ShutDownError` once the session is closed.
-    #[pyo3(signature = (limit = None, wait = None))]
+    /// `await pending_external_tasks()` claims every claimable task; with `limit` and/or
+    /// `wait_ms` it claims at most `limit`, waiting up to `wait_ms` for the first one (a long
+    /// poll). Defaults: the core's `ClaimOptions` and `TaskSource::default_claim_limit`. `wait`
+    /// (seconds) is deprecated. Raises `ShutDownError` once the session is closed.
+    #[pyo3(signature = (limit = None, wait = None, *, wait_ms = None))]
     fn pending_external_tasks<'py>(
         &self,
         py: Python<'py>,
         limit: Option<usize>,
         wait: Option<f64>,
+        wait_ms: Option<u64>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let session = self.inner.clone();
-        if limit.is_none() && wait.is_none() {
-            return runtime::awaitable(
-                py,
-                async move { Ok(session.pending_external_tasks().await) },
-            );
-        }
-        let wait = seconds(wait.unwrap_or(0.0), "wait")?;
-        let limit = limit.unwrap_or(usize::MAX);
-        runtime::awaitable(py, async move {
-            Ok(session
-                .claim_external_tasks(limit, wait)
-                .await
-                .map_err(CoreError)?)
-        })
+        claim::pending(py, &self.inner, limit, wait_ms, wait)
     }
 
     /// Reports the result of an external task; the first completion of a live task wins.
@@ -151,14 +139,7 @@ impl PyAgentSession {
         task_id: String,
         result: &Bound<'py, PyExternalTaskResult>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let session = self.inner.clone();
-        let result = result.get().inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(session
-                .complete_external_task(&task_id, result)
-                .await
-                .map_err(CoreError)?)
-        })
+        claim::complete_one(py, &self.inner, task_id, result)
     }
 
     /// Reports many `(task_id, ExternalTaskResult)` pairs in one call. Resolves to a list with
@@ -168,14 +149,7 @@ impl PyAgentSession {
         py: Python<'py>,
         results: &Bound<'py, PyAny>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let mut batch = Vec::with_capacity(results.len().unwrap_or(0));
-        for item in results.try_iter()? {
-            batch.push(result_pair(&item?)?);
-        }
-        let session = self.inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(Outcomes(session.complete_external_tasks(batch).await))
-        })
+        claim::complete_many(py, &self.inner, results)
     }
 
     /// Gives a claimed task back without a result; the retry policy decides what follows.
@@ -185,13 +159,7 @@ impl PyAgentSession {
         task_id: String,
         reason: String,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let session = self.inner.clone();
-        runtime::awaitable(py, async move {
-            Ok(session
-                .abandon_external_task(&task_id, &reason)
-                .await
-                .map_err(CoreError)?)
-        })
+        claim::abandon(py, &self.inner, task_id, reason)
     }
 
     /// What is in the queue now.
@@ -317,46 +285,6 @@ impl PyAgentSession {
 
     fn __repr__(&self) -> String {
         format!("AgentSession(id={:?})", self.inner.id())
-    }
-}
-
-/// One `(task_id, ExternalTaskResult)` pair of a batch.
-pub(crate) fn result_pair(item: &Bound<'_, PyAny>) -> PyResult<(String, ExternalTaskResult)> {
-    let bad = || {
-        PyTypeError::new_err(format!(
-            "complete_external_tasks takes (task_id: str, ExternalTaskResult) pairs, got {}",
-            item.repr()
-                .map_or_else(|_| "?".to_owned(), |r| r.to_string())
-        ))
-    };
-    let pair = item.cast::<PyTuple>().map_err(|_| bad())?;
-    if pair.len() != 2 {
-        return Err(bad());
-    }
-    let id = pair.get_item(0)?;
-    let id = id
-        .cast::<PyString>()
-        .map_err(|_| bad())?
-        .to_cow()?
-        .into_owned();
-    let result = pair.get_item(1)?;
-    let result = result.cast::<PyExternalTaskResult>().map_err(|_| bad())?;
-    Ok((id, result.get().inner.clone()))
-}
-
-/// The outcomes of a batch completion: `None` or an exception per result.
-pub(crate) struct Outcomes(pub(crate) Vec<a3s_code_core::Result<()>>);
-
-impl ToPy for Outcomes {
-    fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {
-        let list = PyList::empty(py);
-        for outcome in self.0 {
-            match outcome {
-                Ok(()) => list.append(py.None())?,
-                Err(e) => list.append(PyErr::from(CoreError(e)).into_value(py))?,
-            }
-        }
-        Ok(list.into_any())
     }
 }
 

@@ -81,7 +81,7 @@ pub(crate) struct PyWorker {
 
 #[pymethods]
 impl PyWorker {
-    /// Starts the loop; unset options keep the core's defaults (8 tasks at once, 1 s polls).
+    /// Starts the loop; unset options keep the core's `WorkerConfig::default()` (see its docs).
     #[new]
     #[pyo3(signature = (session, workspace, *, concurrency = None, poll_wait = None))]
     fn new(

@@ -20,7 +20,7 @@ session.set_lane_handler(SessionLane.QUERY, LaneHandlerConfig(mode=TaskHandlerMo
 
 async def poll(rounds: int) -> None:
     for _ in range(rounds):
-        await asyncio.gather(*[session.pending_external_tasks(wait=0.0005) for _ in range(8)])
+        await asyncio.gather(*[session.pending_external_tasks(wait_ms=1) for _ in range(8)])
 
 
 def poll_in_background() -> None:
@@ -34,7 +34,7 @@ async def main() -> None:
     await poll(50)
     # Still running when the loop closes and the interpreter exits.
     for _ in range(8):
-        asyncio.ensure_future(session.pending_external_tasks(wait=0.001))
+        asyncio.ensure_future(session.pending_external_tasks(wait_ms=1))
     await asyncio.sleep(0.001)
 
 

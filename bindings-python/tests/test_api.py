@@ -4,7 +4,7 @@ import asyncio
 import datetime
 import inspect
 import re
-from typing import Any, Dict, Tuple
+from typing import Any, Dict, List, Tuple
 
 import pytest
 
@@ -44,7 +44,63 @@ def test_every_error_code_has_its_class() -> None:
         err = cls(entry["sample_message"])
         assert str(err) == entry["sample_message"]
         assert err.code == entry["code"]
+        # Older names are the same class object: `except ToolError` still catches.
+        for alias in entry.get("python_aliases", []):
+            assert getattr(a3s_code, alias) is cls, alias
     assert len({e["python"] for e in ERRORS["errors"]}) == len(ERRORS["errors"])
+    aliases = {e["code"]: e.get("python_aliases") for e in ERRORS["errors"]}
+    assert aliases["ToolFailed"] == ["ToolError"] and aliases["ModelFailed"] == ["ModelError"]
+    assert a3s_code.ToolError is a3s_code.ToolFailedError
+    assert a3s_code.ModelError is a3s_code.ModelFailedError
+
+
+def test_remote_session_is_a_deprecated_name_of_worker_client() -> None:
+    with pytest.warns(DeprecationWarning, match="WorkerClient"):
+        old = a3s_code.RemoteSession
+    assert old is a3s_code.WorkerClient
+    with pytest.warns(DeprecationWarning):
+        from a3s_code import RemoteSession
+    assert RemoteSession is a3s_code.WorkerClient
+    assert "RemoteSession" not in a3s_code.__all__ and "WorkerClient" in a3s_code.__all__
+    with pytest.raises(AttributeError):
+        getattr(a3s_code, "NoSuchThing")
+
+
+def keywords(fn: Any) -> List[str]:
+    """The names a callable accepts (from its native text signature), `self`/`cls` left out."""
+    return [p for p in inspect.signature(fn).parameters if p not in ("self", "cls")]
+
+
+def test_option_sets_accept_exactly_the_core_names() -> None:
+    # api.json's `options` are the core's FIELDS: a field added in the core fails here until
+    # the Python constructor takes it.
+    options = API["options"]
+    assert keywords(a3s_code.SessionQueueConfig) == options["SessionQueueConfig"]
+    assert keywords(a3s_code.RetryPolicy) == options["RetryPolicy"]
+    assert keywords(a3s_code.NatsConfig) == options["NatsConfig"]
+    for cls in (a3s_code.AgentSession, a3s_code.WorkerClient):
+        # `wait` (seconds) is the deprecated spelling of `wait_ms`.
+        names = keywords(cls.pending_external_tasks)
+        assert [n for n in names if n != "wait"] == options["ClaimOptions"], cls
+    # Every option set is checked above.
+    assert set(options) - {"note"} == {"SessionQueueConfig", "RetryPolicy", "NatsConfig", "ClaimOptions"}
+
+
+async def test_claim_arguments(make_session: SessionFactory) -> None:
+    session = await make_session()
+    assert await session.pending_external_tasks() == []
+    assert await session.pending_external_tasks(limit=1, wait_ms=0) == []
+    handle = await session.submit(SessionLane.QUERY, "noop", {})
+    with pytest.warns(DeprecationWarning, match="wait_ms"):
+        got = await session.pending_external_tasks(limit=1, wait=0.01)
+    assert [t.task_id for t in got] == [handle.task_id]
+    with pytest.raises(a3s_code.InvalidConfigError, match="not both"):
+        await session.pending_external_tasks(wait=1.0, wait_ms=1_000)
+    with pytest.raises(ValueError, match="wait"), pytest.warns(DeprecationWarning):
+        await session.pending_external_tasks(wait=-1.0)
+    await session.close()
+    with pytest.raises(a3s_code.ShutDownError):
+        await session.pending_external_tasks(wait_ms=10)
 
 
 async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -> None:
@@ -87,9 +143,10 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                 assert isinstance(await awaitable, ExternalTaskResult)
                 checked += 1
                 continue
-            cls = getattr(a3s_code, "AgentSession" if cls_name == "AgentSession" else cls_name)
+            # api.json may still call WorkerClient by its old name.
+            cls = getattr(a3s_code, "WorkerClient" if cls_name == "RemoteSession" else cls_name)
             assert hasattr(cls, name), f"{cls_name}.{name}"
-            if cls_name == "RemoteSession":
+            if cls_name in ("RemoteSession", "WorkerClient"):
                 # Its instances need NATS (test_nats.py); connect itself is a coroutine.
                 if name == "connect":
                     assert is_async
@@ -225,7 +282,7 @@ def test_async_methods_return_coroutines_that_run_in_any_loop(agent: a3s_code.Ag
     assert inspect.iscoroutine(stats)
     assert asyncio.run(stats).pending_count == 0
     # A call still waiting (a long poll) too, and in a second loop: the runtime is process-wide.
-    assert asyncio.run(session.pending_external_tasks(limit=1, wait=0.01)) == []
+    assert asyncio.run(session.pending_external_tasks(limit=1, wait_ms=10)) == []
     with pytest.raises(a3s_code.TaskNotFoundError):
         asyncio.run(session.cancel("nope"))
     asyncio.run(session.close())
@@ -242,7 +299,7 @@ async def test_coroutines_work_with_asyncio(make_session: SessionFactory) -> Non
     assert inspect.iscoroutine(ready) and (await ready).pending_count == 0
     with pytest.raises(RuntimeError, match="cannot reuse already awaited coroutine"):
         await ready
-    pending = asyncio.create_task(session.pending_external_tasks(limit=1, wait=5.0))
+    pending = asyncio.create_task(session.pending_external_tasks(limit=1, wait_ms=5_000))
     await asyncio.sleep(0.01)
     assert not pending.done()
     handle = await asyncio.ensure_future(session.submit(SessionLane.QUERY, "noop", {}))
@@ -253,10 +310,10 @@ async def test_coroutines_work_with_asyncio(make_session: SessionFactory) -> Non
     with pytest.raises(a3s_code.TaskNotFoundError):
         await session.complete_external_task("nope", ExternalTaskResult(success=True))
     # Cancelling a waiting call drops it: a cancelled long poll claims nothing.
-    poll = asyncio.create_task(session.pending_external_tasks(limit=1, wait=30.0))
+    poll = asyncio.create_task(session.pending_external_tasks(limit=1, wait_ms=30_000))
     await asyncio.sleep(0.01)
     poll.cancel()
     with pytest.raises(asyncio.CancelledError):
         await poll
     second = await session.submit(SessionLane.QUERY, "noop", {})
-    assert [t.task_id for t in await session.pending_external_tasks(limit=1, wait=5.0)] == [second.task_id]
+    assert [t.task_id for t in await session.pending_external_tasks(limit=1, wait_ms=5_000)] == [second.task_id]

@@ -1,6 +1,6 @@
 """Over NATS JetStream: a session in this process, workers elsewhere. The foreign worker
 (examples/foreign-worker, plain nats-py, written from docs/protocol.md) and the binding's own
-RemoteSession both serve it."""
+WorkerClient both serve it."""
 
 import asyncio
 import json
@@ -26,11 +26,11 @@ from a3s_code import (
     LaneHandlerConfig,
     NatsConfig,
     PayloadTooLargeError,
-    RemoteSession,
     SessionLane,
     SessionOptions,
     SessionQueueConfig,
     TaskHandlerMode,
+    WorkerClient,
 )
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -137,15 +137,15 @@ async def test_the_foreign_worker_moves_large_payloads_and_results_by_reference(
         await session.close()
 
 
-async def test_a_python_remote_session_works_the_spec_loop(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+async def test_a_python_worker_client_works_the_spec_loop(agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
     prefix = "py" + uuid.uuid4().hex[:10]
     session = await nats_session(agent, tmp_path, nats_url, prefix)
-    remote = await RemoteSession.connect(nats_url, session.id, config=NatsConfig(nats_url, prefix=prefix),
-                                         lanes=[SessionLane.QUERY])
+    remote = await WorkerClient.connect(nats_url, session.id, config=NatsConfig(nats_url, prefix=prefix),
+                                        lanes=[SessionLane.QUERY])
 
     async def worker_loop() -> None:
         while True:
-            tasks = await remote.pending_external_tasks(limit=16, wait=1.0)
+            tasks = await remote.pending_external_tasks(limit=16, wait_ms=1_000)
             await remote.complete_external_tasks(
                 [(t.task_id, ExternalTaskResult(success=True, result={"content": t.payload["path"]})) for t in tasks])
 
@@ -155,6 +155,13 @@ async def test_a_python_remote_session_works_the_spec_loop(agent: Agent, tmp_pat
             asyncio.gather(*(session.tool("read", {"path": f"f{i}"}) for i in range(30))), 30)
         assert [r.result["content"] for r in results] == [f"f{i}" for i in range(30)]
         assert remote.worker_id
+        # Without arguments: what is waiting now, at once (nothing is).
+        assert await remote.pending_external_tasks() == []
+        # The one claim implementation: the same argument rules as AgentSession's.
+        with pytest.raises(InvalidConfigError, match="not both"):
+            await remote.pending_external_tasks(wait=0.1, wait_ms=100)
+        with pytest.warns(DeprecationWarning, match="wait_ms"):
+            assert await remote.pending_external_tasks(limit=1, wait=0.01) == []
     finally:
         loop.cancel()
         await remote.close()
@@ -180,3 +187,12 @@ async def test_nats_config_limits_are_checked_and_max_object_bytes_caps_submit(
         NatsConfig(nats_url, replicas=6)
     with pytest.raises(InvalidConfigError):
         NatsConfig(nats_url, duplicate_window_ms=0)
+    # The credential and TLS rules are the core's (NatsOptions::into_config).
+    with pytest.raises(InvalidConfigError, match="one of"):
+        NatsConfig(nats_url, token="t", nkey="n")
+    with pytest.raises(InvalidConfigError, match="without user"):
+        NatsConfig(nats_url, password="p")
+    with pytest.raises(InvalidConfigError, match="without tls_cert"):
+        NatsConfig(nats_url, tls_key="/k.pem")
+    with pytest.raises(InvalidConfigError):
+        NatsConfig("")

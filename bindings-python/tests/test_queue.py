@@ -41,7 +41,7 @@ async def test_several_workers_never_get_a_task_twice(make_session: SessionFacto
     async def worker(batch: int) -> None:
         while not done.is_set():
             try:
-                tasks = await session.pending_external_tasks(limit=batch, wait=0.05)
+                tasks = await session.pending_external_tasks(limit=batch, wait_ms=50)
             except ShutDownError:
                 return
             seen.extend(t.task_id for t in tasks)
@@ -88,7 +88,7 @@ async def test_the_spec_poll_without_arguments_claims_everything(make_session: S
 
     for task in first:
         await session.complete_external_task(task.task_id, OK)
-    rest = await session.pending_external_tasks(limit=100, wait=1.0)
+    rest = await session.pending_external_tasks(limit=100, wait_ms=1_000)
     assert len(rest) == 4
     for task in rest:
         await session.complete_external_task(task.task_id, OK)
@@ -104,25 +104,25 @@ async def test_limit_and_long_poll(make_session: SessionFactory) -> None:
     got = await session.pending_external_tasks(limit=2)
     assert [t.payload["i"] for t in got] == [0, 1]
     # A long poll returns as soon as a task arrives.
-    waiter = asyncio.ensure_future(session.pending_external_tasks(limit=5, wait=10.0))
+    waiter = asyncio.ensure_future(session.pending_external_tasks(limit=5, wait_ms=10_000))
     rest = await waiter
     assert [t.payload["i"] for t in rest] == [2]
-    waiter = asyncio.ensure_future(session.pending_external_tasks(limit=5, wait=10.0))
+    waiter = asyncio.ensure_future(session.pending_external_tasks(limit=5, wait_ms=10_000))
     await asyncio.sleep(0.01)
     assert not waiter.done()
     handle = await session.submit(SessionLane.QUERY, "noop", {"i": 3})
     tasks = await asyncio.wait_for(waiter, 5)
     assert [t.task_id for t in tasks] == [handle.task_id]
-    with pytest.raises(ValueError, match="wait"):
-        await session.pending_external_tasks(wait=-1.0)
+    with pytest.raises(OverflowError):
+        await session.pending_external_tasks(wait_ms=-1)
 
 
 async def test_a_cancelled_long_poll_claims_nothing(make_session: SessionFactory) -> None:
     session = await make_session()
     with pytest.raises(asyncio.TimeoutError):
-        await asyncio.wait_for(session.pending_external_tasks(limit=10, wait=30.0), 0.05)
+        await asyncio.wait_for(session.pending_external_tasks(limit=10, wait_ms=30_000), 0.05)
     handle = await session.submit(SessionLane.QUERY, "noop", {})
-    tasks = await session.pending_external_tasks(limit=10, wait=5.0)
+    tasks = await session.pending_external_tasks(limit=10, wait_ms=5_000)
     assert [t.task_id for t in tasks] == [handle.task_id]
 
 
@@ -133,7 +133,7 @@ async def test_completion_errors(make_session: SessionFactory) -> None:
     assert unknown.value.code == "TaskNotFound" and "no-such-task" in str(unknown.value)
 
     handle = await session.submit(SessionLane.QUERY, "noop", {})
-    [task] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [task] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     await session.complete_external_task(task.task_id, OK)
     with pytest.raises(TaskAlreadyCompletedError) as again:
         await session.complete_external_task(task.task_id, ExternalTaskResult(success=False))
@@ -143,7 +143,7 @@ async def test_completion_errors(make_session: SessionFactory) -> None:
 
     # A batch reports one outcome per result, in order, without raising.
     h2 = await session.submit(SessionLane.QUERY, "noop", {})
-    [t2] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [t2] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     outcomes = await session.complete_external_tasks(
         [(t2.task_id, OK), (task.task_id, OK), ("nope", OK), (t2.task_id, OK)]
     )
@@ -165,7 +165,7 @@ async def test_completion_errors(make_session: SessionFactory) -> None:
 async def test_a_late_completion_raises_and_the_task_is_dead_lettered(make_session: SessionFactory) -> None:
     session = await make_session(timeout_ms=200, enable_dlq=True)
     handle = await session.submit(SessionLane.QUERY, "read", {"path": "slow.txt"})
-    [task] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [task] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     assert task.timeout_ms == 200
     with pytest.raises(TaskTimedOutError) as raised:
         await handle.result()  # the deadline passes: the submitter learns first
@@ -192,9 +192,9 @@ async def test_abandon_and_retry(make_session: SessionFactory) -> None:
         retry_policy=RetryPolicy(strategy=RetryStrategy.FIXED, max_retries=1, initial_delay_ms=1),
     )
     handle = await session.submit(SessionLane.QUERY, "noop", {"x": 1})
-    [first] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [first] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     await session.abandon_external_task(first.task_id, "worker going away")
-    [second] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [second] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     assert (second.task_id, second.attempt) == (first.task_id, 2)
     await session.abandon_external_task(second.task_id, "again")
     with pytest.raises(A3sError) as raised:
@@ -259,9 +259,9 @@ async def test_cancel_submit_errors_and_close(make_session: SessionFactory) -> N
         session.set_lane_handler(SessionLane.QUERY, LaneHandlerConfig(mode=TaskHandlerMode.EXTERNAL, timeout_ms=0))
 
     claimed = await session.submit(SessionLane.QUERY, "noop", {})
-    assert len(await session.pending_external_tasks(limit=1, wait=5.0)) == 1
+    assert len(await session.pending_external_tasks(limit=1, wait_ms=5_000)) == 1
     pending = await session.submit(SessionLane.QUERY, "noop", {})  # waits for the lane's one slot
-    poller = asyncio.ensure_future(session.pending_external_tasks(limit=1, wait=30.0))
+    poller = asyncio.ensure_future(session.pending_external_tasks(limit=1, wait_ms=30_000))
     await asyncio.sleep(0.01)
     assert not poller.done()
     await session.close()
@@ -283,7 +283,7 @@ async def test_events(make_session: SessionFactory) -> None:
     session = await make_session()
     events = session.events()
     handle = await session.submit(SessionLane.QUERY, "noop", {"k": "v"})
-    [task] = await session.pending_external_tasks(limit=1, wait=5.0)
+    [task] = await session.pending_external_tasks(limit=1, wait_ms=5_000)
     await session.complete_external_task(task.task_id, ExternalTaskResult(success=True, result={}))
     await handle.result()
 
@@ -330,7 +330,7 @@ async def test_many_sessions_and_concurrent_tools(make_session: SessionFactory) 
     async def serve(s: AgentSession) -> None:
         while True:
             try:
-                tasks = await s.pending_external_tasks(limit=64, wait=0.5)
+                tasks = await s.pending_external_tasks(limit=64, wait_ms=500)
             except ShutDownError:
                 return
             await s.complete_external_tasks(
@@ -363,7 +363,7 @@ async def test_workers_in_other_threads_and_loops(make_session: SessionFactory) 
     async def worker() -> None:
         while True:
             try:
-                tasks = await session.pending_external_tasks(limit=8, wait=0.2)
+                tasks = await session.pending_external_tasks(limit=8, wait_ms=200)
             except ShutDownError:
                 return
             with lock:

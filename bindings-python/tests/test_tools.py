@@ -67,7 +67,7 @@ async def test_a_python_worker_runs_builtin_tools_for_session_tool(make_session:
     async def worker() -> None:
         while True:
             try:
-                tasks = await session.pending_external_tasks(limit=16, wait=0.5)
+                tasks = await session.pending_external_tasks(limit=16, wait_ms=500)
             except ShutDownError:
                 return
             results = await asyncio.gather(*[execute_builtin(t, session.workspace) for t in tasks])

@@ -25,13 +25,13 @@ __all__ = [
     "LaneMetrics",
     "LaneStats",
     "ModelError",
+    "ModelFailedError",
     "NatsConfig",
     "PathEscapesWorkspaceError",
     "PayloadTooLargeError",
     "QueueFullError",
     "QueueMetrics",
     "QueueStats",
-    "RemoteSession",
     "RetriesExhaustedError",
     "RetryPolicy",
     "RetryStrategy",
@@ -46,9 +46,11 @@ __all__ = [
     "TaskNotFoundError",
     "TaskTimedOutError",
     "ToolError",
+    "ToolFailedError",
     "UnknownToolError",
     "UnsupportedProtocolError",
     "Worker",
+    "WorkerClient",
     "WorkerStats",
     "execute_builtin",
     "__version__",
@@ -76,8 +78,13 @@ class QueueFullError(A3sError): ...
 class PayloadTooLargeError(A3sError): ...
 class PathEscapesWorkspaceError(A3sError): ...
 class UnknownToolError(A3sError): ...
-class ToolError(A3sError): ...
-class ModelError(A3sError): ...
+class ToolFailedError(A3sError): ...
+class ModelFailedError(A3sError): ...
+
+# Deprecated old names: the same class objects as ToolFailedError / ModelFailedError.
+ToolError = ToolFailedError
+ModelError = ModelFailedError
+
 class BrokerUnavailableError(A3sError): ...
 class UnsupportedProtocolError(A3sError): ...
 class ShutDownError(A3sError): ...
@@ -408,8 +415,9 @@ class AgentSession:
     def workspace(self) -> str: ...
     def set_lane_handler(self, lane: SessionLane, config: LaneHandlerConfig) -> None: ...
     def lane_handler(self, lane: SessionLane) -> LaneHandlerConfig: ...
+    # Unset: the core's ClaimOptions defaults. `wait` (seconds) is deprecated: use `wait_ms`.
     async def pending_external_tasks(
-        self, limit: Optional[int] = None, wait: Optional[float] = None
+        self, limit: Optional[int] = None, wait: Optional[float] = None, *, wait_ms: Optional[int] = None
     ) -> List[ExternalTask]: ...
     async def complete_external_task(self, task_id: str, result: ExternalTaskResult) -> None: ...
     async def complete_external_tasks(
@@ -467,8 +475,10 @@ class NatsConfig:
     @property
     def duplicate_window_ms(self) -> int: ...
 
+# The worker's side of a session over NATS (`RemoteSession` is its deprecated old name, served
+# by the a3s_code package).
 @final
-class RemoteSession:
+class WorkerClient:
     @staticmethod
     async def connect(
         url: str,
@@ -478,11 +488,12 @@ class RemoteSession:
         lanes: Optional[List[SessionLane]] = None,
         labels: Optional[Dict[str, str]] = None,
         worker_id: Optional[str] = None,
-    ) -> RemoteSession: ...
+    ) -> WorkerClient: ...
     @property
     def worker_id(self) -> str: ...
+    # Unset: the core's ClaimOptions defaults. `wait` (seconds) is deprecated: use `wait_ms`.
     async def pending_external_tasks(
-        self, limit: Optional[int] = None, wait: Optional[float] = None
+        self, limit: Optional[int] = None, wait: Optional[float] = None, *, wait_ms: Optional[int] = None
     ) -> List[ExternalTask]: ...
     async def complete_external_task(self, task_id: str, result: ExternalTaskResult) -> None: ...
     async def complete_external_tasks(
