@@ -189,28 +189,29 @@ export declare class EventStream {
 export type JsEventStream = EventStream
 
 /**
- * The worker's side of a session on another machine, over NATS JetStream: the same methods
- * as `AgentSession`, so the spec's worker loop runs unchanged with it.
+ * The worker's side of a session on another machine, over NATS JetStream: the same worker
+ * methods as `AgentSession`, so the spec's worker loop runs unchanged with it. (Formerly
+ * `RemoteSession`, still exported as a deprecated alias of this class.)
  *
  * A claimed task is leased while this worker holds it (renewed automatically); a worker that
  * dies loses it and the task is delivered again elsewhere. Every method may be called
  * concurrently. Asynchronous methods reject with an `Error` whose `code` is the core's stable
  * code (`BrokerUnavailable`, `TaskNotFound`, `PayloadTooLarge`, ...).
  */
-export declare class RemoteSession {
+export declare class WorkerClient {
   /**
    * Connects to `url` as a worker of `sessionId` (`'*'` for every session on the broker).
    *
    * Rejects with `BrokerUnavailable` when NATS cannot be reached (or no session ever
    * created its streams under this prefix), `InvalidConfig` for bad options.
    */
-  static connect(url: string, sessionId: string, options?: RemoteOptions | undefined | null): Promise<RemoteSession>
+  static connect(url: string, sessionId: string, options?: WorkerClientOptions | undefined | null): Promise<WorkerClient>
   /** This worker's id, reported with its results. */
   get workerId(): string
   /**
    * Claims tasks, highest-priority lane first. Without options: what is waiting now (up to
-   * 256). With `{ limit, waitMs }`: at most `limit` (pass your free slots; default 256),
-   * waiting up to `waitMs` for the first one.
+   * the core's default batch, `WorkerClient::DEFAULT_CLAIM_LIMIT`). With `{ limit, waitMs }`:
+   * at most `limit` (pass your free slots), waiting up to `waitMs` for the first one.
    *
    * Rejects with `BrokerUnavailable` when NATS cannot be reached.
    */
@@ -237,7 +238,7 @@ export declare class RemoteSession {
   /** Gives back every task still claimed (delivered again at once elsewhere) and disconnects. */
   close(): Promise<void>
 }
-export type JsRemoteSession = RemoteSession
+export type JsWorkerClient = WorkerClient
 
 /** Something that happened during `session.stream(prompt)`. */
 export type AgentEvent =
@@ -272,11 +273,15 @@ export interface BuiltinOptions {
   allowBash?: boolean
 }
 
-/** Options of `pendingExternalTasks`. */
+/**
+ * Options of `pendingExternalTasks` (the core's `ClaimOptions`). A field left out takes the
+ * core's default: no wait, and as many tasks as the source hands out at once (every claimable
+ * task of an `AgentSession`; a `WorkerClient`'s default batch over NATS).
+ */
 export interface ClaimOptions {
-  /** Claim at most this many tasks (default: every claimable task). */
+  /** Claim at most this many tasks (pass your free slots). */
   limit?: number
-  /** Wait up to this many milliseconds for the first task (a long poll; default 0). */
+  /** Wait up to this many milliseconds for the first task (a long poll). */
   waitMs?: number
 }
 
@@ -388,7 +393,7 @@ export interface ExternalTaskResult {
 
 /**
  * How one lane handles its tasks and how long each may take. A field left out takes the
- * core's default (`Internal`, 60 000 ms).
+ * core's default (`LaneHandlerConfig::default()` in the core's docs).
  */
 export interface LaneHandlerConfig {
   /** Internal, External or Hybrid. */
@@ -441,12 +446,14 @@ export interface LaneStats {
 
 /**
  * Where and how to reach NATS JetStream (`SessionOptions.nats`, and `config` of
- * `RemoteSession.connect`). Absent fields keep the core's defaults.
+ * `WorkerClient.connect`): the core's `NatsOptions`, which checks them (one credential kind,
+ * `password` with `user`, `tlsKey` with `tlsCert`, ...). Absent fields keep the core's
+ * defaults (see `NatsConfig` in the core's docs).
  */
 export interface NatsConfig {
   /** One server URL (`nats://host:4222`, `tls://...`) or several separated by commas. */
   url: string
-  /** The first token of every subject and stream name (default `a3s`). */
+  /** The first token of every subject and stream name. */
   prefix?: string
   /** Authenticate with a token. */
   token?: string
@@ -464,22 +471,19 @@ export interface NatsConfig {
   tlsCert?: string
   /** The client certificate's PEM private key. */
   tlsKey?: string
-  /** A worker's lease on a task in milliseconds (JetStream `AckWait`, default 10 000). */
+  /** A worker's lease on a task in milliseconds (JetStream `AckWait`). */
   leaseMs?: number
   /**
    * Largest payload or result (JSON bytes) that may go through the object store when it does
-   * not fit in a message (default 64 MiB); beyond it `PayloadTooLarge`.
+   * not fit in a message; beyond it `PayloadTooLarge`.
    */
   maxObjectBytes?: number
   /**
-   * Copies JetStream keeps of each stream the session creates, 1 to 5 (default 1; 3 on a
+   * Copies JetStream keeps of each stream the session creates, 1 to 5 (3 on a
    * three-server cluster survives losing one).
    */
   replicas?: number
-  /**
-   * How long the streams the session creates deduplicate a retried publish, in milliseconds
-   * (default 20 000).
-   */
+  /** How long the streams the session creates deduplicate a retried publish, in milliseconds. */
   duplicateWindowMs?: number
 }
 
@@ -546,39 +550,25 @@ export interface QueueStats {
   perLane: Record<SessionLane, LaneStats>
 }
 
-/** Options of `RemoteSession.connect`. */
-export interface RemoteOptions {
-  /** Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins). */
-  config?: NatsConfig
-  /** The lanes to serve (default: all four). */
-  lanes?: Array<SessionLane>
-  /**
-   * This worker's labels (`{ region: 'eu-west' }`): it takes tasks that require labels it
-   * has, and tasks that require none.
-   */
-  labels?: Record<string, string>
-  /** Reported with every result (default: a random id). */
-  workerId?: string
-}
-
 /**
  * Retries of lost attempts (worker crash, lease expiry, a failing handler). A field left out
- * takes the core's default.
+ * takes the core's default (`RetryPolicy::default()` in the core's docs: exponential, up to 3
+ * retries).
  */
 export interface RetryPolicy {
-  /** none, fixed or exponential (default: exponential, 3 retries from 100 ms). */
+  /** none, fixed or exponential. */
   strategy?: RetryStrategy
-  /** Retries after the first attempt (default 3; ignored with `none`). */
+  /** Retries after the first attempt (ignored with `none`). */
   maxRetries?: number
-  /** Delay before the first retry (default 100 ms). */
+  /** Delay before the first retry, in milliseconds. */
   initialDelayMs?: number
-  /** Upper bound of any delay (default 10 000 ms). */
+  /** Upper bound of any delay, in milliseconds. */
   maxDelayMs?: number
 }
 
 /** How lost attempts are retried. At run time each member is its lowercase name. */
 export declare enum RetryStrategy {
-  /** A lost attempt fails the task (the default). */
+  /** A lost attempt fails the task. */
   None = 'none',
   /** Wait `initialDelayMs` before every retry. */
   Fixed = 'fixed',
@@ -610,7 +600,7 @@ export interface SessionOptions {
   /** Whether the built-in `bash` tool may run in this process (default true). */
   allowBash?: boolean
   /**
-   * Publish the tasks of External lanes to NATS JetStream, for `RemoteSession` workers on
+   * Publish the tasks of External lanes to NATS JetStream, for `WorkerClient` workers on
    * other machines (absent: the agent's `distribution { }` block, then `A3S_NATS_URL`, else
    * in process).
    */
@@ -624,37 +614,38 @@ export interface SessionOptions {
 
 /**
  * The queue configuration of a session. Every field is optional: one left out takes the
- * core's default (`SessionQueueConfig::default()` in Rust).
+ * core's default (`SessionQueueConfig::default()` in the core's docs; `queueConfig()` returns
+ * every field filled in).
  */
 export interface SessionQueueConfig {
-  /** Control-lane tasks holding a slot at once (default 2). */
+  /** Control-lane tasks holding a slot at once. */
   controlMaxConcurrency?: number
-  /** Query-lane tasks holding a slot at once (default 4). */
+  /** Query-lane tasks holding a slot at once. */
   queryMaxConcurrency?: number
-  /** Execute-lane tasks holding a slot at once (default 2). */
+  /** Execute-lane tasks holding a slot at once. */
   executeMaxConcurrency?: number
-  /** Generate-lane tasks holding a slot at once (default 1). */
+  /** Generate-lane tasks holding a slot at once. */
   generateMaxConcurrency?: number
   /**
    * Per-lane bound of tasks waiting for a slot; beyond it `submit` rejects with
-   * `QueueFull` (default 100 000).
+   * `QueueFull`.
    */
   maxPending?: number
-  /** Record counters and latency percentiles for `queueMetrics()` (default false). */
+  /** Record counters and latency percentiles for `queueMetrics()`. */
   enableMetrics?: boolean
-  /** Keep failed and timed-out tasks in a dead-letter queue (default false). */
+  /** Keep failed and timed-out tasks in a dead-letter queue. */
   enableDlq?: boolean
-  /** How many dead letters are kept (default 1 000). */
+  /** How many dead letters are kept. */
   dlqMaxSize?: number
-  /** Emit `alert` events when a threshold is crossed (default false). */
+  /** Emit `alert` events when a threshold is crossed. */
   enableAlerts?: boolean
-  /** Alert when a lane's backlog reaches this many tasks (default 1 000). */
+  /** Alert when a lane's backlog reaches this many tasks. */
   queueDepthAlertThreshold?: number
-  /** Alert when a task's latency exceeds this many milliseconds (default 30 000). */
+  /** Alert when a task's latency exceeds this many milliseconds. */
   latencyAlertThresholdMs?: number
-  /** Timeout of lanes without their own `laneHandlers` entry (default 60 000 ms). */
+  /** Timeout of lanes without their own `laneHandlers` entry, in milliseconds. */
   defaultTimeoutMs?: number
-  /** Retries of lost attempts (default: none). */
+  /** Retries of lost attempts (default: the core's `RetryPolicy::default()`). */
   retryPolicy?: RetryPolicy
   /** Per-lane handler mode and timeout, keyed by lane (`{ query: { mode: 'external' } }`). */
   laneHandlers?: Partial<Record<SessionLane, LaneHandlerConfig>>
@@ -708,4 +699,22 @@ export interface ToolCallRecord {
 export interface Usage {
   inputTokens: number
   outputTokens: number
+}
+
+/**
+ * Options of `WorkerClient.connect` (the core's `WorkerClientOptions`; formerly
+ * `RemoteOptions`, still exported as a deprecated alias).
+ */
+export interface WorkerClientOptions {
+  /** Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins). */
+  config?: NatsConfig
+  /** The lanes to serve (default: all four). */
+  lanes?: Array<SessionLane>
+  /**
+   * This worker's labels (`{ region: 'eu-west' }`): it takes tasks that require labels it
+   * has, and tasks that require none.
+   */
+  labels?: Record<string, string>
+  /** Reported with every result (default: a random id). */
+  workerId?: string
 }

@@ -65,22 +65,23 @@ test('AgentSession: every method of api.json, async exactly where it says', asyn
   await Promise.allSettled(pending)
 })
 
-test('RemoteSession: every name of api.json; connect is async', async () => {
-  const { RemoteSession } = code
-  assert.equal(typeof RemoteSession, 'function')
-  const proto = Object.getOwnPropertyNames(RemoteSession.prototype)
-  for (const entry of api.classes.RemoteSession) {
+test('WorkerClient: every name of api.json; connect is async; RemoteSession is its deprecated alias', async () => {
+  const { WorkerClient } = code
+  assert.equal(typeof WorkerClient, 'function')
+  assert.equal(code.RemoteSession, WorkerClient) // the same class, under its former name
+  const proto = Object.getOwnPropertyNames(WorkerClient.prototype)
+  for (const entry of api.classes.WorkerClient ?? api.classes.RemoteSession) {
     const name = entry.node.split('(')[0]
     if (name === 'connect') {
       // Nothing listens on port 1: it rejects, asynchronously.
-      const out = RemoteSession.connect('nats://127.0.0.1:1', 'abc123')
+      const out = WorkerClient.connect('nats://127.0.0.1:1', 'abc123')
       assert.equal(isPromise(out), entry.async.node)
       await assert.rejects(out, { code: 'BrokerUnavailable' })
     } else if (name === 'workerId') {
-      assert.equal(typeof Object.getOwnPropertyDescriptor(RemoteSession.prototype, name)?.get, 'function')
+      assert.equal(typeof Object.getOwnPropertyDescriptor(WorkerClient.prototype, name)?.get, 'function')
       assert.equal(entry.async.node, false)
     } else {
-      assert.ok(proto.includes(name), `RemoteSession.${name} exists`)
+      assert.ok(proto.includes(name), `WorkerClient.${name} exists`)
     }
   }
   // The async flags of its methods are checked on a live one in nats.test.mjs.

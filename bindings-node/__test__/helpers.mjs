@@ -1,7 +1,9 @@
 // Shared helpers of the Node tests (node --test bindings-node/__test__/).
 import { createRequire } from 'node:module'
 import { fileURLToPath } from 'node:url'
-import { readFileSync, mkdtempSync, writeFileSync, mkdirSync } from 'node:fs'
+import { readFileSync, mkdtempSync, writeFileSync, mkdirSync, rmSync, accessSync, constants } from 'node:fs'
+import { spawn, execFileSync } from 'node:child_process'
+import { once } from 'node:events'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
 
@@ -49,4 +51,79 @@ export async function failure(fn) {
     return e
   }
   throw new Error('expected a failure')
+}
+
+/**
+ * A NATS server with JetStream for this test file, as the Rust and Python suites start theirs:
+ * `$NATS_SERVER_BIN`, else `nats-server` on PATH, else /usr/sbin/nats-server, on a port the
+ * server picks, with a temporary store. Throws when no binary exists (the tests fail, they are
+ * not skipped). Resolves once the server logs that it is ready; `stop()` ends it.
+ */
+export async function startNats() {
+  const bin = natsServerBin()
+  const dir = mkdtempSync(path.join(tmpdir(), 'a3s-node-nats-'))
+  // Streams reserve their max_bytes against the storage limit (75% of the free disk by
+  // default): a generous limit lets every test's prefix fit on this one server.
+  writeFileSync(path.join(dir, 'server.conf'), 'jetstream {\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n')
+  const server = spawn(bin, ['-a', '127.0.0.1', '-p', '-1', '-js', '-sd', path.join(dir, 'js'), '-c', path.join(dir, 'server.conf')], {
+    stdio: ['ignore', 'ignore', 'pipe'],
+  })
+  const exited = once(server, 'exit')
+  let log = ''
+  const ready = new Promise((resolve, reject) => {
+    server.stderr.setEncoding('utf8')
+    server.stderr.on('data', (chunk) => {
+      log += chunk
+      const port = /Listening for client connections on [^\s]*:(\d+)/.exec(log)?.[1]
+      if (port && log.includes('Server is ready')) resolve(`nats://127.0.0.1:${port}`)
+    })
+    server.on('error', reject)
+    exited.then(([code, signal]) => reject(new Error(`${bin} exited (${code ?? signal}) before it was ready:\n${log}`)))
+  })
+  let timer
+  const url = await new Promise((resolve, reject) => {
+    timer = setTimeout(() => reject(new Error(`${bin} was not ready after 30 s:\n${log}`)), 30_000)
+    ready.then(resolve, reject)
+  })
+    .finally(() => clearTimeout(timer))
+    .catch((e) => {
+      server.kill('SIGKILL')
+      rmSync(dir, { recursive: true, force: true })
+      throw e
+    })
+  return {
+    url,
+    async stop() {
+      if (server.exitCode === null && server.signalCode === null) {
+        server.kill('SIGTERM')
+        await exited
+      }
+      rmSync(dir, { recursive: true, force: true })
+    },
+  }
+}
+
+function natsServerBin() {
+  const candidates = []
+  if (process.env.NATS_SERVER_BIN) candidates.push(process.env.NATS_SERVER_BIN)
+  else {
+    try {
+      candidates.push(execFileSync('sh', ['-c', 'command -v nats-server'], { encoding: 'utf8' }).trim())
+    } catch {
+      // not on PATH
+    }
+    candidates.push('/usr/sbin/nats-server')
+  }
+  for (const bin of candidates) {
+    try {
+      accessSync(bin, constants.X_OK)
+      return bin
+    } catch {
+      // try the next one
+    }
+  }
+  throw new Error(
+    `nats-server not found (${candidates.join(', ')}): install it (Debian: apt-get install nats-server), ` +
+      'set NATS_SERVER_BIN, or point A3S_TEST_NATS_URL at a running server with JetStream',
+  )
 }

@@ -1,20 +1,21 @@
 // Over NATS JetStream: a session in this process publishes the tasks of its External lanes, and a
-// RemoteSession worker loop (the spec's shape, RemoteSession in place of AgentSession) serves
-// them. Needs a NATS server with JetStream at $A3S_TEST_NATS_URL (scripts/test.sh starts one);
-// without it these tests are skipped.
-import { test } from 'node:test'
+// WorkerClient worker loop (the spec's shape, WorkerClient in place of AgentSession) serves
+// them. Uses the NATS server at $A3S_TEST_NATS_URL when it is set (scripts/test.sh starts one);
+// otherwise starts its own `nats-server -js` (helpers.mjs `startNats`), and fails without one.
+import { test, after } from 'node:test'
 import assert from 'node:assert/strict'
 import { randomUUID } from 'node:crypto'
 import { readFileSync } from 'node:fs'
 import path from 'node:path'
-import { code, api, workspace } from './helpers.mjs'
+import { code, api, workspace, startNats } from './helpers.mjs'
 
-const { Agent, RemoteSession, SessionLane, executeBuiltin } = code
+const { Agent, WorkerClient, SessionLane, executeBuiltin } = code
 
-const url = process.env.A3S_TEST_NATS_URL
-const skip = url
-  ? false
-  : 'A3S_TEST_NATS_URL is not set: start `nats-server -js` and point it there (scripts/test.sh does)'
+const nats = process.env.A3S_TEST_NATS_URL
+  ? { url: process.env.A3S_TEST_NATS_URL, stop: async () => {} }
+  : await startNats()
+after(() => nats.stop())
+const { url } = nats
 
 /**
  * Subjects and streams of this file's own, so runs sharing a server never meet. One prefix for
@@ -35,9 +36,9 @@ async function natsSession(prefix, { lanes = ['query', 'execute'], timeoutMs = 3
   return { session, ws }
 }
 
-test('a RemoteSession worker loop in the spec shape completes the tool calls of session.tool', { skip }, async () => {
+test('a WorkerClient worker loop in the spec shape completes the tool calls of session.tool', async () => {
   const { session, ws } = await natsSession(prefix)
-  const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
+  const remote = await WorkerClient.connect(url, session.id, { config: { url, prefix } })
   assert.match(remote.workerId, /^worker-/)
 
   // The spec's worker loop ("Step 2: Implement Worker"), stoppable, running the built-in tools.
@@ -78,9 +79,9 @@ test('a RemoteSession worker loop in the spec shape completes the tool calls of 
   await session.close()
 })
 
-test('RemoteSession: claims with limit and wait, batches, gives back, and rejects with codes', { skip }, async () => {
+test('WorkerClient: claims with limit and wait, batches, gives back, and rejects with codes', async () => {
   const { session } = await natsSession(prefix, { lanes: ['query'] }) // 4 slots
-  const remote = await RemoteSession.connect(url, session.id, {
+  const remote = await WorkerClient.connect(url, session.id, {
     config: { url, prefix, leaseMs: 5_000 },
     lanes: [SessionLane.Query],
     labels: { region: 'eu-west' },
@@ -89,7 +90,7 @@ test('RemoteSession: claims with limit and wait, batches, gives back, and reject
   assert.equal(remote.workerId, 'node-worker-1')
 
   // Async exactly where api.json says.
-  for (const entry of api.classes.RemoteSession) {
+  for (const entry of api.classes.WorkerClient ?? api.classes.RemoteSession) {
     const name = entry.node.split('(')[0]
     if (name === 'connect' || name === 'close') continue
     if (name === 'workerId') {
@@ -139,16 +140,16 @@ test('RemoteSession: claims with limit and wait, batches, gives back, and reject
   await assert.rejects(remote.abandonExternalTask('unknown', 'why'), { code: 'TaskNotFound' })
   await assert.rejects(remote.pendingExternalTasks({ limit: -1 }), { code: 'InvalidConfig' })
   await assert.rejects(
-    RemoteSession.connect(url, session.id, { config: { url, prefix: 'not.a.token' } }),
+    WorkerClient.connect(url, session.id, { config: { url, prefix: 'not.a.token' } }),
     { code: 'InvalidConfig' },
   )
   await remote.close()
   await session.close()
 })
 
-test('a payload and a result larger than a NATS message travel through the object store', { skip }, async () => {
+test('a payload and a result larger than a NATS message travel through the object store', async () => {
   const { session } = await natsSession(prefix, { lanes: ['query'] })
-  const remote = await RemoteSession.connect(url, session.id, { config: { url, prefix } })
+  const remote = await WorkerClient.connect(url, session.id, { config: { url, prefix } })
   const big = 'x'.repeat(3 << 20) + 'end'
   const handle = await session.submit(SessionLane.Query, 'echo', { big })
   const [task] = await remote.pendingExternalTasks({ limit: 1, waitMs: 10_000 })
@@ -166,9 +167,14 @@ test('brokerReady rejects with BrokerUnavailable while NATS cannot be reached', 
   await session.close()
   await assert.rejects(session.brokerReady(), { code: 'ShutDown' })
   assert.throws(() => new Agent().session(workspace(), { nats: { url: '' } }), { code: 'InvalidConfig' })
+  // The core's NatsOptions rules: one credential kind, a password with its user, a key with its cert.
+  const port1 = 'nats://127.0.0.1:1'
+  for (const nats of [{ url: port1, token: 't', user: 'u' }, { url: port1, password: 'p' }, { url: port1, tlsKey: 'k.pem' }]) {
+    assert.throws(() => new Agent().session(workspace(), { nats }), { code: 'InvalidConfig' }, JSON.stringify(nats))
+  }
 })
 
-test('maxObjectBytes caps what a session submits, replicas and duplicateWindowMs are checked', { skip }, async () => {
+test('maxObjectBytes caps what a session submits, replicas and duplicateWindowMs are checked', async () => {
   const ws = workspace()
   const session = new Agent().session(ws, {
     nats: { url, prefix, maxObjectBytes: 1_000, duplicateWindowMs: 5_000 },

@@ -207,3 +207,12 @@ test('internal lanes run the built-in tools; a handle nobody awaits does not cra
   await session.submit(SessionLane.Execute, 'teleport', {})
   await session.close()
 })
+
+test('a closed session: the spec poll resolves to [], a claim with options rejects with ShutDown', async () => {
+  const session = externalSession()
+  await session.close()
+  assert.deepEqual(await session.pendingExternalTasks(), [])
+  assert.deepEqual(await session.pendingExternalTasks({}), [])
+  await assert.rejects(session.pendingExternalTasks({ limit: 1 }), { code: 'ShutDown' })
+  await assert.rejects(session.pendingExternalTasks({ waitMs: 0 }), { code: 'ShutDown' })
+})

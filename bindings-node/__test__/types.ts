@@ -3,7 +3,8 @@
 import {
   Agent, AgentSession, SessionOptions, SessionQueueConfig, SessionLane, LaneHandlerConfig, TaskHandlerMode,
   ExternalTask, ExternalTaskResult, ExternalTaskCompletion, CompletionError, QueueEvent, QueueMetrics, QueueStats,
-  TaskHandle, DeadLetter, executeBuiltin, errorCodes, NatsConfig, RemoteSession, RemoteOptions,
+  TaskHandle, DeadLetter, executeBuiltin, errorCodes, NatsConfig, WorkerClient, WorkerClientOptions, ClaimOptions,
+  RemoteSession, RemoteOptions,
 } from '@a3s-lab/code'
 
 export async function typed(): Promise<void> {
@@ -51,14 +52,20 @@ export async function typed(): Promise<void> {
   const codes: string[] = errorCodes()
   await session.close()
 
-  // Over NATS: the session publishes, a RemoteSession on another machine works the same way.
+  // Over NATS: the session publishes, a WorkerClient on another machine works the same way.
   const nats: NatsConfig = { url: 'nats://10.0.0.5:4222', prefix: 'build', token: 's3cret', leaseMs: 5_000 }
   const distributed: AgentSession = agent.session('.', { queueConfig: config, nats })
   await distributed.brokerReady(10_000)
   await distributed.brokerReady()
-  const remoteOptions: RemoteOptions = { config: nats, lanes: [SessionLane.Query], labels: { region: 'eu-west' } }
-  const remote: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', distributed.id, remoteOptions)
-  const plain: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', '*')
+  const remoteOptions: WorkerClientOptions = { config: nats, lanes: [SessionLane.Query], labels: { region: 'eu-west' } }
+  const remote: WorkerClient = await WorkerClient.connect('nats://10.0.0.5:4222', distributed.id, remoteOptions)
+  const plain: WorkerClient = await WorkerClient.connect('nats://10.0.0.5:4222', '*')
+  // The former names still type-check (deprecated aliases of the same class and options).
+  const oldOptions: RemoteOptions = remoteOptions
+  const old: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', '*', oldOptions)
+  const same: WorkerClient = old
+  const claim: ClaimOptions = { limit: 8, waitMs: 1_000 }
+  await same.pendingExternalTasks(claim)
   const workerId: string = remote.workerId
   const claimed: ExternalTask[] = await remote.pendingExternalTasks({ limit: 8, waitMs: 1_000 })
   await remote.completeExternalTask(claimed[0].taskId, ok)

@@ -4,7 +4,8 @@
 //! result. Asynchronous methods run on napi's one tokio runtime and return promises; a core
 //! error rejects (or throws) an `Error` whose `code` is the core's stable code. The modules
 //! mirror the core's: `agent`, `session`, `queue`, `task`, `worker` (and `remote`, the core's
-//! `worker::remote`).
+//! `worker::remote`); `source` holds the worker-side methods `AgentSession` and `WorkerClient`
+//! share (the core's `TaskSource`).
 
 pub mod agent;
 pub mod error;
@@ -13,6 +14,7 @@ pub mod remote;
 pub mod runtime;
 pub mod session;
 pub mod shapes;
+pub mod source;
 pub mod task;
 pub mod worker;
 

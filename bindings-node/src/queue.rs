@@ -89,7 +89,7 @@ impl From<q::TaskHandlerMode> for TaskHandlerMode {
 #[napi(string_enum = "lowercase")]
 #[derive(Debug, PartialEq, Eq)]
 pub enum RetryStrategy {
-    /// A lost attempt fails the task (the default).
+    /// A lost attempt fails the task.
     None,
     /// Wait `initialDelayMs` before every retry.
     Fixed,
@@ -118,7 +118,7 @@ impl From<q::RetryStrategy> for RetryStrategy {
 }
 
 /// How one lane handles its tasks and how long each may take. A field left out takes the
-/// core's default (`Internal`, 60 000 ms).
+/// core's default (`LaneHandlerConfig::default()` in the core's docs).
 #[napi(object)]
 #[derive(Debug)]
 pub struct LaneHandlerConfig {
@@ -152,17 +152,18 @@ impl From<q::LaneHandlerConfig> for LaneHandlerConfig {
 }
 
 /// Retries of lost attempts (worker crash, lease expiry, a failing handler). A field left out
-/// takes the core's default.
+/// takes the core's default (`RetryPolicy::default()` in the core's docs: exponential, up to 3
+/// retries).
 #[napi(object)]
 #[derive(Debug)]
 pub struct RetryPolicy {
-    /// none, fixed or exponential (default: exponential, 3 retries from 100 ms).
+    /// none, fixed or exponential.
     pub strategy: Option<RetryStrategy>,
-    /// Retries after the first attempt (default 3; ignored with `none`).
+    /// Retries after the first attempt (ignored with `none`).
     pub max_retries: Option<u32>,
-    /// Delay before the first retry (default 100 ms).
+    /// Delay before the first retry, in milliseconds.
     pub initial_delay_ms: Option<i64>,
-    /// Upper bound of any delay (default 10 000 ms).
+    /// Upper bound of any delay, in milliseconds.
     pub max_delay_ms: Option<i64>,
 }
 
@@ -197,36 +198,37 @@ impl From<q::RetryPolicy> for RetryPolicy {
 }
 
 /// The queue configuration of a session. Every field is optional: one left out takes the
-/// core's default (`SessionQueueConfig::default()` in Rust).
+/// core's default (`SessionQueueConfig::default()` in the core's docs; `queueConfig()` returns
+/// every field filled in).
 #[napi(object)]
 #[derive(Debug)]
 pub struct SessionQueueConfig {
-    /// Control-lane tasks holding a slot at once (default 2).
+    /// Control-lane tasks holding a slot at once.
     pub control_max_concurrency: Option<i64>,
-    /// Query-lane tasks holding a slot at once (default 4).
+    /// Query-lane tasks holding a slot at once.
     pub query_max_concurrency: Option<i64>,
-    /// Execute-lane tasks holding a slot at once (default 2).
+    /// Execute-lane tasks holding a slot at once.
     pub execute_max_concurrency: Option<i64>,
-    /// Generate-lane tasks holding a slot at once (default 1).
+    /// Generate-lane tasks holding a slot at once.
     pub generate_max_concurrency: Option<i64>,
     /// Per-lane bound of tasks waiting for a slot; beyond it `submit` rejects with
-    /// `QueueFull` (default 100 000).
+    /// `QueueFull`.
     pub max_pending: Option<i64>,
-    /// Record counters and latency percentiles for `queueMetrics()` (default false).
+    /// Record counters and latency percentiles for `queueMetrics()`.
     pub enable_metrics: Option<bool>,
-    /// Keep failed and timed-out tasks in a dead-letter queue (default false).
+    /// Keep failed and timed-out tasks in a dead-letter queue.
     pub enable_dlq: Option<bool>,
-    /// How many dead letters are kept (default 1 000).
+    /// How many dead letters are kept.
     pub dlq_max_size: Option<i64>,
-    /// Emit `alert` events when a threshold is crossed (default false).
+    /// Emit `alert` events when a threshold is crossed.
     pub enable_alerts: Option<bool>,
-    /// Alert when a lane's backlog reaches this many tasks (default 1 000).
+    /// Alert when a lane's backlog reaches this many tasks.
     pub queue_depth_alert_threshold: Option<i64>,
-    /// Alert when a task's latency exceeds this many milliseconds (default 30 000).
+    /// Alert when a task's latency exceeds this many milliseconds.
     pub latency_alert_threshold_ms: Option<i64>,
-    /// Timeout of lanes without their own `laneHandlers` entry (default 60 000 ms).
+    /// Timeout of lanes without their own `laneHandlers` entry, in milliseconds.
     pub default_timeout_ms: Option<i64>,
-    /// Retries of lost attempts (default: none).
+    /// Retries of lost attempts (default: the core's `RetryPolicy::default()`).
     pub retry_policy: Option<RetryPolicy>,
     /// Per-lane handler mode and timeout, keyed by lane (`{ query: { mode: 'external' } }`).
     #[napi(ts_type = "Partial<Record<SessionLane, LaneHandlerConfig>>")]

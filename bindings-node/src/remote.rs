@@ -1,30 +1,32 @@
-//! NATS: `NatsConfig` (how to reach the broker, a plain object) and `RemoteSession` (the
-//! worker's side of a session on another machine, with the same methods as `AgentSession`).
+//! NATS: `NatsConfig` (how to reach the broker, a plain object) and `WorkerClient` (the
+//! worker's side of a session on another machine, with the same worker methods as
+//! `AgentSession`; `RemoteSession` is its deprecated alias, set in `bindings-node/main.js`).
 
 use std::collections::HashMap;
-use std::time::Duration;
 
 use a3s_code_core as core;
-use a3s_code_core::broker::NatsTls;
-use a3s_code_core::worker::{RemoteOptions as CoreRemoteOptions, RemoteSession};
+use a3s_code_core::broker::NatsOptions;
+use a3s_code_core::worker::{WorkerClient, WorkerClientOptions as CoreWorkerClientOptions};
 use napi::Env;
 use napi_derive::napi;
 
 use crate::error::{count, non_negative};
 use crate::queue::SessionLane;
 use crate::runtime::{Promise, promise, spawned};
-use crate::session::ClaimOptions;
 use crate::shapes::{CompletionsIn, ResultIn, Tasks};
+use crate::source::{self, ClaimOptions};
 use crate::task::CompletionError;
 
 /// Where and how to reach NATS JetStream (`SessionOptions.nats`, and `config` of
-/// `RemoteSession.connect`). Absent fields keep the core's defaults.
+/// `WorkerClient.connect`): the core's `NatsOptions`, which checks them (one credential kind,
+/// `password` with `user`, `tlsKey` with `tlsCert`, ...). Absent fields keep the core's
+/// defaults (see `NatsConfig` in the core's docs).
 #[napi(object)]
 #[derive(Clone)]
 pub struct NatsConfig {
     /// One server URL (`nats://host:4222`, `tls://...`) or several separated by commas.
     pub url: String,
-    /// The first token of every subject and stream name (default `a3s`).
+    /// The first token of every subject and stream name.
     pub prefix: Option<String>,
     /// Authenticate with a token.
     pub token: Option<String>,
@@ -42,16 +44,15 @@ pub struct NatsConfig {
     pub tls_cert: Option<String>,
     /// The client certificate's PEM private key.
     pub tls_key: Option<String>,
-    /// A worker's lease on a task in milliseconds (JetStream `AckWait`, default 10 000).
+    /// A worker's lease on a task in milliseconds (JetStream `AckWait`).
     pub lease_ms: Option<i64>,
     /// Largest payload or result (JSON bytes) that may go through the object store when it does
-    /// not fit in a message (default 64 MiB); beyond it `PayloadTooLarge`.
+    /// not fit in a message; beyond it `PayloadTooLarge`.
     pub max_object_bytes: Option<i64>,
-    /// Copies JetStream keeps of each stream the session creates, 1 to 5 (default 1; 3 on a
+    /// Copies JetStream keeps of each stream the session creates, 1 to 5 (3 on a
     /// three-server cluster survives losing one).
     pub replicas: Option<i64>,
-    /// How long the streams the session creates deduplicate a retried publish, in milliseconds
-    /// (default 20 000).
+    /// How long the streams the session creates deduplicate a retried publish, in milliseconds.
     pub duplicate_window_ms: Option<i64>,
 }
 
@@ -66,55 +67,36 @@ impl std::fmt::Debug for NatsConfig {
 }
 
 impl NatsConfig {
-    /// The core's settings, checked. `url`, when given, replaces this object's `url`.
+    /// The core's settings, checked by `NatsOptions::into_config`. `url`, when given, replaces
+    /// this object's `url`.
     pub(crate) fn into_core(self, url: Option<&str>) -> core::Result<core::broker::NatsConfig> {
-        let mut cfg = core::broker::NatsConfig::new(url.unwrap_or(&self.url));
-        if let Some(p) = self.prefix {
-            cfg = cfg.with_prefix(p);
+        let millis = |name, v: Option<i64>| v.map(|ms| non_negative(name, ms)).transpose();
+        let counted = |name, v: Option<i64>| v.map(|n| count(name, n)).transpose();
+        NatsOptions {
+            url: url.map_or(self.url, str::to_owned),
+            prefix: self.prefix,
+            token: self.token,
+            user: self.user,
+            password: self.password,
+            nkey: self.nkey,
+            credentials_file: self.credentials_file.map(Into::into),
+            tls_ca: self.tls_ca.map(Into::into),
+            tls_cert: self.tls_cert.map(Into::into),
+            tls_key: self.tls_key.map(Into::into),
+            lease_ms: millis("leaseMs", self.lease_ms)?,
+            max_object_bytes: counted("maxObjectBytes", self.max_object_bytes)?,
+            replicas: counted("replicas", self.replicas)?,
+            duplicate_window_ms: millis("duplicateWindowMs", self.duplicate_window_ms)?,
         }
-        if let Some(t) = self.token {
-            cfg = cfg.with_token(t);
-        }
-        if let Some(u) = self.user {
-            cfg = cfg.with_user_password(u, self.password.unwrap_or_default());
-        }
-        if let Some(k) = self.nkey {
-            cfg = cfg.with_nkey(k);
-        }
-        if let Some(c) = self.credentials_file {
-            cfg = cfg.with_credentials_file(c);
-        }
-        if self.tls_ca.is_some() || self.tls_cert.is_some() {
-            cfg = cfg.with_tls(NatsTls {
-                ca_file: self.tls_ca.map(Into::into),
-                client_cert: self.tls_cert.map(Into::into),
-                client_key: self.tls_key.map(Into::into),
-            });
-        }
-        if let Some(ms) = self.lease_ms {
-            cfg = cfg.with_lease(Duration::from_millis(non_negative("leaseMs", ms)?));
-        }
-        if let Some(n) = self.max_object_bytes {
-            cfg = cfg.with_max_object_bytes(count("maxObjectBytes", n)?);
-        }
-        if let Some(n) = self.replicas {
-            cfg = cfg.with_replicas(count("replicas", n)?);
-        }
-        if let Some(ms) = self.duplicate_window_ms {
-            cfg = cfg.with_duplicate_window(Duration::from_millis(non_negative(
-                "duplicateWindowMs",
-                ms,
-            )?));
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        .into_config()
     }
 }
 
-/// Options of `RemoteSession.connect`.
+/// Options of `WorkerClient.connect` (the core's `WorkerClientOptions`; formerly
+/// `RemoteOptions`, still exported as a deprecated alias).
 #[napi(object)]
 #[derive(Debug, Default)]
-pub struct RemoteOptions {
+pub struct WorkerClientOptions {
     /// Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins).
     pub config: Option<NatsConfig>,
     /// The lanes to serve (default: all four).
@@ -126,32 +108,33 @@ pub struct RemoteOptions {
     pub worker_id: Option<String>,
 }
 
-/// The worker's side of a session on another machine, over NATS JetStream: the same methods
-/// as `AgentSession`, so the spec's worker loop runs unchanged with it.
+/// The worker's side of a session on another machine, over NATS JetStream: the same worker
+/// methods as `AgentSession`, so the spec's worker loop runs unchanged with it. (Formerly
+/// `RemoteSession`, still exported as a deprecated alias of this class.)
 ///
 /// A claimed task is leased while this worker holds it (renewed automatically); a worker that
 /// dies loses it and the task is delivered again elsewhere. Every method may be called
 /// concurrently. Asynchronous methods reject with an `Error` whose `code` is the core's stable
 /// code (`BrokerUnavailable`, `TaskNotFound`, `PayloadTooLarge`, ...).
-#[napi(js_name = "RemoteSession")]
-pub struct JsRemoteSession {
-    inner: RemoteSession,
+#[napi(js_name = "WorkerClient")]
+pub struct JsWorkerClient {
+    inner: WorkerClient,
 }
 
 #[napi]
-impl JsRemoteSession {
+impl JsWorkerClient {
     /// Connects to `url` as a worker of `sessionId` (`'*'` for every session on the broker).
     ///
     /// Rejects with `BrokerUnavailable` when NATS cannot be reached (or no session ever
     /// created its streams under this prefix), `InvalidConfig` for bad options.
-    #[napi(ts_return_type = "Promise<RemoteSession>")]
+    #[napi(ts_return_type = "Promise<WorkerClient>")]
     pub fn connect(
         env: &Env,
         url: String,
         session_id: String,
-        options: Option<RemoteOptions>,
-    ) -> napi::Result<Promise<JsRemoteSession>> {
-        let RemoteOptions {
+        options: Option<WorkerClientOptions>,
+    ) -> napi::Result<Promise<JsWorkerClient>> {
+        let WorkerClientOptions {
             config,
             lanes,
             labels,
@@ -163,8 +146,8 @@ impl JsRemoteSession {
                 None => core::broker::NatsConfig::new(&url),
             };
             let mut opts = match session_id.as_str() {
-                "*" => CoreRemoteOptions::pool(),
-                id => CoreRemoteOptions::session(id),
+                "*" => CoreWorkerClientOptions::pool(),
+                id => CoreWorkerClientOptions::session(id),
             };
             if let Some(lanes) = lanes {
                 opts = opts.with_lanes(lanes.into_iter().map(Into::into));
@@ -175,8 +158,8 @@ impl JsRemoteSession {
             if let Some(id) = worker_id {
                 opts = opts.with_worker_id(id);
             }
-            let inner = RemoteSession::connect_with(cfg, opts).await?;
-            Ok(JsRemoteSession { inner })
+            let inner = WorkerClient::connect_with(cfg, opts).await?;
+            Ok(JsWorkerClient { inner })
         })
     }
 
@@ -187,8 +170,8 @@ impl JsRemoteSession {
     }
 
     /// Claims tasks, highest-priority lane first. Without options: what is waiting now (up to
-    /// 256). With `{ limit, waitMs }`: at most `limit` (pass your free slots; default 256),
-    /// waiting up to `waitMs` for the first one.
+    /// the core's default batch, `WorkerClient::DEFAULT_CLAIM_LIMIT`). With `{ limit, waitMs }`:
+    /// at most `limit` (pass your free slots), waiting up to `waitMs` for the first one.
     ///
     /// Rejects with `BrokerUnavailable` when NATS cannot be reached.
     #[napi(ts_return_type = "Promise<ExternalTask[]>")]
@@ -197,27 +180,7 @@ impl JsRemoteSession {
         env: &Env,
         options: Option<ClaimOptions>,
     ) -> napi::Result<Promise<Tasks>> {
-        let remote = self.inner.clone();
-        promise(env, async move {
-            let tasks = match options {
-                None
-                | Some(ClaimOptions {
-                    limit: None,
-                    wait_ms: None,
-                }) => remote.pending_external_tasks().await?,
-                Some(ClaimOptions { limit, wait_ms }) => {
-                    let max = limit.map(|n| count("limit", n)).transpose()?;
-                    let wait = non_negative("waitMs", wait_ms.unwrap_or(0))?;
-                    remote
-                        .claim_external_tasks(
-                            max.unwrap_or(RemoteSession::DEFAULT_CLAIM_LIMIT),
-                            Duration::from_millis(wait),
-                        )
-                        .await?
-                }
-            };
-            Ok(Tasks(tasks))
-        })
+        source::pending(env, &self.inner, options)
     }
 
     /// Reports a task's result: stored durably, then the task is acknowledged.
@@ -233,10 +196,7 @@ impl JsRemoteSession {
         task_id: String,
         #[napi(ts_arg_type = "ExternalTaskResult")] result: ResultIn,
     ) -> napi::Result<Promise<()>> {
-        let remote = self.inner.clone();
-        promise(env, async move {
-            remote.complete_external_task(&task_id, result.0).await
-        })
+        source::complete_one(env, &self.inner, task_id, result.0)
     }
 
     /// Reports many results in one round trip. Resolves to one entry per result, in order:
@@ -247,14 +207,7 @@ impl JsRemoteSession {
         env: &Env,
         #[napi(ts_arg_type = "ExternalTaskCompletion[]")] results: CompletionsIn,
     ) -> napi::Result<Promise<Vec<Option<CompletionError>>>> {
-        let remote = self.inner.clone();
-        promise(env, async move {
-            let outcomes = remote.complete_external_tasks(results.0).await?;
-            Ok(outcomes
-                .into_iter()
-                .map(|o| o.err().map(Into::into))
-                .collect())
-        })
+        source::complete_many(env, &self.inner, results)
     }
 
     /// Gives a task back without a result: delivered again after the session's retry delay,
@@ -266,10 +219,7 @@ impl JsRemoteSession {
         task_id: String,
         reason: String,
     ) -> napi::Result<Promise<()>> {
-        let remote = self.inner.clone();
-        promise(env, async move {
-            remote.abandon_external_task(&task_id, &reason).await
-        })
+        source::abandon(env, &self.inner, task_id, reason)
     }
 
     /// Gives back every task still claimed (delivered again at once elsewhere) and disconnects.

@@ -7,7 +7,7 @@ use napi::bindgen_prelude::This;
 use napi::{Env, JsValue};
 use napi_derive::napi;
 
-use crate::error::{count, non_negative};
+use crate::error::non_negative;
 use crate::queue::{
     DeadLetter, JsEventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
     SessionQueueConfig,
@@ -15,6 +15,7 @@ use crate::queue::{
 use crate::remote::NatsConfig;
 use crate::runtime::{Promise, promise};
 use crate::shapes::{CompletionsIn, HandleOut, JsonIn, ResultIn, ResultOut, SessionRef, Tasks};
+use crate::source::{self, ClaimOptions};
 use crate::task::CompletionError;
 
 /// Options of a new session (`agent.session(workspace, options)`).
@@ -27,7 +28,7 @@ pub struct SessionOptions {
     pub session_id: Option<String>,
     /// Whether the built-in `bash` tool may run in this process (default true).
     pub allow_bash: Option<bool>,
-    /// Publish the tasks of External lanes to NATS JetStream, for `RemoteSession` workers on
+    /// Publish the tasks of External lanes to NATS JetStream, for `WorkerClient` workers on
     /// other machines (absent: the agent's `distribution { }` block, then `A3S_NATS_URL`, else
     /// in process).
     pub nats: Option<NatsConfig>,
@@ -53,16 +54,6 @@ impl SessionOptions {
                 .transpose()?,
         })
     }
-}
-
-/// Options of `pendingExternalTasks`.
-#[napi(object)]
-#[derive(Debug)]
-pub struct ClaimOptions {
-    /// Claim at most this many tasks (default: every claimable task).
-    pub limit: Option<i64>,
-    /// Wait up to this many milliseconds for the first task (a long poll; default 0).
-    pub wait_ms: Option<i64>,
 }
 
 /// A session: a lane queue, a workspace and its workers' entry points.
@@ -144,27 +135,7 @@ impl JsAgentSession {
         env: &Env,
         options: Option<ClaimOptions>,
     ) -> napi::Result<Promise<Tasks>> {
-        let session = self.inner.clone();
-        promise(env, async move {
-            let tasks = match options {
-                None
-                | Some(ClaimOptions {
-                    limit: None,
-                    wait_ms: None,
-                }) => session.pending_external_tasks().await,
-                Some(ClaimOptions { limit, wait_ms }) => {
-                    let max = limit.map(|n| count("limit", n)).transpose()?;
-                    let wait = non_negative("waitMs", wait_ms.unwrap_or(0))?;
-                    session
-                        .claim_external_tasks(
-                            max.unwrap_or(usize::MAX),
-                            Duration::from_millis(wait),
-                        )
-                        .await?
-                }
-            };
-            Ok(Tasks(tasks))
-        })
+        source::pending(env, &self.inner, options)
     }
 
     /// Reports the result of an external task. The first completion of a live task wins.
@@ -179,10 +150,7 @@ impl JsAgentSession {
         task_id: String,
         #[napi(ts_arg_type = "ExternalTaskResult")] result: ResultIn,
     ) -> napi::Result<Promise<()>> {
-        let session = self.inner.clone();
-        promise(env, async move {
-            session.complete_external_task(&task_id, result.0).await
-        })
+        source::complete_one(env, &self.inner, task_id, result.0)
     }
 
     /// Reports many results in one call. Resolves to one entry per result, in order: `null`
@@ -193,14 +161,7 @@ impl JsAgentSession {
         env: &Env,
         #[napi(ts_arg_type = "ExternalTaskCompletion[]")] results: CompletionsIn,
     ) -> napi::Result<Promise<Vec<Option<CompletionError>>>> {
-        let session = self.inner.clone();
-        promise(env, async move {
-            let outcomes = session.complete_external_tasks(results.0).await;
-            Ok(outcomes
-                .into_iter()
-                .map(|o| o.err().map(Into::into))
-                .collect())
-        })
+        source::complete_many(env, &self.inner, results)
     }
 
     /// Gives a claimed task back without a result: the attempt counts as lost, and the retry
@@ -212,10 +173,7 @@ impl JsAgentSession {
         task_id: String,
         reason: String,
     ) -> napi::Result<Promise<()>> {
-        let session = self.inner.clone();
-        promise(env, async move {
-            session.abandon_external_task(&task_id, &reason).await
-        })
+        source::abandon(env, &self.inner, task_id, reason)
     }
 
     /// Runs a built-in tool through its lane (`read`, `grep`, `glob`, `ls` → Query; `bash`,
