@@ -52,6 +52,7 @@ impl SessionOptions {
                     })
                 })
                 .transpose()?,
+            tenant: None,
         })
     }
 }

@@ -45,6 +45,7 @@ impl PySessionOptions {
                 allow_bash,
                 nats: nats.map(|n| n.inner),
                 metrics_addr,
+                tenant: None,
             },
         })
     }

@@ -24,6 +24,9 @@ pub(crate) struct StatsArgs {
     /// The session to show from NATS.
     #[arg(long, env = "SESSION_ID")]
     session_id: Option<String>,
+    /// The session's tenant (sessions that name none belong to `default`).
+    #[arg(long, env = "A3S_TENANT", default_value = a3s_code_core::broker::wire::DEFAULT_TENANT)]
+    tenant: String,
     /// Subject and stream prefix (must match the session's).
     #[arg(long, env = "A3S_NATS_PREFIX", default_value = "a3s")]
     prefix: String,
@@ -444,7 +447,7 @@ pub(crate) fn render(view: &View) -> String {
 struct Sources {
     http: Option<reqwest::Client>,
     urls: Vec<String>,
-    broker: Option<(BrokerInspector, String)>,
+    broker: Option<(BrokerInspector, String, String)>,
 }
 
 impl Sources {
@@ -460,8 +463,8 @@ impl Sources {
             }
         }
         let mut view = view_from_samples(&samples);
-        if let Some((inspector, session_id)) = &self.broker {
-            match inspector.session(session_id).await {
+        if let Some((inspector, tenant, session_id)) = &self.broker {
+            match inspector.session(tenant, session_id).await {
                 Ok(stats) => {
                     view.broker = Some(BrokerView {
                         stats,
@@ -521,7 +524,7 @@ pub(crate) async fn run(args: StatsArgs) -> anyhow::Result<()> {
             let inspector = BrokerInspector::connect(args.nats_config(url)?)
                 .await
                 .with_context(|| format!("connecting to {url}"))?;
-            Some((inspector, session_id))
+            Some((inspector, args.tenant.clone(), session_id))
         }
         None => None,
     };

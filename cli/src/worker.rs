@@ -19,9 +19,17 @@ pub(crate) struct WorkerArgs {
     /// NATS server URL(s), comma-separated.
     #[arg(long, env = "A3S_NATS_URL", default_value = "nats://127.0.0.1:4222")]
     nats: String,
-    /// The session to serve, or '*' for every session.
+    /// The session to serve, or '*' for every session (a pool worker).
     #[arg(long, env = "SESSION_ID")]
     session_id: String,
+    /// With --session-id '*': serve only this tenant's sessions (default: every tenant, the
+    /// shared fleet).
+    #[arg(long, env = "A3S_TENANT")]
+    tenant: Option<String>,
+    /// The prefix of this worker's reply inboxes (what `a3s-code auth permissions` prints for
+    /// its credential; default `_INBOX`).
+    #[arg(long, env = "A3S_NATS_INBOX_PREFIX")]
+    inbox_prefix: Option<String>,
     /// Lanes to serve, comma-separated (control, query, execute, generate).
     #[arg(
         long,
@@ -47,7 +55,8 @@ pub(crate) struct WorkerArgs {
     /// Subject and stream prefix (must match the session's).
     #[arg(long, env = "A3S_NATS_PREFIX", default_value = "a3s")]
     prefix: String,
-    /// Lease on a task before it is delivered elsewhere (must match the session's).
+    /// Lease on a task before it is delivered elsewhere: the worker learns the consumers' own
+    /// lease (set by the sessions) and renews at a third of the shorter of the two.
     #[arg(long, default_value_t = 10_000)]
     lease_ms: u64,
     /// Token authentication.
@@ -74,7 +83,8 @@ pub(crate) struct WorkerArgs {
     /// Client key (PEM) for TLS.
     #[arg(long, env = "A3S_NATS_KEY")]
     tls_key: Option<PathBuf>,
-    /// Serve /metrics (Prometheus) and /healthz (200 while connected to NATS) on this address,
+    /// Serve /metrics (Prometheus) and /healthz (200 while connected to NATS, waiting for work
+    /// included; the body says `waiting`, `serving` or `draining`) on this address,
     /// e.g. 0.0.0.0:9465.
     #[arg(long, env = "A3S_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
@@ -109,6 +119,9 @@ impl WorkerArgs {
                 client_key: self.tls_key.clone(),
             });
         }
+        if let Some(p) = &self.inbox_prefix {
+            cfg = cfg.with_inbox_prefix(p);
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -137,6 +150,14 @@ impl WorkerArgs {
         if let Some(id) = &self.worker_id {
             opts = opts.with_worker_id(id);
         }
+        if let Some(t) = &self.tenant {
+            if opts.session_id.is_some() {
+                bail!(
+                    "--tenant is for pool workers (--session-id '*'); a session's worker learns its tenant"
+                );
+            }
+            opts = opts.with_tenant(t);
+        }
         Ok(opts)
     }
 }
@@ -153,6 +174,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     tracing::info!(
         worker = remote.worker_id(),
         session = %args.session_id,
+        tenant = args.tenant.as_deref().unwrap_or("*"),
         lanes = %lanes.join(","),
         concurrency = args.concurrency,
         workspace = %workspace.root().display(),

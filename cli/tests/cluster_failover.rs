@@ -273,10 +273,10 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         .unwrap();
     let js = async_nats::jetstream::new(client);
     for stream in [
-        names.tasks_stream(),
+        names.tasks_stream(TENANT),
         names.results_stream(),
         names.dlq_stream(),
-        format!("OBJ_{}", names.payloads_bucket()),
+        format!("OBJ_{}", names.objects_bucket(TENANT)),
     ] {
         let mut handle = js.get_stream(&stream).await.unwrap();
         let replicas = handle.info().await.unwrap().config.num_replicas;
@@ -330,7 +330,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
 
     wait_processed(&session, STEP, Duration::from_secs(60), "before any loss").await;
     let leader = cluster
-        .stream_leader(&names.tasks_stream())
+        .stream_leader(&names.tasks_stream(TENANT))
         .expect("the tasks stream has a leader");
     lose_and_restore(
         &mut cluster,
@@ -340,9 +340,10 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         "tasks stream leader",
     )
     .await;
-    let task_consumer = names.task_consumer(session.id(), SessionLane::Query, ANY_ROUTE);
+    // The workers attached to the session: its tasks are in its own consumer.
+    let task_consumer = names.session_consumer(session.id(), SessionLane::Query, ANY_ROUTE);
     let leader = cluster
-        .consumer_leader(&names.tasks_stream(), &task_consumer)
+        .consumer_leader(&names.tasks_stream(TENANT), &task_consumer)
         .expect("the task consumer has a leader");
     lose_and_restore(
         &mut cluster,
@@ -353,10 +354,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     )
     .await;
     let leader = cluster
-        .consumer_leader(
-            &names.results_stream(),
-            &names.result_consumer(session.id()),
-        )
+        .consumer_leader(&names.results_stream(), &hub_consumer(&js, &names).await)
         .expect("the results consumer has a leader");
     lose_and_restore(
         &mut cluster,
@@ -402,4 +400,23 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
         m.total_retried,
         m.total_rejected_completions
     );
+}
+
+/// Sessions without a tenant belong to this one.
+const TENANT: &str = a3s_code_core::broker::wire::DEFAULT_TENANT;
+
+/// The results consumer of the test's one session process (its hub).
+async fn hub_consumer(
+    js: &async_nats::jetstream::Context,
+    names: &a3s_code_core::broker::wire::Names,
+) -> String {
+    use futures_util::StreamExt;
+    let results = js.get_stream(names.results_stream()).await.unwrap();
+    let mut names_of = results.consumer_names();
+    while let Some(Ok(name)) = names_of.next().await {
+        if name.starts_with("hub_") {
+            return name;
+        }
+    }
+    panic!("no hub consumer on the results stream")
 }

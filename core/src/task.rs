@@ -131,9 +131,6 @@ impl ExternalTask {
             .unwrap_or_else(|| crate::trace::task_context(&self.session_id, &self.task_id))
     }
 
-    /// The trace context set with [`with_trace_context`](Self::with_trace_context), if any: what
-    /// a task message's `traceparent` header carries.
-    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     /// The span of one attempt of this task (see [`crate::trace`]).
     pub(crate) fn run_span(&self, parent: Option<&tracing::Span>) -> tracing::Span {
         crate::trace::run_span(
@@ -148,6 +145,9 @@ impl ExternalTask {
         )
     }
 
+    /// The trace context set with [`with_trace_context`](Self::with_trace_context), if any: what
+    /// a task message's `traceparent` header carries.
+    #[cfg_attr(not(feature = "nats"), allow(dead_code))] // used by the NATS broker
     pub(crate) fn carried_trace_context(&self) -> Option<crate::trace::TraceContext> {
         self.trace
     }

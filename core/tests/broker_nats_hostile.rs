@@ -22,16 +22,29 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
         ("no version", b"{\"kind\":\"task\"}".to_vec()),
         (
             "unknown version",
-            serde_json::to_vec(&json!({"v": 2, "kind": "task", "task_id": "x"})).unwrap(),
+            serde_json::to_vec(&json!({"v": 3, "kind": "task", "task_id": "x"})).unwrap(),
         ),
         (
             "wrong field types",
-            serde_json::to_vec(&json!({"v": 1, "kind": "task", "task_id": 7, "lane": []})).unwrap(),
+            serde_json::to_vec(&json!({"v": 2, "kind": "task", "task_id": 7, "lane": []})).unwrap(),
+        ),
+        (
+            "a version-1 task (protocol v1 and v2 never meet: refused with its reason)",
+            serde_json::to_vec(&json!({
+                "v": 1, "task_id": "1a2b3c4d-6", "session_id": session_id,
+                "lane": "query", "command_type": "read", "payload": {"path": "x"},
+                "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
+                "max_attempts": 1,
+                "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0,
+                          "max_delay_ms": 0},
+                "delivery": "at_least_once"
+            }))
+            .unwrap(),
         ),
         (
             "a result for a task that does not exist",
             serde_json::to_vec(&json!({
-                "v": 1, "kind": "result", "task_id": "nope-1", "session_id": session_id,
+                "v": 2, "kind": "result", "task_id": "nope-1", "session_id": session_id,
                 "attempt": 1, "worker_id": "w",
                 "result": {"success": true, "result": {"forged": true}, "error": null}
             }))
@@ -44,7 +57,8 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
         (
             "a well-formed task of another session (its results would go elsewhere)",
             serde_json::to_vec(&json!({
-                "v": 1, "task_id": "1a2b3c4d-7", "session_id": "someone-else",
+                "v": 2, "tenant": "default", "hub": "h1", "task_id": "1a2b3c4d-7",
+                "session_id": "someone-else",
                 "lane": "query", "command_type": "read", "payload": {"path": "x"},
                 "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
                 "max_attempts": 1,
@@ -88,15 +102,16 @@ async fn garbage_on_the_task_and_result_subjects_is_dropped_and_work_goes_on() {
     bad.push((
         "a result for a live task from a session that is not its own",
         serde_json::to_vec(&json!({
-            "v": 1, "kind": "result", "task_id": held_id, "session_id": "someone-else",
+            "v": 2, "kind": "result", "task_id": held_id, "session_id": "someone-else",
             "attempt": 1, "worker_id": "w",
             "result": {"success": true, "result": {"forged": true}, "error": null}
         }))
         .unwrap(),
     ));
+    let hub = common::hub_id(&js, &prefix).await;
     for subject in [
-        format!("{prefix}.task.{sid}.query._"),
-        format!("{prefix}.result.{sid}"),
+        format!("{prefix}.task.default.query._.{sid}"),
+        format!("{prefix}.result.default.{hub}.{sid}"),
     ] {
         for (what, body) in &bad {
             let ack = js
@@ -148,7 +163,7 @@ async fn garbage_on_the_task_and_result_subjects_is_dropped_and_work_goes_on() {
 
     // Nothing is left behind on the work queues: bad messages were removed, not redelivered.
     let upper = prefix.to_uppercase();
-    for stream in [format!("{upper}_TASKS"), format!("{upper}_RESULTS")] {
+    for stream in [format!("{upper}_TASKS_default"), format!("{upper}_RESULTS")] {
         let mut left = u64::MAX;
         for _ in 0..50 {
             let mut s = js.get_stream(&stream).await.unwrap();

@@ -1,10 +1,20 @@
-//! The language-neutral fixtures in tests/fixtures/v1 hold for the Rust core.
+//! The language-neutral fixtures hold for the Rust core: the API fixtures in tests/fixtures/v1
+//! (errors, names, options, the in-process task types) and the wire protocol's envelopes in
+//! tests/fixtures/v2/wire (protocol version 2; v1's are kept, frozen, for the version tests).
 
 use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
 use serde_json::Value;
 
 fn fixture(path: &str) -> Value {
-    let full = format!("{}/../tests/fixtures/v1/{path}", env!("CARGO_MANIFEST_DIR"));
+    // Wire envelopes are version 2's; everything else is in v1.
+    let dir = match path.starts_with("wire/") && !path.starts_with("wire/external_task") {
+        true => "v2",
+        false => "v1",
+    };
+    let full = format!(
+        "{}/../tests/fixtures/{dir}/{path}",
+        env!("CARGO_MANIFEST_DIR")
+    );
     serde_json::from_str(&std::fs::read_to_string(&full).expect(&full)).expect("valid JSON")
 }
 
@@ -41,8 +51,8 @@ fn wire_task_round_trips_and_keeps_payload_keys() {
 #[test]
 fn wire_envelopes_decode_and_encode_canonically() {
     use a3s_code_core::broker::wire::{
-        self, CancelNotice, Doorbell, OutputChunk, ResultBatch, ResultEnvelope, ResultKind,
-        TaskEnvelope,
+        self, AttachReply, AttachRequest, CancelNotice, Doorbell, OutputChunk, Presence,
+        ResultBatch, ResultEnvelope, ResultKind, TaskEnvelope,
     };
 
     fn round_trip<T: serde::Serialize + wire::Envelope>(name: &str) -> T {
@@ -64,10 +74,11 @@ fn wire_envelopes_decode_and_encode_canonically() {
     assert_eq!(result.kind, ResultKind::Result);
     // Large payloads and results travel by reference (docs/protocol.md §3.1, §3.2).
     let by_ref: TaskEnvelope = round_trip("task_envelope_ref.json");
+    let by_ref_tenant = by_ref.tenant.clone();
     assert!(by_ref.task.payload.is_null());
     let r = by_ref.payload_ref.expect("payload_ref");
     let names = wire::Names::new("a3s").unwrap();
-    assert_eq!(r.bucket, names.payloads_bucket());
+    assert_eq!(r.bucket, names.objects_bucket(&by_ref_tenant));
     assert_eq!(
         r.name,
         names.payload_object(&by_ref.task.session_id, &by_ref.task.task_id)
@@ -75,7 +86,7 @@ fn wire_envelopes_decode_and_encode_canonically() {
     let by_ref: ResultEnvelope = round_trip("result_envelope_ref.json");
     assert!(by_ref.result.result.is_null());
     let r = by_ref.result_ref.expect("result_ref");
-    assert_eq!(r.bucket, names.payloads_bucket());
+    assert_eq!(r.bucket, names.objects_bucket(&by_ref_tenant));
     assert_eq!(
         r.name,
         names.result_object(&by_ref.session_id, &by_ref.task_id, by_ref.attempt)
@@ -94,8 +105,14 @@ fn wire_envelopes_decode_and_encode_canonically() {
     let bytes = serde_json::to_vec(&fixture("wire/result_batch.json")).unwrap();
     assert_eq!(wire::decode_results(&bytes).unwrap(), batch.results);
     round_trip::<Doorbell>("doorbell.json");
+    let bell: Doorbell = round_trip("doorbell_session.json");
+    assert!(bell.session.is_some() && bell.weight == 3.0);
     round_trip::<CancelNotice>("cancel.json");
     round_trip::<OutputChunk>("output_chunk.json");
+    round_trip::<AttachRequest>("attach_request.json");
+    round_trip::<AttachReply>("attach_reply.json");
+    round_trip::<Presence>("presence.json");
+    // A version-1 message is refused by a version-2 party with its reason.
     let bad = serde_json::to_vec(&fixture("wire/bad_version.json")).unwrap();
     assert_eq!(
         wire::decode::<Doorbell>(&bad).unwrap_err().code(),

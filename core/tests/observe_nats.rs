@@ -53,8 +53,8 @@ async fn redeliveries_are_counted_and_visible_on_the_broker() {
     let inspector = BrokerInspector::connect(NatsConfig::new(&url).with_prefix(&prefix))
         .await
         .unwrap();
-    let seen = inspector.session(session.id()).await.unwrap();
-    assert!(seen.found);
+    let seen = inspector.session("default", session.id()).await.unwrap();
+    assert!(seen.found && seen.own_consumers, "its worker attached");
     assert_eq!(seen.per_lane[&SessionLane::Query].ack_pending_count, 1);
     assert_eq!(seen.per_lane[&SessionLane::Query].pending_count, 0);
 
@@ -79,15 +79,18 @@ async fn redeliveries_are_counted_and_visible_on_the_broker() {
     assert_eq!(q("a3s_tasks_retried_total"), Some(1.0));
     assert_eq!(q("a3s_tasks_completed_total"), Some(1.0));
 
-    let after = inspector.session(session.id()).await.unwrap();
+    let after = inspector.session("default", session.id()).await.unwrap();
     let q = &after.per_lane[&SessionLane::Query];
     assert_eq!((q.pending_count, q.ack_pending_count), (0, 0));
     assert_eq!(q.delivered_count, 2);
     assert!(q.redelivered_count <= 1);
     remote.close().await;
     session.close().await;
-    let gone = inspector.session(session.id()).await.unwrap();
-    assert!(!gone.found, "a closed session deletes its consumers");
+    let gone = inspector.session("default", session.id()).await.unwrap();
+    assert!(
+        gone.found && !gone.own_consumers,
+        "a closed session deletes its own consumers"
+    );
 }
 
 #[tokio::test]

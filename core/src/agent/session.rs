@@ -47,6 +47,9 @@ pub struct SessionOptions {
     /// Serve `/metrics` and `/healthz` on this address (port 0 picks a free one; see
     /// [`AgentSession::metrics_addr`]). Turns `enable_metrics` on.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// The tenant the session belongs to, with its weight and cap (`None`: the agent's
+    /// `distribution { tenant = ... }`, else the default tenant). See [`Tenant`](crate::broker::Tenant).
+    pub tenant: Option<crate::broker::Tenant>,
 }
 
 impl SessionOptions {
@@ -111,6 +114,46 @@ impl SessionOptions {
         self.metrics_addr = Some(addr);
         self
     }
+
+    /// Puts the session in tenant `name` with `weight` (its share of a saturated shared worker
+    /// fleet; the default tenant has 1). A pool worker started with `--tenant name` serves only
+    /// this tenant's sessions.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a name that is not one subject token (letters, digits, `-`,
+    /// `_`; not starting with `_`) or a weight that is not finite and > 0.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use a3s_code_core::SessionOptions;
+    /// let opts = SessionOptions::new().with_tenant("acme", 3.0)?.with_tenant_max_in_flight(64)?;
+    /// assert_eq!(opts.tenant.unwrap().max_in_flight(), Some(64));
+    /// assert!(SessionOptions::new().with_tenant("a b", 1.0).is_err());
+    /// # Ok::<(), a3s_code_core::Error>(())
+    /// ```
+    pub fn with_tenant(mut self, name: impl Into<String>, weight: f64) -> Result<Self> {
+        let cap = self.tenant.as_ref().and_then(|t| t.max_in_flight());
+        let mut tenant = crate::broker::Tenant::new(name, weight)?;
+        if let Some(n) = cap {
+            tenant = tenant.with_max_in_flight(n)?;
+        }
+        self.tenant = Some(tenant);
+        Ok(self)
+    }
+
+    /// Caps the tenant's tasks in flight in each lane, across all its sessions and workers
+    /// (at least 1). Without [`with_tenant`](Self::with_tenant), caps the default tenant.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for 0.
+    pub fn with_tenant_max_in_flight(mut self, n: usize) -> Result<Self> {
+        let tenant = self.tenant.take().unwrap_or_default();
+        self.tenant = Some(tenant.with_max_in_flight(n)?);
+        Ok(self)
+    }
 }
 
 /// A session: a lane queue, a workspace and (with a model) a conversation.
@@ -157,7 +200,7 @@ struct SessionInner {
     workspace: Workspace,
     agent: Arc<AgentConfig>,
     #[cfg(feature = "nats")]
-    broker: Option<Arc<crate::broker::nats::NatsBroker>>,
+    broker: Option<Arc<crate::broker::nats::session::NatsBroker>>,
     /// The agent loop's conversation ([`send`](AgentSession::send)).
     conversation: Conversation,
     /// `/metrics` and `/healthz`, when asked for; stops with the session.
@@ -213,8 +256,16 @@ impl AgentSession {
         #[cfg(feature = "nats")]
         let broker = match nats_config(options.nats, &agent) {
             Some(cfg) => {
-                let broker =
-                    crate::broker::nats::NatsBroker::start(cfg, id, Arc::downgrade(&scheduler))?;
+                let tenant = match options.tenant {
+                    Some(t) => t,
+                    None => agent.distribution.tenant()?,
+                };
+                let broker = crate::broker::nats::session::NatsBroker::start(
+                    cfg,
+                    tenant,
+                    id,
+                    Arc::downgrade(&scheduler),
+                )?;
                 scheduler.attach_dispatcher(broker.clone());
                 Some(broker)
             }
@@ -572,7 +623,7 @@ impl AgentSession {
 /// Whether the broker is ready, without waiting: `ready` with a zero timeout checks the status
 /// before its timer (which needs the runtime's context).
 #[cfg(feature = "nats")]
-fn broker_is_ready(broker: &crate::broker::nats::NatsBroker) -> bool {
+fn broker_is_ready(broker: &crate::broker::nats::session::NatsBroker) -> bool {
     use futures_util::FutureExt;
     let Ok(handle) = tokio::runtime::Handle::try_current() else {
         return false;

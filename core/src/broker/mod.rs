@@ -11,12 +11,104 @@ pub mod wire;
 
 #[cfg(feature = "nats")]
 pub(crate) mod nats;
-#[cfg(feature = "nats")]
-mod nats_config;
-#[cfg(feature = "nats")]
-pub(crate) mod objects;
 
 #[cfg(feature = "nats")]
-pub use nats_config::{NatsAuth, NatsConfig, NatsOptions, NatsTls};
+pub use nats::config::{NatsAuth, NatsConfig, NatsOptions, NatsTls};
 
+#[cfg(feature = "nats")]
 pub(crate) use crate::queue::dispatch::{Dispatcher, Ended};
+
+/// Which tenant a session belongs to, and the tenant's share of a shared worker fleet.
+///
+/// Sessions that name no tenant belong to [`wire::DEFAULT_TENANT`]. When the fleet is
+/// saturated, pool workers share their slots between tenants by `weight`, then evenly between a
+/// tenant's sessions (first come, first served, each session bounded by its own lane
+/// concurrency); lane priority holds inside each session. `max_in_flight` caps the tenant's
+/// tasks running at once in each lane, across all its sessions and workers (the broker enforces
+/// it). Sessions of one tenant may declare different values: the latest declaration wins and a
+/// warning is logged.
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::broker::Tenant;
+/// let t = Tenant::new("acme", 3.0).unwrap().with_max_in_flight(100).unwrap();
+/// assert_eq!(t.name(), "acme");
+/// assert!(Tenant::new("a.b", 1.0).is_err());
+/// assert!(Tenant::new("acme", 0.0).is_err());
+/// assert!(Tenant::new("acme", f64::NAN).is_err());
+/// assert!(Tenant::new("acme", 1.0).unwrap().with_max_in_flight(0).is_err());
+/// ```
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tenant {
+    name: String,
+    weight: f64,
+    max_in_flight: Option<usize>,
+}
+
+impl Default for Tenant {
+    fn default() -> Self {
+        Self {
+            name: wire::DEFAULT_TENANT.to_owned(),
+            weight: 1.0,
+            max_in_flight: None,
+        }
+    }
+}
+
+impl Tenant {
+    /// A tenant named `name` (1 to 64 letters, digits, `-` or `_`, not starting with `_`) with
+    /// `weight` (finite, > 0; the default tenant has 1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad name or weight.
+    pub fn new(name: impl Into<String>, weight: f64) -> crate::Result<Self> {
+        let name = name.into();
+        if !wire::is_tenant(&name) {
+            return Err(crate::Error::invalid_config(format!(
+                "tenant {name:?} must be 1 to 64 letters, digits, '-' or '_', not starting with '_'"
+            )));
+        }
+        if !weight.is_finite() || weight <= 0.0 {
+            return Err(crate::Error::invalid_config(format!(
+                "tenant weight must be a finite number > 0, not {weight}"
+            )));
+        }
+        Ok(Self {
+            name,
+            weight,
+            max_in_flight: None,
+        })
+    }
+
+    /// Caps the tenant's tasks in flight in each lane (at least 1).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for 0.
+    pub fn with_max_in_flight(mut self, n: usize) -> crate::Result<Self> {
+        if n == 0 {
+            return Err(crate::Error::invalid_config(
+                "tenant max_in_flight must be at least 1",
+            ));
+        }
+        self.max_in_flight = Some(n);
+        Ok(self)
+    }
+
+    /// The name.
+    pub fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// The weight.
+    pub fn weight(&self) -> f64 {
+        self.weight
+    }
+
+    /// The cap of tasks in flight per lane, if any.
+    pub fn max_in_flight(&self) -> Option<usize> {
+        self.max_in_flight
+    }
+}

@@ -16,7 +16,7 @@ use crate::queue::{RetryPolicy, SessionLane};
 use crate::task::{ExternalTask, ExternalTaskResult};
 
 /// The protocol major version this build speaks.
-pub const PROTOCOL_VERSION: u32 = 1;
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// The route token of tasks without required labels.
 pub const ANY_ROUTE: &str = "_";
@@ -33,7 +33,13 @@ pub enum DeliveryMode {
     AtMostOnce,
 }
 
-/// Subject, stream and consumer names under one prefix (default `a3s`).
+/// Subject, stream and consumer names under one prefix (default `a3s`), version 2.
+///
+/// Tasks live in one work-queue stream per **tenant** (`<P>_TASKS_<tenant>`), so a worker
+/// credential can be confined to one tenant's stream, consumers and acknowledgements. Pool
+/// workers share one consumer per (tenant, lane, route); workers of one session pull from that
+/// session's own consumers. Results of every session go to one stream, addressed to the
+/// process (the **hub**) that hosts the session, which reads them with one consumer.
 ///
 /// # Examples
 ///
@@ -41,10 +47,14 @@ pub enum DeliveryMode {
 /// use a3s_code_core::broker::wire::Names;
 /// use a3s_code_core::queue::SessionLane;
 /// let n = Names::new("a3s").unwrap();
-/// assert_eq!(n.task_subject("s1", SessionLane::Query, "_"), "a3s.task.s1.query._");
-/// assert_eq!(n.tasks_stream(), "A3S_TASKS");
-/// assert_eq!(n.task_consumer("s1", SessionLane::Query, "_"), "t_s1_query__");
-/// assert_eq!(n.payloads_bucket(), "A3S_PAYLOADS");
+/// assert_eq!(n.tasks_stream("acme"), "A3S_TASKS_acme");
+/// assert_eq!(n.pool_subject("acme", SessionLane::Query, "_"), "a3s.task.acme.query._");
+/// assert_eq!(n.pool_consumer(SessionLane::Query, "_"), "pool_query__");
+/// assert_eq!(n.session_subject("acme", SessionLane::Query, "_", "s1"), "a3s.task.acme.query._.s1");
+/// assert_eq!(n.session_consumer("s1", SessionLane::Query, "_"), "s_s1_query__");
+/// assert_eq!(n.result_subject("acme", "h1", "s1"), "a3s.result.acme.h1.s1");
+/// assert_eq!(n.hub_results_filter("h1"), "a3s.result.*.h1.*");
+/// assert_eq!(n.objects_bucket("acme"), "A3S_OBJ_acme");
 /// assert_eq!(n.payload_object("s1", "abc-1"), "s1/abc-1/payload");
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,14 +91,103 @@ impl Names {
         )
     }
 
-    /// The work-queue stream of tasks (subjects `<prefix>.task.>`).
-    pub fn tasks_stream(&self) -> String {
-        self.stream("TASKS")
+    /// The work-queue stream of one tenant's tasks (subjects [`all_tasks`](Self::all_tasks)).
+    pub fn tasks_stream(&self, tenant: &str) -> String {
+        self.stream(&format!("TASKS_{tenant}"))
     }
 
-    /// The work-queue stream of results (subjects `<prefix>.result.>`).
+    /// Every task subject of a tenant: `<prefix>.task.<tenant>.>`.
+    pub fn all_tasks(&self, tenant: &str) -> String {
+        format!("{}.task.{tenant}.>", self.prefix)
+    }
+
+    /// Where a session publishes a task for the tenant's pool workers.
+    pub fn pool_subject(&self, tenant: &str, lane: SessionLane, route: &str) -> String {
+        format!("{}.task.{tenant}.{lane}.{route}", self.prefix)
+    }
+
+    /// Where a session publishes a task for workers attached to it (`--session-id S`).
+    pub fn session_subject(
+        &self,
+        tenant: &str,
+        lane: SessionLane,
+        route: &str,
+        session: &str,
+    ) -> String {
+        format!("{}.task.{tenant}.{lane}.{route}.{session}", self.prefix)
+    }
+
+    /// The consumer a tenant's pool workers share for one lane and route (on the tenant's
+    /// tasks stream).
+    pub fn pool_consumer(&self, lane: SessionLane, route: &str) -> String {
+        format!("pool_{lane}_{route}")
+    }
+
+    /// The consumer the workers attached to one session share for one lane and route.
+    pub fn session_consumer(&self, session: &str, lane: SessionLane, route: &str) -> String {
+        format!("s_{session}_{lane}_{route}")
+    }
+
+    /// The work-queue stream of every result (subjects `<prefix>.result.>`).
     pub fn results_stream(&self) -> String {
         self.stream("RESULTS")
+    }
+
+    /// Every result subject.
+    pub fn all_results(&self) -> String {
+        format!("{}.result.>", self.prefix)
+    }
+
+    /// Where workers publish the results of a session hosted by `hub`.
+    pub fn result_subject(&self, tenant: &str, hub: &str, session: &str) -> String {
+        format!("{}.result.{tenant}.{hub}.{session}", self.prefix)
+    }
+
+    /// The filter of a hub's results consumer: its sessions' results, every tenant.
+    pub fn hub_results_filter(&self, hub: &str) -> String {
+        format!("{}.result.*.{hub}.*", self.prefix)
+    }
+
+    /// The durable consumer a hub reads its sessions' results with.
+    pub fn hub_consumer(&self, hub: &str) -> String {
+        format!("hub_{hub}")
+    }
+
+    /// Core NATS: workers stream a task's output chunks to its session.
+    pub fn output_subject(&self, tenant: &str, hub: &str, session: &str) -> String {
+        format!("{}.output.{tenant}.{hub}.{session}", self.prefix)
+    }
+
+    /// What a hub subscribes to for its sessions' output.
+    pub fn hub_output_filter(&self, hub: &str) -> String {
+        format!("{}.output.*.{hub}.*", self.prefix)
+    }
+
+    /// Core NATS: sessions ring it when a tenant's tasks are waiting (`*` for every tenant).
+    pub fn ready_subject(&self, tenant: &str) -> String {
+        format!("{}.ready.{tenant}", self.prefix)
+    }
+
+    /// Core NATS: sessions push cancels of a tenant's tasks (`*` for every tenant).
+    pub fn cancel_subject(&self, tenant: &str) -> String {
+        format!("{}.cancel.{tenant}", self.prefix)
+    }
+
+    /// Core NATS request: a worker of one session asks its session's hub to attach
+    /// (`*`: what hubs listen on).
+    pub fn attach_subject(&self, session: &str) -> String {
+        format!("{}.attach.{session}", self.prefix)
+    }
+
+    /// Core NATS: a worker's presence, under its tenant ([`FLEET`] for a worker of every
+    /// tenant); `*` / `>` to listen.
+    pub fn presence_subject(&self, tenant: &str, worker: &str) -> String {
+        format!("{}.presence.{tenant}.{worker}", self.prefix)
+    }
+
+    /// Where a session publishes its dead letters.
+    pub fn dlq_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.dlq.{tenant}.{session}", self.prefix)
     }
 
     /// The dead-letter stream (subjects `<prefix>.dlq.>`, limits retention, browsable).
@@ -96,10 +195,20 @@ impl Names {
         self.stream("DLQ")
     }
 
-    /// The object store bucket of payloads and results too large for a message (its stream is
-    /// `OBJ_<bucket>`).
-    pub fn payloads_bucket(&self) -> String {
-        self.stream("PAYLOADS")
+    /// Every dead-letter subject.
+    pub fn all_dlq(&self) -> String {
+        format!("{}.dlq.>", self.prefix)
+    }
+
+    /// Core NATS: Hybrid lanes publish their lifecycle events.
+    pub fn event_subject(&self, tenant: &str, session: &str, lane: SessionLane) -> String {
+        format!("{}.event.{tenant}.{session}.{lane}", self.prefix)
+    }
+
+    /// The object store bucket of one tenant's payloads and results too large for a message
+    /// (its stream is `OBJ_<bucket>`).
+    pub fn objects_bucket(&self, tenant: &str) -> String {
+        self.stream(&format!("OBJ_{tenant}"))
     }
 
     /// The object a session stores a task's large payload under: `<session>/<task_id>/payload`.
@@ -111,70 +220,22 @@ impl Names {
     pub fn result_object(&self, session: &str, task_id: &str, attempt: u32) -> String {
         format!("{session}/{task_id}/result/{attempt}")
     }
+}
 
-    /// Where a session publishes the tasks of one lane and route.
-    pub fn task_subject(&self, session: &str, lane: SessionLane, route: &str) -> String {
-        format!("{}.task.{session}.{lane}.{route}", self.prefix)
-    }
+/// The tenant of sessions that name none.
+pub const DEFAULT_TENANT: &str = "default";
 
-    /// Every task subject (the tasks stream's subject).
-    pub fn all_tasks(&self) -> String {
-        format!("{}.task.>", self.prefix)
-    }
+/// The presence token of a worker that serves every tenant (the shared fleet).
+pub const FLEET: &str = "_";
 
-    /// Where workers publish a session's results.
-    pub fn result_subject(&self, session: &str) -> String {
-        format!("{}.result.{session}", self.prefix)
-    }
-
-    /// Every result subject.
-    pub fn all_results(&self) -> String {
-        format!("{}.result.>", self.prefix)
-    }
-
-    /// Where a session publishes its dead letters.
-    pub fn dlq_subject(&self, session: &str) -> String {
-        format!("{}.dlq.{session}", self.prefix)
-    }
-
-    /// Every dead-letter subject.
-    pub fn all_dlq(&self) -> String {
-        format!("{}.dlq.>", self.prefix)
-    }
-
-    /// Core NATS: a session rings it when tasks are waiting (`*` for every session).
-    pub fn ready_subject(&self, session: &str) -> String {
-        format!("{}.ready.{session}", self.prefix)
-    }
-
-    /// Core NATS: a session pushes cancels of its tasks (`*` for every session).
-    pub fn cancel_subject(&self, session: &str) -> String {
-        format!("{}.cancel.{session}", self.prefix)
-    }
-
-    /// Core NATS: workers stream task output chunks to the session.
-    pub fn output_subject(&self, session: &str) -> String {
-        format!("{}.output.{session}", self.prefix)
-    }
-
-    /// Core NATS: Hybrid lanes publish their lifecycle events.
-    pub fn event_subject(&self, session: &str, lane: SessionLane) -> String {
-        format!("{}.event.{session}.{lane}", self.prefix)
-    }
-
-    /// The durable pull consumer workers share for one session, lane and route.
-    pub fn task_consumer(&self, session: &str, lane: SessionLane, route: &str) -> String {
-        format!("t_{session}_{lane}_{route}")
-    }
-
-    /// The durable pull consumer a session reads its results with.
-    pub fn result_consumer(&self, session: &str) -> String {
-        format!("r_{session}")
-    }
+/// Whether `s` can name a tenant: a subject token ([`is_token`]) that does not start with `_`
+/// (reserved, e.g. [`FLEET`]).
+pub fn is_tenant(s: &str) -> bool {
+    is_token(s) && !s.starts_with('_')
 }
 
 /// Whether `s` can be one subject token: 1 to 64 of `[A-Za-z0-9_-]`.
-pub(crate) fn is_token(s: &str) -> bool {
+pub fn is_token(s: &str) -> bool {
     !s.is_empty()
         && s.len() <= 64
         && s.bytes()
@@ -229,11 +290,15 @@ pub struct ObjectRef {
     pub size: u64,
 }
 
-/// A task as published on `<prefix>.task.<session>.<lane>.<route>`.
+/// A task as published on [`Names::pool_subject`] or [`Names::session_subject`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TaskEnvelope {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
+    /// The session's tenant: the token after `task.` in the subject.
+    pub tenant: String,
+    /// The hub (session process) results and output go to: [`Names::result_subject`].
+    pub hub: String,
     /// The task (its fields at the top level, `remaining_ms` as of publication).
     #[serde(flatten)]
     pub task: ExternalTask,
@@ -262,10 +327,10 @@ pub enum ResultKind {
     Exhausted,
 }
 
-/// A result as published on `<prefix>.result.<session>`.
+/// A result as published on [`Names::result_subject`].
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultEnvelope {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
     /// What this reports.
     pub kind: ResultKind,
@@ -294,12 +359,12 @@ pub enum BatchKind {
     Batch,
 }
 
-/// Several results of one session in one message on `<prefix>.result.<session>`: a worker that
+/// Several results of one session in one message on its [`Names::result_subject`]: a worker that
 /// finishes many tasks at once stores them with one publish (one message, one acknowledgement
 /// for the broker instead of one per task). Optional for workers; sessions accept both forms.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ResultBatch {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
     /// `"batch"`.
     pub kind: BatchKind,
@@ -310,8 +375,8 @@ pub struct ResultBatch {
 }
 
 impl ResultBatch {
-    /// How [`encode_parts`](Self::encode_parts) begins a batch (version 1).
-    const PREFIX: &[u8] = br#"{"v":1,"kind":"batch","session_id":"#;
+    /// How [`encode_parts`](Self::encode_parts) begins a batch (version 2).
+    const PREFIX: &[u8] = br#"{"v":2,"kind":"batch","session_id":"#;
 
     /// The bytes of a batch of already encoded result envelopes (no re-encoding).
     pub fn encode_parts(session_id: &str, parts: &[&[u8]]) -> Vec<u8> {
@@ -336,7 +401,7 @@ impl ResultBatch {
 }
 
 /// Decodes what a worker published on a results subject: one [`ResultEnvelope`] or a
-/// [`ResultBatch`] of them (every one of version 1).
+/// [`ResultBatch`] of them (every one of this version).
 ///
 /// # Errors
 ///
@@ -370,10 +435,10 @@ pub fn decode_results(bytes: &[u8]) -> Result<Vec<ResultEnvelope>> {
         })
 }
 
-/// A doorbell on `<prefix>.ready.<session>`: tasks are waiting in one lane and route.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+/// A doorbell on [`Names::ready_subject`]: a tenant's tasks are waiting in one lane and route.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Doorbell {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
     /// The lane.
     pub lane: SessionLane,
@@ -382,23 +447,36 @@ pub struct Doorbell {
     /// The labels behind the route token.
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub labels: BTreeMap<String, String>,
+    /// Set when the tasks wait in this session's own consumer (workers attached to it), absent
+    /// for the tenant's pool consumer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The tenant's weight (its share of a saturated fleet), as its sessions last declared it.
+    #[serde(default = "default_weight")]
+    pub weight: f64,
 }
 
-/// A cancel on `<prefix>.cancel.<session>`: stop the task if it runs, drop it otherwise.
+fn default_weight() -> f64 {
+    1.0
+}
+
+/// A cancel on [`Names::cancel_subject`]: stop the task if it runs, drop it otherwise.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct CancelNotice {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
     /// The task.
     pub task_id: String,
+    /// Its session.
+    pub session_id: String,
     /// `cancelled`, `timed_out` or `closed`.
     pub reason: String,
 }
 
-/// An output chunk on `<prefix>.output.<session>`.
+/// An output chunk on [`Names::output_subject`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputChunk {
-    /// Protocol major version: 1.
+    /// Protocol major version: 2.
     pub v: u32,
     /// The task.
     pub task_id: String,
@@ -431,10 +509,93 @@ envelopes!(
     ResultBatch,
     Doorbell,
     CancelNotice,
-    OutputChunk
+    OutputChunk,
+    AttachRequest,
+    AttachReply,
+    Presence
 );
 
-/// Decodes a version-1 envelope: a message of another (or no) version is refused as such even
+/// A worker of one session asks to be attached (core NATS request on
+/// [`Names::attach_subject`]); the hub hosting the session answers with an [`AttachReply`].
+/// From then on the session publishes that lane's tasks to its own consumers
+/// ([`Names::session_subject`]) instead of its tenant's pool.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachRequest {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The worker.
+    pub worker_id: String,
+    /// The lanes it serves.
+    pub lanes: Vec<SessionLane>,
+}
+
+/// The hub's answer to an [`AttachRequest`]: where the session's tasks are, and the lease.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AttachReply {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The session's tenant: its tasks are in [`Names::tasks_stream`] of it.
+    pub tenant: String,
+    /// The consumers' `ack_wait` in milliseconds: renew a task's lease every third of it.
+    pub lease_ms: u64,
+}
+
+/// What a worker is doing, as it announces on [`Names::presence_subject`] every few seconds and
+/// whenever its state changes: the one source for dashboards and autoscaling signals.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Presence {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The worker.
+    pub worker_id: String,
+    /// Its tenant, if it serves one (absent: every tenant).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tenant: Option<String>,
+    /// Its session, if it serves one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session: Option<String>,
+    /// The lanes it serves.
+    pub lanes: Vec<SessionLane>,
+    /// Its labels.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Tasks it can run at once.
+    pub slots: u64,
+    /// Tasks it runs now.
+    pub busy: u64,
+    /// Its software version.
+    pub version: String,
+    /// `waiting` (no work exists for it yet), `serving` or `draining`.
+    pub state: WorkerState,
+    /// Seconds between two announcements: it is gone after three missed ones.
+    pub interval_s: u64,
+}
+
+/// A worker's state in its [`Presence`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Connected, no work exists for it yet (no session of its tenant, its session not open).
+    #[default]
+    Waiting,
+    /// Taking tasks.
+    Serving,
+    /// Finishing what it holds, taking nothing new.
+    Draining,
+}
+
+impl WorkerState {
+    /// `waiting`, `serving` or `draining`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerState::Waiting => "waiting",
+            WorkerState::Serving => "serving",
+            WorkerState::Draining => "draining",
+        }
+    }
+}
+
+/// Decodes an envelope of this version ([`PROTOCOL_VERSION`]): a message of another (or no) version is refused as such even
 /// when its shape would fit.
 ///
 /// # Errors
@@ -486,7 +647,9 @@ mod tests {
             5_000,
         );
         let env = TaskEnvelope {
-            v: 1,
+            v: PROTOCOL_VERSION,
+            tenant: "acme".into(),
+            hub: "h1".into(),
             task,
             max_attempts: 3,
             retry: RetryPolicy::exponential(2, 100),
@@ -506,7 +669,7 @@ mod tests {
     #[test]
     fn versions_and_garbage_are_rejected() {
         assert_eq!(
-            decode::<Doorbell>(br#"{"v":2,"lane":"query","route":"_"}"#)
+            decode::<Doorbell>(br#"{"v":1,"lane":"query","route":"_"}"#)
                 .unwrap_err()
                 .code(),
             "UnsupportedProtocol"
@@ -518,7 +681,7 @@ mod tests {
             "UnsupportedProtocol"
         );
         assert_eq!(
-            decode::<Doorbell>(br#"{"v":"1","lane":"query"}"#)
+            decode::<Doorbell>(br#"{"v":"2","lane":"query"}"#)
                 .unwrap_err()
                 .code(),
             "UnsupportedProtocol"
@@ -528,7 +691,7 @@ mod tests {
             "InvalidPayload"
         );
         assert_eq!(
-            decode::<Doorbell>(br#"{"v":1,"lane":"fast","route":"_"}"#)
+            decode::<Doorbell>(br#"{"v":2,"lane":"fast","route":"_"}"#)
                 .unwrap_err()
                 .code(),
             "InvalidPayload"
@@ -541,7 +704,7 @@ mod tests {
 
     fn result(task_id: &str) -> ResultEnvelope {
         ResultEnvelope {
-            v: 1,
+            v: PROTOCOL_VERSION,
             kind: ResultKind::Result,
             task_id: task_id.into(),
             session_id: "s1".into(),
@@ -565,7 +728,7 @@ mod tests {
         // One result alone, even one whose own JSON has a "results" key.
         assert_eq!(decode_results(&encode(&a)).unwrap(), vec![a.clone()]);
         // A batch written by another encoder, keys in another order.
-        let foreign = json!({"results": [a, b], "session_id": "s1", "kind": "batch", "v": 1});
+        let foreign = json!({"results": [a, b], "session_id": "s1", "kind": "batch", "v": 2});
         let foreign = serde_json::to_vec(&foreign).unwrap();
         assert_eq!(decode_results(&foreign).unwrap().len(), 2);
     }
@@ -573,20 +736,20 @@ mod tests {
     #[test]
     fn bad_batches_are_refused_whole_with_their_own_reason() {
         let mut inner = serde_json::to_value(result("t-1")).unwrap();
-        inner["v"] = json!(2);
-        let newer = json!({"v": 1, "kind": "batch", "session_id": "s1", "results": [inner]});
+        inner["v"] = json!(3);
+        let newer = json!({"v": 2, "kind": "batch", "session_id": "s1", "results": [inner]});
         let err = decode_results(&serde_json::to_vec(&newer).unwrap()).unwrap_err();
         assert_eq!(err.code(), "UnsupportedProtocol");
-        let broken = br#"{"v":1,"kind":"batch","session_id":"s1","results":[{"v":1}]}"#;
+        let broken = br#"{"v":2,"kind":"batch","session_id":"s1","results":[{"v":2}]}"#;
         let err = decode_results(broken).unwrap_err();
         assert_eq!(err.code(), "InvalidPayload");
         assert!(err.to_string().contains("missing field"), "{err}");
-        let reordered = br#"{"session_id":"s1","kind":"batch","v":1,"results":7}"#;
+        let reordered = br#"{"session_id":"s1","kind":"batch","v":2,"results":7}"#;
         assert_eq!(
             decode_results(reordered).unwrap_err().code(),
             "InvalidPayload"
         );
-        let garbage = br#"{"v":1,"kind":"result"}"#;
+        let garbage = br#"{"v":2,"kind":"result"}"#;
         assert_eq!(
             decode_results(garbage).unwrap_err().code(),
             "InvalidPayload"

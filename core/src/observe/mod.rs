@@ -45,6 +45,10 @@ pub trait Exporter: Send + Sync + 'static {
     fn render(&self) -> String;
     /// Whether `/healthz` answers 200 (else 503).
     fn healthy(&self) -> BoxFuture<'_, bool>;
+    /// What `/healthz` says besides its status (a worker: `waiting`, `serving` or `draining`).
+    fn health_detail(&self) -> Option<String> {
+        None
+    }
 }
 
 /// A small HTTP server for `GET /metrics` and `GET /healthz`. It stops when dropped.
@@ -148,9 +152,15 @@ async fn metrics(State(exporter): State<Arc<dyn Exporter>>) -> impl IntoResponse
 }
 
 async fn healthz(State(exporter): State<Arc<dyn Exporter>>) -> impl IntoResponse {
+    let detail = exporter
+        .health_detail()
+        .map_or_else(String::new, |d| format!(" {d}"));
     if exporter.healthy().await {
-        (StatusCode::OK, "ok\n")
+        (StatusCode::OK, format!("ok{detail}\n"))
     } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "unavailable\n")
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("unavailable{detail}\n"),
+        )
     }
 }

@@ -44,6 +44,7 @@ pub(crate) struct WorkerSnapshot {
     pub(crate) slots: usize,
     pub(crate) connected: bool,
     pub(crate) heartbeat_age: Option<Duration>,
+    pub(crate) state: crate::broker::wire::WorkerState,
 }
 
 type Labels = Vec<(&'static str, String)>;
@@ -299,6 +300,26 @@ impl Collector for WorkerSnapshot {
             MetricType::Gauge,
             [(worker(), flag(self.connected))],
         )?;
+        {
+            use crate::broker::wire::WorkerState;
+            family(
+                &mut enc,
+                "a3s_worker_state",
+                "1 for the worker's state: waiting (no work exists for it yet), serving or draining.",
+                None,
+                MetricType::Gauge,
+                [
+                    WorkerState::Waiting,
+                    WorkerState::Serving,
+                    WorkerState::Draining,
+                ]
+                .map(|st| {
+                    let mut l = worker();
+                    l.push(("state", st.as_str().to_owned()));
+                    (l, flag(self.state == st))
+                }),
+            )?;
+        }
         family(
             &mut enc,
             "a3s_worker_busy_slots",

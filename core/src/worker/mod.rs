@@ -14,6 +14,7 @@ use tokio::sync::{Semaphore, broadcast, mpsc, watch};
 use tokio::task::JoinHandle;
 
 use crate::agent::AgentSession;
+pub use crate::broker::wire::WorkerState;
 use crate::error::{Error, Result};
 pub use crate::observe::WorkerStats;
 use crate::observe::prometheus::{WorkerLaneCounts, WorkerSnapshot};
@@ -24,9 +25,7 @@ use crate::task::{ExternalTask, ExternalTaskResult};
 use crate::tools::{OutputSink, ToolContext, Workspace, execute_builtin_with};
 
 #[cfg(feature = "nats")]
-mod remote;
-#[cfg(feature = "nats")]
-pub use remote::{WorkerClient, WorkerClientOptions};
+pub use crate::broker::nats::worker::{WorkerClient, WorkerClientOptions};
 
 /// The old name of [`WorkerClient`] (a worker's handle is not a session).
 #[cfg(feature = "nats")]
@@ -61,6 +60,10 @@ pub trait TaskSource: Send + Sync + 'static {
     fn health(&self) -> SourceHealth {
         SourceHealth::default()
     }
+    /// The worker loop's slots and busy slots (a remote source announces them in its presence).
+    fn report_load(&self, _slots: usize, _busy: usize) {}
+    /// The worker takes no new tasks from now on (it finishes those it holds).
+    fn drain(&self) {}
     /// Gives a claimed task back without a result: it is offered again after the retry policy's
     /// delay, or fails when it has no attempts left.
     fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
@@ -135,6 +138,8 @@ pub struct SourceHealth {
     pub worker_id: Option<String>,
     /// Time since it last renewed its leases, if it holds leases.
     pub heartbeat_age: Option<Duration>,
+    /// Whether work exists for it yet, or it drains (`Serving` for an in-process session).
+    pub state: WorkerState,
 }
 
 impl Default for SourceHealth {
@@ -143,6 +148,7 @@ impl Default for SourceHealth {
             connected: true,
             worker_id: None,
             heartbeat_age: None,
+            state: WorkerState::Serving,
         }
     }
 }
@@ -172,6 +178,53 @@ impl TaskSource for AgentSession {
 
     fn default_claim_limit(&self) -> usize {
         usize::MAX
+    }
+}
+
+#[cfg(feature = "nats")]
+impl TaskSource for WorkerClient {
+    fn claim(&self, max: usize, wait: Duration) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
+        Box::pin(self.claim_external_tasks(max, wait))
+    }
+
+    fn complete(
+        &self,
+        results: Vec<(String, ExternalTaskResult)>,
+    ) -> BoxFuture<'_, Result<Vec<Result<()>>>> {
+        Box::pin(self.complete_external_tasks(results))
+    }
+
+    fn cancellations(&self) -> Option<broadcast::Receiver<String>> {
+        Some(WorkerClient::cancellations(self))
+    }
+
+    fn output_sink(&self, task: &ExternalTask) -> Option<OutputSink> {
+        Some(WorkerClient::output_sink(self, task))
+    }
+
+    fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
+        Box::pin(self.abandon_external_task(task_id, reason))
+    }
+
+    fn default_claim_limit(&self) -> usize {
+        WorkerClient::DEFAULT_CLAIM_LIMIT
+    }
+
+    fn health(&self) -> SourceHealth {
+        SourceHealth {
+            connected: self.is_connected(),
+            worker_id: Some(self.worker_id().to_owned()),
+            heartbeat_age: Some(self.heartbeat_age()),
+            state: self.state(),
+        }
+    }
+
+    fn report_load(&self, slots: usize, busy: usize) {
+        WorkerClient::report_load(self, slots, busy);
+    }
+
+    fn drain(&self) {
+        WorkerClient::drain(self);
     }
 }
 
@@ -409,7 +462,14 @@ impl Worker {
 
     /// Stops claiming new tasks; running ones finish and are reported.
     pub fn initiate_shutdown(&self) {
+        self.source.drain();
         let _ = self.stop.send(true);
+    }
+
+    /// Whether work exists for the worker yet (`Waiting` before its first session exists),
+    /// or it drains.
+    pub fn state(&self) -> WorkerState {
+        self.source.health().state
     }
 
     /// Stops claiming, waits for running tasks to be reported, and returns the final counters.
@@ -449,11 +509,16 @@ impl Exporter for WorkerExporter {
             slots: self.concurrency,
             connected: health.connected,
             heartbeat_age: health.heartbeat_age,
+            state: health.state,
         })
     }
 
     fn healthy(&self) -> BoxFuture<'_, bool> {
         Box::pin(async move { self.source.health().connected })
+    }
+
+    fn health_detail(&self) -> Option<String> {
+        Some(self.source.health().state.as_str().to_owned())
     }
 }
 
@@ -494,6 +559,7 @@ async fn run(
             _ = stop.changed() => break,
         };
         let free = slots.available_permits() + 1;
+        source.report_load(config.concurrency.max(1), config.concurrency.max(1) - free);
         let claimed = tokio::select! {
             r = source.claim(free, config.poll_wait) => r,
             _ = stop.changed() => break,

@@ -78,3 +78,21 @@ pub async fn nats_session(
         .expect("broker ready");
     (session, dir)
 }
+
+/// The hub (session process) id of the only session process on `prefix`: the token in its
+/// results subjects (`<prefix>.result.<tenant>.<hub>.<session>`), read from its results
+/// consumer (`hub_<id>`).
+#[cfg(feature = "nats")]
+#[allow(dead_code)]
+pub async fn hub_id(js: &async_nats::jetstream::Context, prefix: &str) -> String {
+    use futures_util::StreamExt;
+    let names = a3s_code_core::broker::wire::Names::new(prefix).unwrap();
+    let results = js.get_stream(names.results_stream()).await.unwrap();
+    let mut consumers = results.consumer_names();
+    while let Some(Ok(name)) = consumers.next().await {
+        if let Some(id) = name.strip_prefix("hub_") {
+            return id.to_owned();
+        }
+    }
+    panic!("no hub consumer on {}", names.results_stream())
+}

@@ -626,10 +626,66 @@ impl Parser<'_> {
                             ));
                         }
                     }
+                    "tenant" => {
+                        dist.tenant = self.opt_string(attr, "distribution.tenant")?;
+                        if let Some(t) = &dist.tenant
+                            && !crate::broker::wire::is_tenant(t)
+                        {
+                            return Err(self.err(
+                                self.value_line(attr),
+                                format!(
+                                    "distribution.tenant must be 1 to 64 letters, digits, '-' or \
+                                     '_', not starting with '_', found {t:?}"
+                                ),
+                            ));
+                        }
+                    }
+                    "tenant_weight" => {
+                        let line = self.value_line(attr);
+                        dist.tenant_weight = match self.eval(&attr.value, self.attr_line(attr))? {
+                            Value::Null => None,
+                            Value::Number(n) => match n.as_f64() {
+                                Some(w) if w.is_finite() && w > 0.0 => Some(w),
+                                _ => {
+                                    return Err(self.err(
+                                        line,
+                                        format!(
+                                            "distribution.tenant_weight must be > 0, found {n}"
+                                        ),
+                                    ));
+                                }
+                            },
+                            other => {
+                                return Err(self.err(
+                                    line,
+                                    format!(
+                                        "distribution.tenant_weight must be a number, found {}",
+                                        describe(&other)
+                                    ),
+                                ));
+                            }
+                        };
+                    }
+                    "tenant_max_in_flight" => {
+                        dist.tenant_max_in_flight =
+                            self.opt_int(attr, "distribution.tenant_max_in_flight")?;
+                        if dist.tenant_max_in_flight == Some(0) {
+                            return Err(self.err(
+                                self.value_line(attr),
+                                "distribution.tenant_max_in_flight must be at least 1",
+                            ));
+                        }
+                    }
                     _ => extra.attribute(self, attr)?,
                 },
                 Structure::Block(inner) => match inner.ident.as_str() {
-                    key @ ("nats_url" | "subject_prefix" | "credentials_file" | "replicas") => {
+                    key @ ("nats_url"
+                    | "subject_prefix"
+                    | "credentials_file"
+                    | "replicas"
+                    | "tenant"
+                    | "tenant_weight"
+                    | "tenant_max_in_flight") => {
                         return Err(self.not_an_attribute(inner, &format!("distribution.{key}")));
                     }
                     _ => extra.block(self, inner)?,

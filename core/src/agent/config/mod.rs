@@ -147,9 +147,36 @@ pub struct DistributionConfig {
     /// Copies JetStream keeps of each stream the session creates (`NatsConfig::replicas`, 1 to
     /// 5; 3 on a three-server cluster).
     pub replicas: Option<usize>,
+    /// The tenant of this agent's sessions (`SessionOptions::with_tenant` overrides it).
+    pub tenant: Option<String>,
+    /// The tenant's weight (default 1).
+    pub tenant_weight: Option<f64>,
+    /// The tenant's cap of tasks in flight per lane.
+    pub tenant_max_in_flight: Option<usize>,
     /// Attributes and blocks of the block this version does not know, as JSON
     /// (same rules as [`AgentConfig::extra`]).
     pub extra: JsonMap,
+}
+
+impl DistributionConfig {
+    /// The tenant these settings name (the default tenant with weight 1 when none).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad name, weight or cap (the
+    /// loader already refuses them with their line).
+    pub fn tenant(&self) -> crate::Result<crate::broker::Tenant> {
+        let mut t = crate::broker::Tenant::new(
+            self.tenant
+                .clone()
+                .unwrap_or_else(|| crate::broker::wire::DEFAULT_TENANT.to_owned()),
+            self.tenant_weight.unwrap_or(1.0),
+        )?;
+        if let Some(n) = self.tenant_max_in_flight {
+            t = t.with_max_in_flight(n)?;
+        }
+        Ok(t)
+    }
 }
 
 #[cfg(feature = "nats")]

@@ -40,6 +40,9 @@ impl fmt::Debug for DistributionConfig {
             .field("subject_prefix", &self.subject_prefix)
             .field("credentials_file", &self.credentials_file)
             .field("replicas", &self.replicas)
+            .field("tenant", &self.tenant)
+            .field("tenant_weight", &self.tenant_weight)
+            .field("tenant_max_in_flight", &self.tenant_max_in_flight)
             .field("extra", &redact_map(&self.extra))
             .finish()
     }

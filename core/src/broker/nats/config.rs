@@ -5,7 +5,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use super::wire::{DeliveryMode, Names};
+use crate::broker::wire::{DeliveryMode, Names};
 use crate::error::{Error, Result};
 use crate::queue::SessionLane;
 
@@ -117,6 +117,11 @@ pub struct NatsConfig {
     /// heap and 150 ms collections every 1.3 s on nats-server 2.9). A task re-published after
     /// the window may run twice; it still completes once (the session applies the first result).
     pub duplicate_window: Duration,
+    /// The subject prefix of this client's reply inboxes (default `_INBOX`). A worker credential
+    /// confined to one tenant may subscribe only to its own inboxes: give its clients the prefix
+    /// `a3s-code auth permissions` prints for it (`_INBOX_<tenant>`), so no credential can read
+    /// the replies (task deliveries, acknowledgements) meant for another.
+    pub inbox_prefix: String,
 }
 
 impl NatsConfig {
@@ -141,11 +146,12 @@ impl NatsConfig {
             max_object_bytes: 64 << 20,
             replicas: 1,
             duplicate_window: Duration::from_secs(20),
+            inbox_prefix: "_INBOX".to_owned(),
         }
     }
 
     /// Settings from the environment: `A3S_NATS_URL` (required), and optionally
-    /// `A3S_NATS_PREFIX`, `A3S_NATS_REPLICAS`, `A3S_NATS_TOKEN`, `A3S_NATS_USER` + `A3S_NATS_PASSWORD`,
+    /// `A3S_NATS_PREFIX`, `A3S_NATS_INBOX_PREFIX`, `A3S_NATS_REPLICAS`, `A3S_NATS_TOKEN`, `A3S_NATS_USER` + `A3S_NATS_PASSWORD`,
     /// `A3S_NATS_NKEY`, `A3S_NATS_CREDS`, `A3S_NATS_CA`, `A3S_NATS_CERT` + `A3S_NATS_KEY`.
     ///
     /// # Errors
@@ -159,6 +165,9 @@ impl NatsConfig {
         let mut cfg = Self::new(url);
         if let Some(p) = var("A3S_NATS_PREFIX") {
             cfg.prefix = p;
+        }
+        if let Some(p) = var("A3S_NATS_INBOX_PREFIX") {
+            cfg.inbox_prefix = p;
         }
         if let Some(r) = var("A3S_NATS_REPLICAS") {
             cfg.replicas = r.parse().map_err(|_| {
@@ -271,6 +280,12 @@ impl NatsConfig {
         self
     }
 
+    /// Sets the prefix of this client's reply inboxes (see [`inbox_prefix`](Self::inbox_prefix)).
+    pub fn with_inbox_prefix(mut self, prefix: impl Into<String>) -> Self {
+        self.inbox_prefix = prefix.into();
+        self
+    }
+
     /// Sets the client name.
     pub fn with_name(mut self, name: impl Into<String>) -> Self {
         self.name = Some(name.into());
@@ -318,6 +333,17 @@ impl NatsConfig {
             return Err(Error::invalid_config(format!(
                 "NATS: duplicate_window must be from 100 ms to stream_max_age, not {:?}",
                 self.duplicate_window
+            )));
+        }
+        if self.inbox_prefix.is_empty()
+            || self
+                .inbox_prefix
+                .split('.')
+                .any(|t| !super::super::wire::is_token(t))
+        {
+            return Err(Error::invalid_config(format!(
+                "NATS: inbox_prefix {:?} must be subject tokens of letters, digits, '-' or '_'",
+                self.inbox_prefix
             )));
         }
         Names::new(&self.prefix)
@@ -369,6 +395,7 @@ impl NatsConfig {
         }
         opts = opts
             .name(self.name.clone().unwrap_or_else(|| "a3s-code".to_owned()))
+            .custom_inbox_prefix(self.inbox_prefix.clone())
             .connection_timeout(Duration::from_secs(5))
             .request_timeout(Some(Duration::from_secs(10)))
             .max_reconnects(None)

@@ -1,5 +1,6 @@
 //! Payloads and results too large for a NATS message travel through a JetStream object store
-//! bucket (`<PREFIX>_PAYLOADS`), by reference ([`ObjectRef`]). `docs/protocol.md` §3.1 and §3.2
+//! bucket of their tenant (`<PREFIX>_OBJ_<tenant>`, so a worker credential can be confined to
+//! its tenant's objects), by reference ([`ObjectRef`]). `docs/protocol.md` §3.1 and §3.2
 //! say who writes and who deletes each object.
 //!
 //! The session creates the bucket; workers open it only when a task references it, so a worker
@@ -14,7 +15,7 @@ use serde_json::Value;
 use tokio::io::AsyncReadExt;
 
 use super::NatsConfig;
-use super::wire::{Names, ObjectRef};
+use crate::broker::wire::{Names, ObjectRef};
 use crate::error::{Error, Result};
 use crate::task::ExternalTaskResult;
 
@@ -62,10 +63,11 @@ impl Bucket {
     pub(crate) async fn ensure(
         js: &jetstream::Context,
         names: &Names,
+        tenant: &str,
         config: &NatsConfig,
     ) -> Result<Self> {
-        let name = names.payloads_bucket();
-        if let Ok(b) = Self::open(js, names).await {
+        let name = names.objects_bucket(tenant);
+        if let Ok(b) = Self::open(js, names, tenant).await {
             return Ok(b);
         }
         let created = js
@@ -80,17 +82,17 @@ impl Bucket {
             })
             .await;
         match created {
-            Ok(_) => Self::open(js, names).await,
+            Ok(_) => Self::open(js, names, tenant).await,
             // Another session created it meanwhile.
-            Err(e) => Self::open(js, names)
+            Err(e) => Self::open(js, names, tenant)
                 .await
                 .map_err(|_| unavailable(&format!("creating the object store {name}"), e)),
         }
     }
 
-    /// Opens the existing bucket (workers).
-    pub(crate) async fn open(js: &jetstream::Context, names: &Names) -> Result<Self> {
-        let name = names.payloads_bucket();
+    /// Opens a tenant's existing bucket (workers).
+    pub(crate) async fn open(js: &jetstream::Context, names: &Names, tenant: &str) -> Result<Self> {
+        let name = names.objects_bucket(tenant);
         let what = format!("object store {name}");
         let store = timed(&what, js.get_object_store(&name)).await?;
         let stream = timed(&what, js.get_stream(format!("OBJ_{name}"))).await?;
@@ -118,18 +120,31 @@ impl Bucket {
         }
     }
 
-    /// Reads the JSON value `r` refers to, refusing objects over `limit` bytes.
+    /// The bucket's name.
+    pub(crate) fn name(&self) -> &str {
+        &self.name
+    }
+
+    /// Reads the JSON value `r` refers to, refusing objects over `limit` bytes. `expected` is
+    /// the object name the protocol gives this value: a reference to any other object (another
+    /// session's, another tenant's bucket) is refused before anything is read.
     ///
     /// # Errors
     ///
-    /// [`Error::InvalidPayload`] when the reference is not to this bucket, the object is missing,
-    /// has another size or is not JSON; [`Error::PayloadTooLarge`] over `limit`;
-    /// [`Error::BrokerUnavailable`] when NATS could not be read (worth retrying).
-    pub(crate) async fn get(&self, r: &ObjectRef, limit: usize) -> Result<Value> {
+    /// [`Error::InvalidPayload`] when the reference is not to this bucket or not to `expected`,
+    /// the object is missing, has another size or is not JSON; [`Error::PayloadTooLarge`] over
+    /// `limit`; [`Error::BrokerUnavailable`] when NATS could not be read (worth retrying).
+    pub(crate) async fn get(&self, r: &ObjectRef, expected: &str, limit: usize) -> Result<Value> {
         if r.bucket != self.name {
             return Err(Error::invalid_payload(format!(
                 "object {:?} is in bucket {:?}, not {:?}",
                 r.name, r.bucket, self.name
+            )));
+        }
+        if r.name != expected {
+            return Err(Error::invalid_payload(format!(
+                "the reference names object {:?}, not {expected:?}",
+                r.name
             )));
         }
         if r.size > limit as u64 {
