@@ -101,8 +101,11 @@ async def test_the_foreign_worker_serves_a_session(agent: Agent, tmp_path: pathl
         # Garbage on a task subject is dropped with a logged reason; the worker goes on.
         nc = await nats.connect(nats_url)
         js = nc.jetstream()
-        await js.publish(f"{prefix}.task.{session.id}.query._", b"not json")
-        await js.publish(f"{prefix}.task.{session.id}.query._", json.dumps({"v": 9}).encode())
+        # v2: the worker attached to the session, so its query tasks wait in the session's own
+        # consumer, on `<P>.task.<tenant>.<lane>.<route>.<session>`.
+        subject = f"{prefix}.task.default.query._.{session.id}"
+        await js.publish(subject, b"not json")
+        await js.publish(subject, json.dumps({"v": 9}).encode())
         await nc.close()
         after = await asyncio.wait_for(session.tool("read", {"path": "hello.txt"}), 30)
         assert after.success

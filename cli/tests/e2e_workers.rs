@@ -289,8 +289,10 @@ fn the_spec_deployment_step_reads_session_id_and_nats_url_from_the_environment()
     );
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn tasks_that_require_a_region_run_only_on_workers_of_that_region() {
+/// `pool`: the workers serve every tenant's pool (`--session-id '*'`), else they attach to the
+/// session. A session's lane is served either by its attached workers (sticky once one attached)
+/// or by the pool, never by both: each kind routes by labels on its own.
+async fn tasks_that_require_a_region_run_only_on_workers_of_that_region(pool: bool) {
     use a3s_code_core::queue::SubmitOptions;
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
@@ -300,16 +302,15 @@ async fn tasks_that_require_a_region_run_only_on_workers_of_that_region() {
     let regions = ["eu-west", "us-east"];
     let mut workspaces = Vec::new();
     let mut workers = Vec::new();
-    for (i, region) in regions.iter().enumerate() {
+    let target = if pool {
+        "*".to_owned()
+    } else {
+        session.id().to_owned()
+    };
+    for region in regions {
         let ws = tempfile::tempdir().unwrap();
         std::fs::write(ws.path().join("region.txt"), region).unwrap();
         let label = format!("region={region}");
-        // One per-session worker and one pool worker ('*'): both kinds route by labels.
-        let target = if i == 0 {
-            session.id().to_owned()
-        } else {
-            "*".to_owned()
-        };
         workers.push(WorkerProc::spawn(
             &url,
             &prefix,
@@ -346,10 +347,23 @@ async fn tasks_that_require_a_region_run_only_on_workers_of_that_region() {
         );
     }
     // A task without labels runs on any worker.
-    let any = session
-        .tool("read", json!({"path": "region.txt"}))
-        .await
-        .unwrap();
+    let any = tokio::time::timeout(
+        Duration::from_secs(60),
+        session.tool("read", json!({"path": "region.txt"})),
+    )
+    .await
+    .expect("an unlabelled task ran")
+    .unwrap();
     assert!(regions.contains(&any.result["content"].as_str().unwrap()));
     session.close().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_that_require_a_region_run_only_on_pool_workers_of_that_region() {
+    tasks_that_require_a_region_run_only_on_workers_of_that_region(true).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_that_require_a_region_run_only_on_attached_workers_of_that_region() {
+    tasks_that_require_a_region_run_only_on_workers_of_that_region(false).await;
 }

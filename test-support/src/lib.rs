@@ -97,8 +97,8 @@ impl NatsServer {
 /// ```no_run
 /// let mut cluster = test_support::NatsCluster::start();
 /// let url = cluster.url(); // all three, comma-separated
-/// // ... create a stream `A3S_TASKS` with 3 replicas ...
-/// if let Some(i) = cluster.stream_leader("A3S_TASKS") {
+/// // ... create a stream `A3S_TASKS_default` with 3 replicas ...
+/// if let Some(i) = cluster.stream_leader("A3S_TASKS_default") {
 ///     cluster.kill(i);
 ///     cluster.restart(i);
 /// }
