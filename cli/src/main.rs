@@ -2,6 +2,7 @@
 
 use clap::{Parser, Subcommand};
 
+mod auth;
 mod bench;
 mod demo;
 #[cfg(feature = "otel")]
@@ -34,6 +35,9 @@ enum Command {
     /// A live view of a session's lanes and workers: from their /metrics endpoints
     /// (--metrics URL) and/or from NATS (--nats URL --session-id ID); --json for scripts.
     Stats(stats::StatsArgs),
+    /// Credentials: `auth permissions --role worker --tenant T` prints the nats-server
+    /// permissions of a role.
+    Auth(auth::AuthArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -76,6 +80,7 @@ fn main() -> anyhow::Result<()> {
             Command::Worker(args) => worker::run(args).await,
             Command::Bench(args) => bench::run(args).await,
             Command::Stats(args) => stats::run(args).await,
+            Command::Auth(args) => auth::run(args),
         }
     });
     #[cfg(feature = "otel")]

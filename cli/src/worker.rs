@@ -23,7 +23,8 @@ pub(crate) struct WorkerArgs {
     #[arg(long, env = "SESSION_ID")]
     session_id: String,
     /// With --session-id '*': serve only this tenant's sessions (default: every tenant, the
-    /// shared fleet).
+    /// shared fleet). With one session: the session's tenant, as a credential confined to it
+    /// requires (otherwise learned from the session).
     #[arg(long, env = "A3S_TENANT")]
     tenant: Option<String>,
     /// The prefix of this worker's reply inboxes (what `a3s-code auth permissions` prints for
@@ -151,11 +152,6 @@ impl WorkerArgs {
             opts = opts.with_worker_id(id);
         }
         if let Some(t) = &self.tenant {
-            if opts.session_id.is_some() {
-                bail!(
-                    "--tenant is for pool workers (--session-id '*'); a session's worker learns its tenant"
-                );
-            }
             opts = opts.with_tenant(t);
         }
         Ok(opts)

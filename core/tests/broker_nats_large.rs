@@ -65,7 +65,7 @@ fn blob(len: usize, seed: u64) -> String {
 /// Messages (chunks, metadata, tombstones) left in the payloads bucket.
 async fn objects_left(js: &async_nats::jetstream::Context, prefix: &str) -> u64 {
     let mut stream = js
-        .get_stream(format!("OBJ_{}_PAYLOADS", prefix.to_uppercase()))
+        .get_stream(format!("OBJ_{}_OBJ_default", prefix.to_uppercase()))
         .await
         .unwrap();
     stream.info().await.unwrap().state.messages
@@ -110,7 +110,10 @@ async fn large_payloads_and_results_travel_by_reference_and_are_deleted_after_us
         serde_json::from_slice(&tasks_seen.next().await.unwrap().payload).unwrap();
     assert_eq!(envelope["payload"], Value::Null);
     let r = &envelope["payload_ref"];
-    assert_eq!(r["bucket"], format!("{}_PAYLOADS", prefix.to_uppercase()));
+    assert_eq!(
+        r["bucket"],
+        format!("{}_OBJ_default", prefix.to_uppercase())
+    );
     assert_eq!(
         r["name"],
         format!("{}/{}/payload", session.id(), task.task_id)
@@ -283,23 +286,24 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
         .unwrap();
     let raw = async_nats::connect(&url).await.unwrap();
     let mut results_seen = raw
-        .subscribe(format!("{prefix}.result.{sid}"))
+        .subscribe(format!("{prefix}.result.default.*.{sid}"))
         .await
         .unwrap();
     raw.flush().await.unwrap();
     let flusher = raw.clone();
     let js = async_nats::jetstream::new(raw);
+    let hub = hub_id(&js, &prefix).await;
     // A task whose payload object does not exist (expired, or a buggy producer).
     let envelope = json!({
-        "v": 1, "task_id": "0badf00d-1", "session_id": sid, "lane": "query",
+        "v": 2, "tenant": "default", "hub": hub, "task_id": "0badf00d-1", "session_id": sid, "lane": "query",
         "command_type": "read", "payload": null, "timeout_ms": 30000, "remaining_ms": 30000,
         "created_at": 0, "attempt": 1, "max_attempts": 4,
         "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0, "max_delay_ms": 0},
-        "payload_ref": {"bucket": format!("{}_PAYLOADS", prefix.to_uppercase()),
+        "payload_ref": {"bucket": format!("{}_OBJ_default", prefix.to_uppercase()),
                         "name": format!("{sid}/0badf00d-1/payload"), "size": 2000000}
     });
     js.publish(
-        format!("{prefix}.task.{sid}.query._"),
+        format!("{prefix}.task.default.query._.{sid}"),
         serde_json::to_vec(&envelope).unwrap().into(),
     )
     .await
@@ -337,7 +341,7 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
     );
     // And it left the work queue.
     let mut tasks = js
-        .get_stream(format!("{}_TASKS", prefix.to_uppercase()))
+        .get_stream(format!("{}_TASKS_default", prefix.to_uppercase()))
         .await
         .unwrap();
     assert_eq!(tasks.info().await.unwrap().state.messages, 0);
@@ -349,30 +353,23 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
 async fn a_least_privilege_worker_with_the_object_store_permissions_handles_large_tasks() {
     let prefix = test_support::unique_prefix();
     let p = &prefix;
-    let t = format!("{}_TASKS", prefix.to_uppercase());
-    let b = format!("{}_PAYLOADS", prefix.to_uppercase());
-    // The worker permissions of docs/protocol.md §8, with the object store's.
+    // The worker permissions `a3s-code auth permissions --role worker --tenant default`
+    // generates: the object store of its tenant included.
+    use a3s_code_core::broker::permissions::{Permissions, Role};
+    let session_perms = Permissions::for_role(Role::Session, p, None).unwrap();
+    let worker_perms = Permissions::for_role(Role::Worker, p, Some("default")).unwrap();
     let conf = format!(
-        r#"authorization {{
-  users = [
-    {{ user: session, password: s1 }}
-    {{ user: worker, password: w1, permissions: {{
-        publish: ["$JS.API.CONSUMER.MSG.NEXT.{t}.>", "$JS.API.CONSUMER.INFO.{t}.>", "$JS.API.STREAM.INFO.{t}",
-                  "$JS.API.CONSUMER.LIST.{t}", "$JS.ACK.{t}.>", "{p}.result.>", "{p}.output.>",
-                  "$JS.API.STREAM.INFO.OBJ_{b}", "$JS.API.DIRECT.GET.OBJ_{b}.>",
-                  "$JS.API.CONSUMER.CREATE.OBJ_{b}", "$JS.FC.OBJ_{b}.>", "$O.{b}.>"]
-        subscribe: ["_INBOX.>", "{p}.ready.>", "{p}.cancel.>"]
-    }} }}
-  ]
-}}
-"#
+        "authorization {{\n  users = [\n{}\n{}\n  ]\n}}\n",
+        session_perms.to_nats_config("session", "s1"),
+        worker_perms.to_nats_config("worker", "w1"),
     );
     let server = test_support::NatsServer::start_with_config(&conf);
     let nats = config(&server.url(), &prefix);
     let (session, _dir) = nats_session(nats.clone().with_user_password("session", "s1")).await;
     let worker = WorkerClient::connect_with(
-        nats.with_user_password("worker", "w1"),
-        WorkerClientOptions::session(session.id()),
+        nats.with_user_password("worker", "w1")
+            .with_inbox_prefix(worker_perms.inbox_prefix.clone()),
+        WorkerClientOptions::session(session.id()).with_tenant("default"),
     )
     .await
     .unwrap();
@@ -395,4 +392,18 @@ async fn a_least_privilege_worker_with_the_object_store_permissions_handles_larg
     assert!(out.result["echo"].as_str().unwrap() == big);
     session.close().await;
     worker.close().await;
+}
+
+/// The hub (session process) id: the token in its results subjects.
+async fn hub_id(js: &async_nats::jetstream::Context, prefix: &str) -> String {
+    use futures_util::StreamExt;
+    let names = a3s_code_core::broker::wire::Names::new(prefix).unwrap();
+    let results = js.get_stream(names.results_stream()).await.unwrap();
+    let mut consumers = results.consumer_names();
+    while let Some(Ok(name)) = consumers.next().await {
+        if let Some(id) = name.strip_prefix("hub_") {
+            return id.to_owned();
+        }
+    }
+    panic!("no hub consumer")
 }

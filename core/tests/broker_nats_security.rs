@@ -90,49 +90,112 @@ async fn token_authentication_and_a_wrong_token() {
     s.close().await;
 }
 
+fn tenant_session(nats: NatsConfig, tenant: &str) -> (AgentSession, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    let cfg = SessionQueueConfig {
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms: 30_000,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    };
+    let s = Agent::from_config(AgentConfig::default())
+        .session(
+            dir.path(),
+            Some(
+                SessionOptions::new()
+                    .with_queue_config(cfg)
+                    .with_nats(nats)
+                    .with_tenant(tenant, 1.0)
+                    .unwrap(),
+            ),
+        )
+        .unwrap();
+    (s, dir)
+}
+
+/// Tenant isolation with the permissions `a3s-code auth permissions` generates: a worker
+/// credential of tenant A serves A's sessions (pool and attached) and can reach nothing of
+/// tenant B's: not its tasks (pull or acknowledge), not its results (read or forge), not its
+/// objects, not its inboxes. The fleet credential serves both and reads no results.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn a_least_privilege_worker_can_pull_and_report_but_not_publish_tasks_or_read_results() {
+async fn tenant_workers_reach_nothing_of_another_tenant() {
+    use a3s_code_core::broker::permissions::{Permissions, Role};
     let prefix = test_support::unique_prefix();
     let p = &prefix;
-    let t = format!("{}_TASKS", prefix.to_uppercase());
-    // The worker permissions of docs/protocol.md §8.
+    let users = [
+        (
+            "session",
+            Permissions::for_role(Role::Session, p, None).unwrap(),
+        ),
+        (
+            "worker-a",
+            Permissions::for_role(Role::Worker, p, Some("a")).unwrap(),
+        ),
+        (
+            "worker-b",
+            Permissions::for_role(Role::Worker, p, Some("b")).unwrap(),
+        ),
+        (
+            "fleet",
+            Permissions::for_role(Role::Worker, p, None).unwrap(),
+        ),
+    ];
     let conf = format!(
-        r#"authorization {{
-  users = [
-    {{ user: session, password: s1 }}
-    {{ user: worker, password: w1, permissions: {{
-        publish: ["$JS.API.CONSUMER.MSG.NEXT.{t}.>", "$JS.API.CONSUMER.INFO.{t}.>", "$JS.API.STREAM.INFO.{t}",
-                  "$JS.API.CONSUMER.LIST.{t}", "$JS.ACK.{t}.>", "{p}.result.>", "{p}.output.>"]
-        subscribe: ["_INBOX.>", "{p}.ready.>", "{p}.cancel.>"]
-    }} }}
-  ]
-}}
-"#
+        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+        users
+            .iter()
+            .map(|(u, perms)| perms.to_nats_config(u, "pw"))
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     let server = test_support::NatsServer::start_with_config(&conf);
     let nats = NatsConfig::new(server.url()).with_prefix(&prefix);
-    let (s, _dir) = session(
-        nats.clone().with_user_password("session", "s1"),
-        SessionQueueConfig::default(),
-    );
-    s.broker_ready(Duration::from_secs(10)).await.unwrap();
-    let worker_cfg = nats.clone().with_user_password("worker", "w1");
-    let worker =
-        WorkerClient::connect_with(worker_cfg.clone(), WorkerClientOptions::session(s.id()))
-            .await
-            .unwrap();
-    round_trip(&s, &worker).await;
-    // And the pool form.
-    let pool = WorkerClient::connect_with(worker_cfg, WorkerClientOptions::pool())
-        .await
-        .unwrap();
-    round_trip(&s, &pool).await;
+    let as_user = |user: &str| {
+        let inbox = users
+            .iter()
+            .find(|(u, _)| *u == user)
+            .unwrap()
+            .1
+            .inbox_prefix
+            .clone();
+        nats.clone()
+            .with_user_password(user, "pw")
+            .with_inbox_prefix(inbox)
+    };
+    let (sa, _da) = tenant_session(as_user("session"), "a");
+    let (sb, _db) = tenant_session(as_user("session"), "b");
+    sa.broker_ready(Duration::from_secs(10)).await.unwrap();
+    sb.broker_ready(Duration::from_secs(10)).await.unwrap();
 
-    // With the worker's credentials, a raw client can neither inject a task nor read results.
-    // The server says so (`-ERR 'Permissions Violation ...'`): the tests wait for those refusals
-    // instead of for a quiet period that a slow machine would pass anyway.
+    // Each tenant's pool worker serves its own tenant.
+    let worker_a = WorkerClient::connect_with(
+        as_user("worker-a"),
+        WorkerClientOptions::pool()
+            .with_tenant("a")
+            .with_lanes([SessionLane::Query]),
+    )
+    .await
+    .unwrap();
+    let worker_b = WorkerClient::connect_with(
+        as_user("worker-b"),
+        WorkerClientOptions::pool()
+            .with_tenant("b")
+            .with_lanes([SessionLane::Query]),
+    )
+    .await
+    .unwrap();
+    round_trip(&sa, &worker_a).await;
+    round_trip(&sb, &worker_b).await;
+
+    // A raw client with tenant A's worker credential tries everything on tenant B.
     let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
-    let raw = async_nats::ConnectOptions::with_user_and_password("worker".into(), "w1".into())
+    let raw = async_nats::ConnectOptions::with_user_and_password("worker-a".into(), "pw".into())
+        .custom_inbox_prefix("_INBOX_W.a")
         .event_callback(move |event| {
             let refused_tx = refused_tx.clone();
             async move {
@@ -156,30 +219,95 @@ async fn a_least_privilege_worker_can_pull_and_report_but_not_publish_tasks_or_r
         .await
         .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
     };
-    let js = async_nats::jetstream::new(raw.clone());
-    let forged_subject = format!("{p}.task.{}.query._", s.id());
-    // Never acknowledged: the refusal below proves the message was dropped.
-    let _forged = js.publish(forged_subject.clone(), "{}".into()).await;
-    refusal_of("Publish", &forged_subject).await;
-    let results_stream = js
-        .get_stream(format!("{}_RESULTS", prefix.to_uppercase()))
-        .await;
-    assert!(
-        results_stream.is_err(),
-        "a worker must not be able to look at the results stream"
-    );
-    let mut snoop = raw.subscribe(format!("{p}.result.>")).await.unwrap();
-    refusal_of("Subscription", &format!("{p}.result.>")).await;
-    round_trip(&s, &worker).await;
-    // The result was routed before the session got it from its stream, so a PING/PONG on the
-    // raw connection afterwards is a barrier: anything routed to `snoop` has arrived by now.
+    let up = prefix.to_uppercase();
+    let forbidden_publishes = [
+        // Pull, inspect or acknowledge B's tasks.
+        format!("$JS.API.CONSUMER.MSG.NEXT.{up}_TASKS_b.pool_query__"),
+        format!("$JS.API.CONSUMER.INFO.{up}_TASKS_b.pool_query__"),
+        format!("$JS.ACK.{up}_TASKS_b.pool_query__.1.1.1.1700000000000000000.0"),
+        // Forge a result for B's session, or inject a task anywhere.
+        format!("{p}.result.b.hub.{}", sb.id()),
+        format!("{p}.task.a.query._"),
+        // Read or delete B's objects.
+        format!("$JS.API.STREAM.INFO.OBJ_{up}_OBJ_b"),
+        format!("$O.{up}_OBJ_b.M.x"),
+        // Read results through a consumer of its own.
+        format!("$JS.API.CONSUMER.CREATE.{up}_RESULTS"),
+    ];
+    for subject in &forbidden_publishes {
+        raw.publish(subject.clone(), "{}".into()).await.unwrap();
+        refusal_of("Publish", subject).await;
+    }
+    let forbidden_subscriptions = [
+        format!("{p}.result.>"),
+        format!("{p}.result.b.>"),
+        "_INBOX.>".to_owned(),
+        "_INBOX_W.b.>".to_owned(),
+        "_INBOX_W.>".to_owned(),
+        format!("{p}.ready.b"),
+        format!("{p}.cancel.b"),
+    ];
+    let mut snoops = Vec::new();
+    for subject in &forbidden_subscriptions {
+        snoops.push(raw.subscribe(subject.clone()).await.unwrap());
+        refusal_of("Subscription", subject).await;
+    }
+    // A's own work is unaffected, and nothing of B's reached the snoops.
+    round_trip(&sa, &worker_a).await;
+    round_trip(&sb, &worker_b).await;
     raw.flush().await.unwrap();
-    let leaked = futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut snoop));
-    assert!(
-        !matches!(leaked, Some(Some(_))),
-        "a worker must not receive results"
-    );
-    s.close().await;
+    for mut snoop in snoops {
+        let leaked =
+            futures_util::FutureExt::now_or_never(futures_util::StreamExt::next(&mut snoop));
+        assert!(
+            !matches!(leaked, Some(Some(_))),
+            "a worker of A received B's traffic"
+        );
+    }
+
+    // The shared fleet serves every tenant and still reads no results.
+    worker_a.close().await;
+    worker_b.close().await;
+    let fleet = WorkerClient::connect_with(
+        as_user("fleet"),
+        WorkerClientOptions::pool().with_lanes([SessionLane::Query]),
+    )
+    .await
+    .unwrap();
+    round_trip(&sa, &fleet).await;
+    round_trip(&sb, &fleet).await;
+    let (fleet_refused_tx, mut fleet_refused) = tokio::sync::mpsc::unbounded_channel();
+    let fleet_raw = async_nats::ConnectOptions::with_user_and_password("fleet".into(), "pw".into())
+        .custom_inbox_prefix("_INBOX_W._")
+        .event_callback(move |event| {
+            let tx = fleet_refused_tx.clone();
+            async move {
+                if let async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) = event {
+                    let _ = tx.send(msg);
+                }
+            }
+        })
+        .connect(server.url())
+        .await
+        .unwrap();
+    let subject = format!("$JS.API.CONSUMER.CREATE.{up}_RESULTS");
+    fleet_raw
+        .publish(subject.clone(), "{}".into())
+        .await
+        .unwrap();
+    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
+    tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(msg) = fleet_refused.recv().await {
+            if msg.contains(&wanted) {
+                return;
+            }
+        }
+    })
+    .await
+    .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
+    fleet.close().await;
+    sa.close().await;
+    sb.close().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

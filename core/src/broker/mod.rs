@@ -7,6 +7,7 @@
 //! ([`WorkerClient`](crate::worker::WorkerClient), `a3s-code worker`, or any client following
 //! `docs/protocol.md`) pull it from there. Scheduling stays in the session either way.
 
+pub mod permissions;
 pub mod wire;
 
 #[cfg(feature = "nats")]

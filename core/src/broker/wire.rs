@@ -173,10 +173,11 @@ impl Names {
         format!("{}.cancel.{tenant}", self.prefix)
     }
 
-    /// Core NATS request: a worker of one session asks its session's hub to attach
-    /// (`*`: what hubs listen on).
-    pub fn attach_subject(&self, session: &str) -> String {
-        format!("{}.attach.{session}", self.prefix)
+    /// Core NATS request: a worker of one session asks its session's hub to attach, under the
+    /// session's tenant, or [`FLEET`] when the worker does not know it (a credential confined to
+    /// a tenant may publish only under its own). Hubs listen on `<prefix>.attach.*.*`.
+    pub fn attach_subject(&self, tenant: &str, session: &str) -> String {
+        format!("{}.attach.{tenant}.{session}", self.prefix)
     }
 
     /// Core NATS: a worker's presence, under its tenant ([`FLEET`] for a worker of every

@@ -119,7 +119,7 @@ pub struct NatsConfig {
     pub duplicate_window: Duration,
     /// The subject prefix of this client's reply inboxes (default `_INBOX`). A worker credential
     /// confined to one tenant may subscribe only to its own inboxes: give its clients the prefix
-    /// `a3s-code auth permissions` prints for it (`_INBOX_<tenant>`), so no credential can read
+    /// `a3s-code auth permissions` prints for it (`_INBOX_W.<tenant>`), so no credential can read
     /// the replies (task deliveries, acknowledgements) meant for another.
     pub inbox_prefix: String,
 }

@@ -109,16 +109,27 @@ fn registry() -> &'static Mutex<HashMap<String, Weak<HubSlot>>> {
     HUBS.get_or_init(Default::default)
 }
 
-/// The registry key: sessions with the same servers, credentials and names share a hub.
+/// The registry key: sessions with the same servers, credentials and names share a hub. (Kept
+/// in memory only; the credentials themselves are part of it, as a different token is a
+/// different connection.)
 fn identity(config: &NatsConfig) -> String {
+    use super::config::NatsAuth;
+    let auth = match &config.auth {
+        NatsAuth::None => String::new(),
+        NatsAuth::Token(t) => format!("token:{t}"),
+        NatsAuth::UserPassword { user, password } => format!("user:{user}:{password}"),
+        NatsAuth::NKey(seed) => format!("nkey:{seed}"),
+        NatsAuth::CredentialsFile(p) => format!("creds:{}", p.display()),
+    };
     format!(
-        "{:?}|{}|{:?}|{:?}|{}|{}",
+        "{:?}|{}|{auth}|{:?}|{}|{}|{:?}|{}",
         config.servers,
         config.prefix,
-        config.auth,
         config.tls,
         config.inbox_prefix,
-        config.replicas
+        config.replicas,
+        config.lease,
+        config.max_object_bytes
     )
 }
 
@@ -214,7 +225,7 @@ impl Hub {
             .await
             .map_err(|e| unavailable("subscribing to output", e))?;
         let attach = client
-            .subscribe(names.attach_subject("*"))
+            .subscribe(format!("{}.attach.>", names.prefix()))
             .await
             .map_err(|e| unavailable("subscribing to attach requests", e))?;
         let hub = Arc::new(Hub {
@@ -653,8 +664,13 @@ async fn consume_output(hub: Weak<Hub>, mut sub: async_nats::Subscriber) {
 async fn serve_attach(hub: Weak<Hub>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
         let Some(h) = hub.upgrade() else { return };
-        let Some(session) = msg.subject.split('.').nth(2) else {
-            continue;
+        let tokens: Vec<&str> = msg.subject.split('.').collect();
+        // `attach.<tenant>.<session>`, or `attach.<session>` for a worker that does not know
+        // (or speak for) the tenant: as `attach._.<session>`.
+        let (tenant, session) = match tokens[..] {
+            [_, _, tenant, session] => (tenant, session),
+            [_, _, session] => (wire::FLEET, session),
+            _ => continue,
         };
         let Some(link) = h.link(session) else {
             continue;
@@ -663,6 +679,10 @@ async fn serve_attach(hub: Weak<Hub>, mut sub: async_nats::Subscriber) {
             continue;
         };
         let answer = match wire::decode::<AttachRequest>(&msg.payload) {
+            // Only a worker that may speak for the session's tenant (or for every tenant) attaches.
+            Ok(_) if tenant != link.tenant && tenant != wire::FLEET => {
+                Err(format!("session {session} is not in tenant {tenant}"))
+            }
             Ok(req) => {
                 let (tx, rx) = oneshot::channel();
                 let sent = link.attach.send(Attach {

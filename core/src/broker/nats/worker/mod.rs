@@ -76,7 +76,8 @@ pub struct WorkerClientOptions {
     /// The session to serve; `None` serves every session (a pool worker).
     pub session_id: Option<String>,
     /// The tenant whose sessions a pool worker serves; `None` serves every tenant (the shared
-    /// fleet). Ignored for a worker of one session (it learns the session's tenant).
+    /// fleet). A worker of one session learns its session's tenant; given, it attaches under it
+    /// (what a credential confined to that tenant allows).
     pub tenant: Option<String>,
     /// The lanes to serve (default: all four).
     pub lanes: Vec<SessionLane>,
@@ -1553,7 +1554,9 @@ async fn attach(inner: std::sync::Weak<Inner>, session_id: String) {
             worker_id: i.options.worker_id.clone(),
             lanes: i.options.lanes.clone(),
         };
-        let subject = i.names.attach_subject(&session_id);
+        let subject = i
+            .names
+            .attach_subject(i.options.tenant.as_deref().unwrap_or(FLEET), &session_id);
         let answer = tokio::time::timeout(
             Duration::from_secs(2),
             i.client.request(subject, wire::encode(&request).into()),
