@@ -33,6 +33,19 @@ fn stats(args: &[&str]) -> String {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn stats_reads_the_session_the_worker_and_the_broker() {
+    stats_reads_all_three(false).await;
+}
+
+/// The session's tasks wait in its tenant's pool (a `'*'` worker of tenant `default` serves
+/// them): `stats --nats --tenant default` shows the tenant's pool figures.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stats_reads_a_pooled_sessions_tenant_figures() {
+    stats_reads_all_three(true).await;
+}
+
+/// `pooled`: a pool worker (`--session-id '*' --tenant default`) serves the session, else a
+/// worker attached to it (the broker figures are then the session's own consumers').
+async fn stats_reads_all_three(pooled: bool) {
     let (url, _server) = test_support::nats();
     let prefix = test_support::unique_prefix();
     let dir = tempfile::tempdir().unwrap();
@@ -63,7 +76,12 @@ async fn stats_reads_the_session_the_worker_and_the_broker() {
     let _worker = Kill(
         Command::new(env!("CARGO_BIN_EXE_a3s-code"))
             .args(["worker", "--nats", &url, "--prefix", &prefix])
-            .args(["--session-id", session.id(), "--worker-id", "w-stats"])
+            .args(if pooled {
+                ["--session-id", "*", "--tenant", "default"]
+            } else {
+                ["--session-id", session.id(), "--tenant", "default"]
+            })
+            .args(["--worker-id", "w-stats"])
             .args(["--lanes", "query", "--metrics-addr", &worker_addr])
             .arg("--workspace")
             .arg(dir.path())
@@ -106,6 +124,8 @@ async fn stats_reads_the_session_the_worker_and_the_broker() {
             &prefix,
             "--session-id",
             session.id(),
+            "--tenant",
+            "default",
         ]);
         view = serde_json::from_str(out.trim()).unwrap();
         if view["workers"][0]["succeeded"] == 5 {
@@ -125,6 +145,8 @@ async fn stats_reads_the_session_the_worker_and_the_broker() {
     assert_eq!(worker["connected"], true);
     let broker = &view["broker"];
     assert_eq!(broker["found"], true);
+    assert_eq!(broker["tenant"], "default");
+    assert_eq!(broker["own_consumers"], !pooled, "{view:#}");
     assert_eq!(broker["per_lane"]["query"]["delivered_count"], 5);
     assert_eq!(broker["per_lane"]["query"]["ack_pending_count"], 0);
     assert_eq!(view["errors"].as_array().unwrap().len(), 0);
