@@ -36,6 +36,9 @@ if [ -z "${A3S_TEST_NATS_URL:-}" ]; then
   step "started nats-server $("$nats_bin" --version 2>&1 | head -1) at $A3S_TEST_NATS_URL"
 fi
 
+step "Layers: no import cycle between the core's modules"
+python3 scripts/check-layers.py >/dev/null
+
 step "Rust: cargo test --workspace"
 cargo test --workspace --locked
 

@@ -179,6 +179,16 @@ impl TaskSource for AgentSession {
     fn default_claim_limit(&self) -> usize {
         usize::MAX
     }
+
+    fn pending(&self, options: ClaimOptions) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
+        // The spec's call without options: what `pending_external_tasks()` does (an empty list
+        // once the session is closed, so its worker loop just finds nothing).
+        if options == ClaimOptions::default() {
+            return Box::pin(async move { Ok(self.pending_external_tasks().await) });
+        }
+        let (max, wait) = options.resolve(self.default_claim_limit());
+        self.claim(max, wait)
+    }
 }
 
 #[cfg(feature = "nats")]
