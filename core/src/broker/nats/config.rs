@@ -480,6 +480,8 @@ pub struct NatsOptions {
     pub replicas: Option<usize>,
     /// [`NatsConfig::duplicate_window`] in milliseconds.
     pub duplicate_window_ms: Option<u64>,
+    /// [`NatsConfig::inbox_prefix`].
+    pub inbox_prefix: Option<String>,
 }
 
 impl fmt::Debug for NatsOptions {
@@ -509,6 +511,7 @@ impl NatsOptions {
         "max_object_bytes",
         "replicas",
         "duplicate_window_ms",
+        "inbox_prefix",
     ];
 
     /// The config these options describe, checked.
@@ -570,6 +573,9 @@ impl NatsOptions {
         if let Some(ms) = self.duplicate_window_ms {
             cfg.duplicate_window = Duration::from_millis(ms);
         }
+        if let Some(p) = self.inbox_prefix {
+            cfg.inbox_prefix = p;
+        }
         cfg.validate()?;
         Ok(cfg)
     }
@@ -585,7 +591,9 @@ mod options_tests {
         // list and the struct cannot drift apart.
         for field in NatsOptions::FIELDS {
             let value = match *field {
-                "url" | "prefix" | "token" | "user" | "password" | "nkey" => "\"x\"".to_owned(),
+                "url" | "prefix" | "token" | "user" | "password" | "nkey" | "inbox_prefix" => {
+                    "\"x\"".to_owned()
+                }
                 "credentials_file" | "tls_ca" | "tls_cert" | "tls_key" => "\"/x\"".to_owned(),
                 _ => "1".to_owned(),
             };
