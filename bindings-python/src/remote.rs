@@ -29,7 +29,7 @@ impl PyNatsConfig {
     #[new]
     #[pyo3(signature = (url, *, prefix = None, token = None, user = None, password = None, nkey = None,
         credentials_file = None, tls_ca = None, tls_cert = None, tls_key = None, lease_ms = None,
-        max_object_bytes = None, replicas = None, duplicate_window_ms = None))]
+        max_object_bytes = None, replicas = None, duplicate_window_ms = None, inbox_prefix = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         url: String,
@@ -46,6 +46,7 @@ impl PyNatsConfig {
         max_object_bytes: Option<usize>,
         replicas: Option<usize>,
         duplicate_window_ms: Option<u64>,
+        inbox_prefix: Option<String>,
     ) -> PyResult<Self> {
         // No `..Default::default()`: a field added to the core fails to compile here.
         let options = NatsOptions {
@@ -63,6 +64,7 @@ impl PyNatsConfig {
             max_object_bytes,
             replicas,
             duplicate_window_ms,
+            inbox_prefix,
         };
         Ok(Self {
             inner: options.into_config().map_err(CoreError)?,
@@ -94,6 +96,11 @@ impl PyNatsConfig {
         self.inner.duplicate_window.as_millis() as u64
     }
 
+    #[getter]
+    fn inbox_prefix(&self) -> &str {
+        &self.inner.inbox_prefix
+    }
+
     fn __repr__(&self) -> String {
         format!(
             "NatsConfig(servers={:?}, prefix={:?})",
@@ -112,15 +119,18 @@ pub(crate) struct PyWorkerClient {
 #[pymethods]
 impl PyWorkerClient {
     /// `await WorkerClient.connect(url, session_id)`: a worker of `session_id` (`"*"` for every
-    /// session). With `config` (a `NatsConfig`) for auth, TLS or a prefix; `lanes`, `labels` and
-    /// `worker_id` narrow what it takes.
+    /// session). With `config` (a `NatsConfig`) for auth, TLS or a prefix; `tenant` confines a
+    /// `"*"` worker to that tenant's sessions (without it, it serves every tenant); `lanes`,
+    /// `labels` and `worker_id` narrow what it takes.
     #[staticmethod]
-    #[pyo3(signature = (url, session_id, *, config = None, lanes = None, labels = None, worker_id = None))]
+    #[pyo3(signature = (url, session_id, *, config = None, tenant = None, lanes = None, labels = None, worker_id = None))]
+    #[allow(clippy::too_many_arguments)]
     fn connect<'py>(
         py: Python<'py>,
         url: &str,
         session_id: &str,
         config: Option<PyNatsConfig>,
+        tenant: Option<String>,
         lanes: Option<Vec<PySessionLane>>,
         labels: Option<BTreeMap<String, String>>,
         worker_id: Option<String>,
@@ -136,6 +146,9 @@ impl PyWorkerClient {
             "*" => WorkerClientOptions::pool(),
             id => WorkerClientOptions::session(id),
         };
+        if let Some(t) = tenant {
+            opts = opts.with_tenant(t);
+        }
         if let Some(lanes) = lanes {
             opts = opts.with_lanes(lanes.into_iter().map(SessionLane::from));
         }
@@ -151,6 +164,12 @@ impl PyWorkerClient {
                 .map_err(CoreError)?;
             Ok(Connected(inner))
         })
+    }
+
+    /// `"waiting"` (no work exists for it yet), `"serving"` or `"draining"`.
+    #[getter]
+    fn state(&self) -> &'static str {
+        self.inner.state().as_str()
     }
 
     /// This worker's id, reported with its results.

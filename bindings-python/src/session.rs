@@ -3,6 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use a3s_code_core::broker::wire::DEFAULT_TENANT;
 use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, TaskHandle};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -24,13 +25,18 @@ pub(crate) struct PySessionOptions {
 #[pymethods]
 impl PySessionOptions {
     #[new]
-    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None, nats = None, metrics_addr = None))]
+    #[pyo3(signature = (queue_config = None, *, session_id = None, allow_bash = None, nats = None,
+        metrics_addr = None, tenant = None, tenant_weight = None, tenant_max_in_flight = None))]
+    #[allow(clippy::too_many_arguments)]
     fn new(
         queue_config: Option<PySessionQueueConfig>,
         session_id: Option<String>,
         allow_bash: Option<bool>,
         nats: Option<crate::remote::PyNatsConfig>,
         metrics_addr: Option<String>,
+        tenant: Option<String>,
+        tenant_weight: Option<f64>,
+        tenant_max_in_flight: Option<usize>,
     ) -> PyResult<Self> {
         let metrics_addr = metrics_addr
             .map(|a| {
@@ -38,16 +44,42 @@ impl PySessionOptions {
                     .map_err(|e| PyValueError::new_err(format!("metrics_addr {a:?}: {e}")))
             })
             .transpose()?;
-        Ok(Self {
-            inner: SessionOptions {
-                queue_config: queue_config.map(|c| c.inner),
-                session_id,
-                allow_bash,
-                nats: nats.map(|n| n.inner),
-                metrics_addr,
-                tenant: None,
-            },
-        })
+        let mut inner = SessionOptions {
+            queue_config: queue_config.map(|c| c.inner),
+            session_id,
+            allow_bash,
+            nats: nats.map(|n| n.inner),
+            metrics_addr,
+            tenant: None,
+        };
+        // A weight without a name weighs the default tenant; the core checks both.
+        if tenant.is_some() || tenant_weight.is_some() {
+            let name = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
+            inner = inner
+                .with_tenant(name, tenant_weight.unwrap_or(1.0))
+                .map_err(CoreError)?;
+        }
+        if let Some(n) = tenant_max_in_flight {
+            inner = inner.with_tenant_max_in_flight(n).map_err(CoreError)?;
+        }
+        Ok(Self { inner })
+    }
+
+    /// The tenant's name (`None` when no tenant option was given: the default tenant).
+    #[getter]
+    fn tenant(&self) -> Option<&str> {
+        self.inner.tenant.as_ref().map(|t| t.name())
+    }
+
+    /// The tenant's weight (`None` when no tenant option was given).
+    #[getter]
+    fn tenant_weight(&self) -> Option<f64> {
+        self.inner.tenant.as_ref().map(|t| t.weight())
+    }
+
+    #[getter]
+    fn tenant_max_in_flight(&self) -> Option<usize> {
+        self.inner.tenant.as_ref().and_then(|t| t.max_in_flight())
     }
 
     #[getter]

@@ -78,12 +78,14 @@ def test_option_sets_accept_exactly_the_core_names() -> None:
     assert keywords(a3s_code.SessionQueueConfig) == options["SessionQueueConfig"]
     assert keywords(a3s_code.RetryPolicy) == options["RetryPolicy"]
     assert keywords(a3s_code.NatsConfig) == options["NatsConfig"]
+    assert keywords(a3s_code.SessionOptions) == options["SessionOptions"]
     for cls in (a3s_code.AgentSession, a3s_code.WorkerClient):
         # `wait` (seconds) is the deprecated spelling of `wait_ms`.
         names = keywords(cls.pending_external_tasks)
         assert [n for n in names if n != "wait"] == options["ClaimOptions"], cls
     # Every option set is checked above.
-    assert set(options) - {"note"} == {"SessionQueueConfig", "RetryPolicy", "NatsConfig", "ClaimOptions"}
+    assert set(options) - {"note"} == {
+        "SessionQueueConfig", "RetryPolicy", "NatsConfig", "ClaimOptions", "SessionOptions"}
 
 
 async def test_claim_arguments(make_session: SessionFactory) -> None:
@@ -143,10 +145,9 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                 assert isinstance(await awaitable, ExternalTaskResult)
                 checked += 1
                 continue
-            # api.json may still call WorkerClient by its old name.
-            cls = getattr(a3s_code, "WorkerClient" if cls_name == "RemoteSession" else cls_name)
+            cls = getattr(a3s_code, cls_name)
             assert hasattr(cls, name), f"{cls_name}.{name}"
-            if cls_name in ("RemoteSession", "WorkerClient"):
+            if cls_name == "WorkerClient":
                 # Its instances need NATS (test_nats.py); connect itself is a coroutine.
                 if name == "connect":
                     assert is_async

@@ -199,3 +199,57 @@ async def test_nats_config_limits_are_checked_and_max_object_bytes_caps_submit(
         NatsConfig(nats_url, tls_key="/k.pem")
     with pytest.raises(InvalidConfigError):
         NatsConfig("")
+
+
+async def test_a_tenant_session_round_trips_through_a_pool_worker_of_its_tenant(
+        agent: Agent, tmp_path: pathlib.Path, nats_url: str) -> None:
+    prefix = "py" + uuid.uuid4().hex[:10]
+    config = NatsConfig(nats_url, prefix=prefix, inbox_prefix="_INBOX_T")
+    assert config.inbox_prefix == "_INBOX_T"
+    assert NatsConfig(nats_url).inbox_prefix == "_INBOX"
+    # A pool worker of the tenant connects before any session exists: it waits for work.
+    worker = await WorkerClient.connect(nats_url, "*", config=config, tenant="acme", lanes=[SessionLane.QUERY])
+    other = await WorkerClient.connect(nats_url, "*", config=config, tenant="globex", lanes=[SessionLane.QUERY])
+    assert worker.state == "waiting"
+    cfg = SessionQueueConfig(
+        lane_handlers={SessionLane.QUERY: LaneHandlerConfig(mode=TaskHandlerMode.EXTERNAL, timeout_ms=30_000)})
+    options = SessionOptions(queue_config=cfg, nats=config, tenant="acme", tenant_weight=3.0, tenant_max_in_flight=8)
+    assert (options.tenant, options.tenant_weight, options.tenant_max_in_flight) == ("acme", 3.0, 8)
+    session = agent.session(tmp_path, options)
+    try:
+        await session.broker_ready(10.0)
+        handle = await session.submit(SessionLane.QUERY, "read", {"path": "t.txt"})
+        tasks = []
+        for _ in range(30):
+            tasks = await worker.pending_external_tasks(limit=1, wait_ms=1_000)
+            if tasks:
+                break
+        assert [t.task_id for t in tasks] == [handle.task_id]
+        assert worker.state == "serving"
+        # Another tenant's pool worker never sees it.
+        assert await other.pending_external_tasks() == []
+        await worker.complete_external_task(tasks[0].task_id, ExternalTaskResult(success=True, result={"ok": "acme"}))
+        result = await asyncio.wait_for(handle.result(), 30)
+        assert result.success and result.result == {"ok": "acme"}
+    finally:
+        await session.close()
+        await worker.close()
+        await other.close()
+    assert worker.state == "draining"
+
+
+def test_bad_tenant_options_raise_invalid_config_error() -> None:
+    for bad in ("a.b", "a b", "_sys", "", "x" * 65):
+        with pytest.raises(InvalidConfigError, match="tenant"):
+            SessionOptions(tenant=bad)
+    for weight in (0.0, -1.0, float("nan"), float("inf")):
+        with pytest.raises(InvalidConfigError, match="weight"):
+            SessionOptions(tenant="acme", tenant_weight=weight)
+    with pytest.raises(InvalidConfigError, match="max_in_flight"):
+        SessionOptions(tenant="acme", tenant_max_in_flight=0)
+    # Without a name, a weight or a cap applies to the default tenant.
+    assert SessionOptions(tenant_weight=2.0).tenant == "default"
+    assert SessionOptions(tenant_max_in_flight=4).tenant_max_in_flight == 4
+    assert SessionOptions().tenant is None
+    with pytest.raises(InvalidConfigError):
+        NatsConfig("nats://127.0.0.1:4222", inbox_prefix="bad prefix")

@@ -4,7 +4,7 @@
 # in any asyncio loop returns the outcome.
 
 import datetime
-from typing import Any, ClassVar, Dict, Final, Iterable, List, Optional, Tuple, Union, final
+from typing import Any, ClassVar, Dict, Final, Iterable, List, Literal, Optional, Tuple, Union, final
 from os import PathLike
 
 __all__ = [
@@ -222,6 +222,9 @@ class SessionOptions:
         allow_bash: Optional[bool] = None,
         nats: Optional[NatsConfig] = None,
         metrics_addr: Optional[str] = None,
+        tenant: Optional[str] = None,
+        tenant_weight: Optional[float] = None,
+        tenant_max_in_flight: Optional[int] = None,
     ) -> SessionOptions: ...
     @property
     def queue_config(self) -> Optional[SessionQueueConfig]: ...
@@ -229,6 +232,12 @@ class SessionOptions:
     def session_id(self) -> Optional[str]: ...
     @property
     def allow_bash(self) -> Optional[bool]: ...
+    @property
+    def tenant(self) -> Optional[str]: ...
+    @property
+    def tenant_weight(self) -> Optional[float]: ...
+    @property
+    def tenant_max_in_flight(self) -> Optional[int]: ...
 
 # ----- tasks ------------------------------------------------------------------------------------
 
@@ -463,6 +472,7 @@ class NatsConfig:
         max_object_bytes: Optional[int] = None,
         replicas: Optional[int] = None,
         duplicate_window_ms: Optional[int] = None,
+        inbox_prefix: Optional[str] = None,
     ) -> NatsConfig: ...
     @property
     def servers(self) -> List[str]: ...
@@ -474,6 +484,8 @@ class NatsConfig:
     def replicas(self) -> int: ...
     @property
     def duplicate_window_ms(self) -> int: ...
+    @property
+    def inbox_prefix(self) -> str: ...
 
 # The worker's side of a session over NATS (`RemoteSession` is its deprecated old name, served
 # by the a3s_code package).
@@ -485,10 +497,13 @@ class WorkerClient:
         session_id: str,
         *,
         config: Optional[NatsConfig] = None,
+        tenant: Optional[str] = None,
         lanes: Optional[List[SessionLane]] = None,
         labels: Optional[Dict[str, str]] = None,
         worker_id: Optional[str] = None,
     ) -> WorkerClient: ...
+    @property
+    def state(self) -> Literal["waiting", "serving", "draining"]: ...
     @property
     def worker_id(self) -> str: ...
     # Unset: the core's ClaimOptions defaults. `wait` (seconds) is deprecated: use `wait_ms`.
