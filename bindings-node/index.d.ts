@@ -202,10 +202,13 @@ export declare class WorkerClient {
   /**
    * Connects to `url` as a worker of `sessionId` (`'*'` for every session on the broker).
    *
-   * Rejects with `BrokerUnavailable` when NATS cannot be reached (or no session ever
-   * created its streams under this prefix), `InvalidConfig` for bad options.
+   * Rejects with `BrokerUnavailable` when NATS cannot be reached, `InvalidConfig` for bad
+   * options. A worker whose session (or tenant) has no work yet connects and waits for it
+   * (`state` is `'waiting'`).
    */
   static connect(url: string, sessionId: string, options?: WorkerClientOptions | undefined | null): Promise<WorkerClient>
+  /** `'waiting'` (no work exists for it yet), `'serving'` or `'draining'`. */
+  get state(): 'waiting' | 'serving' | 'draining'
   /** This worker's id, reported with its results. */
   get workerId(): string
   /**
@@ -485,6 +488,11 @@ export interface NatsConfig {
   replicas?: number
   /** How long the streams the session creates deduplicate a retried publish, in milliseconds. */
   duplicateWindowMs?: number
+  /**
+   * The prefix of this client's reply inboxes (default `_INBOX`): a credential confined to
+   * one tenant may subscribe only to its own (`a3s-code auth permissions` prints it).
+   */
+  inboxPrefix?: string
 }
 
 /**
@@ -610,6 +618,21 @@ export interface SessionOptions {
    * (port 0 picks a free one). Turns `enableMetrics` on.
    */
   metricsAddr?: string
+  /**
+   * The tenant this session belongs to (one subject token: letters, digits, `-`, `_`, not
+   * starting with `_`); absent: the default tenant, `'default'`.
+   */
+  tenant?: string
+  /**
+   * The tenant's share of a shared worker fleet (finite, > 0; default 1). Without `tenant`,
+   * weighs the default tenant.
+   */
+  tenantWeight?: number
+  /**
+   * Caps the tenant's tasks in flight in each lane, across all its sessions and workers
+   * (at least 1).
+   */
+  tenantMaxInFlight?: number
 }
 
 /**
@@ -708,6 +731,11 @@ export interface Usage {
 export interface WorkerClientOptions {
   /** Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins). */
   config?: NatsConfig
+  /**
+   * With session id `'*'`: serve only this tenant's sessions (absent: every tenant's, the
+   * shared fleet). With one session: attach under this tenant.
+   */
+  tenant?: string
   /** The lanes to serve (default: all four). */
   lanes?: Array<SessionLane>
   /**

@@ -70,7 +70,7 @@ test('WorkerClient: every name of api.json; connect is async; RemoteSession is i
   assert.equal(typeof WorkerClient, 'function')
   assert.equal(code.RemoteSession, WorkerClient) // the same class, under its former name
   const proto = Object.getOwnPropertyNames(WorkerClient.prototype)
-  for (const entry of api.classes.WorkerClient ?? api.classes.RemoteSession) {
+  for (const entry of api.classes.WorkerClient) {
     const name = entry.node.split('(')[0]
     if (name === 'connect') {
       // Nothing listens on port 1: it rejects, asynchronously.

@@ -90,7 +90,7 @@ test('WorkerClient: claims with limit and wait, batches, gives back, and rejects
   assert.equal(remote.workerId, 'node-worker-1')
 
   // Async exactly where api.json says.
-  for (const entry of api.classes.WorkerClient ?? api.classes.RemoteSession) {
+  for (const entry of api.classes.WorkerClient) {
     const name = entry.node.split('(')[0]
     if (name === 'connect' || name === 'close') continue
     if (name === 'workerId') {
@@ -185,5 +185,55 @@ test('maxObjectBytes caps what a session submits, replicas and duplicateWindowMs
   await session.close()
   for (const nats of [{ url, replicas: 0 }, { url, replicas: 6 }, { url, duplicateWindowMs: 0 }, { url, maxObjectBytes: -1 }]) {
     assert.throws(() => new Agent().session(workspace(), { nats }), { code: 'InvalidConfig' })
+  }
+})
+
+test('a session of a tenant round-trips a task through a pool WorkerClient of that tenant', async () => {
+  const config = { url, prefix, inboxPrefix: '_INBOX_T' }
+  // Pool workers of the tenant (and of another one) connect before any session exists: they wait.
+  const worker = await WorkerClient.connect(url, '*', { config, tenant: 'acme', lanes: [SessionLane.Query] })
+  const other = await WorkerClient.connect(url, '*', { config, tenant: 'globex', lanes: [SessionLane.Query] })
+  assert.equal(worker.state, 'waiting')
+  const session = new Agent().session(workspace(), {
+    nats: config,
+    tenant: 'acme',
+    tenantWeight: 3,
+    tenantMaxInFlight: 8,
+    queueConfig: { laneHandlers: { query: { mode: 'external', timeoutMs: 30_000 } } },
+  })
+  try {
+    await session.brokerReady(10_000)
+    const handle = await session.submit('query', 'read', { path: 't.txt' })
+    let tasks = []
+    for (let i = 0; i < 30 && tasks.length === 0; i++) {
+      tasks = await worker.pendingExternalTasks({ limit: 1, waitMs: 1_000 })
+    }
+    assert.deepEqual(tasks.map((t) => t.taskId), [handle.taskId])
+    assert.equal(worker.state, 'serving')
+    // Another tenant's pool worker never sees it.
+    assert.deepEqual(await other.pendingExternalTasks(), [])
+    await worker.completeExternalTask(tasks[0].taskId, { success: true, result: { ok: 'acme' } })
+    const result = await handle.result()
+    assert.equal(result.success, true)
+    assert.deepEqual(result.result, { ok: 'acme' })
+  } finally {
+    await session.close()
+    await worker.close()
+    await other.close()
+  }
+  assert.equal(worker.state, 'draining')
+})
+
+test('bad tenant options and inboxPrefix throw InvalidConfig', () => {
+  const queueConfig = { laneHandlers: { query: { mode: 'external' } } }
+  const bad = [
+    ...['a.b', 'a b', '_sys', '', 'x'.repeat(65)].map((tenant) => ({ tenant })),
+    ...[0, -1, NaN, Infinity].map((tenantWeight) => ({ tenant: 'acme', tenantWeight })),
+    { tenant: 'acme', tenantMaxInFlight: 0 },
+    { tenantMaxInFlight: -1 },
+    { nats: { url, inboxPrefix: 'bad prefix' } },
+  ]
+  for (const options of bad) {
+    assert.throws(() => new Agent().session(workspace(), { queueConfig, ...options }), { code: 'InvalidConfig' }, JSON.stringify(options))
   }
 })

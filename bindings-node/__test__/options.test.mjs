@@ -22,7 +22,7 @@ const dts = readFileSync(path.join(root, 'bindings-node/index.d.ts'), 'utf8')
 const sets = Object.entries(api.options).filter(([name]) => name !== 'note')
 
 test('api.json lists the option sets', () => {
-  assert.deepEqual(sets.map(([name]) => name).sort(), ['ClaimOptions', 'NatsConfig', 'RetryPolicy', 'SessionQueueConfig'])
+  assert.deepEqual(sets.map(([name]) => name).sort(), ['ClaimOptions', 'NatsConfig', 'RetryPolicy', 'SessionOptions', 'SessionQueueConfig'])
 })
 
 for (const [name, fields] of sets) {

@@ -60,6 +60,13 @@ export async function typed(): Promise<void> {
   const remoteOptions: WorkerClientOptions = { config: nats, lanes: [SessionLane.Query], labels: { region: 'eu-west' } }
   const remote: WorkerClient = await WorkerClient.connect('nats://10.0.0.5:4222', distributed.id, remoteOptions)
   const plain: WorkerClient = await WorkerClient.connect('nats://10.0.0.5:4222', '*')
+  // A pool worker of one tenant; a session of that tenant, weighted and capped.
+  const pool: WorkerClient = await WorkerClient.connect('nats://10.0.0.5:4222', '*', { tenant: 'acme' })
+  const state: 'waiting' | 'serving' | 'draining' = pool.state
+  const tenantOptions: SessionOptions = { nats: { ...nats, inboxPrefix: '_INBOX_W.acme' }, tenant: 'acme', tenantWeight: 3, tenantMaxInFlight: 64 }
+  agent.session('.', tenantOptions)
+  // @ts-expect-error: state is one of three strings
+  const notState: 'idle' = pool.state
   // The former names still type-check (deprecated aliases of the same class and options).
   const oldOptions: RemoteOptions = remoteOptions
   const old: RemoteSession = await RemoteSession.connect('nats://10.0.0.5:4222', '*', oldOptions)
@@ -85,5 +92,5 @@ export async function typed(): Promise<void> {
   const notVoid: undefined = session.setLaneHandler(SessionLane.Query, handler)
   // @ts-expect-error: counts are numbers
   agent.session('.', { queueConfig: { queryMaxConcurrency: '20' } })
-  void [path, left, late, outcomes, result, out, builtin, pending, p99, dead, next, codes, notVoid, plain, workerId, refused, noUrl]
+  void [path, left, late, outcomes, result, out, builtin, pending, p99, dead, next, codes, notVoid, plain, workerId, refused, noUrl, state, notState]
 }

@@ -54,6 +54,9 @@ pub struct NatsConfig {
     pub replicas: Option<i64>,
     /// How long the streams the session creates deduplicate a retried publish, in milliseconds.
     pub duplicate_window_ms: Option<i64>,
+    /// The prefix of this client's reply inboxes (default `_INBOX`): a credential confined to
+    /// one tenant may subscribe only to its own (`a3s-code auth permissions` prints it).
+    pub inbox_prefix: Option<String>,
 }
 
 impl std::fmt::Debug for NatsConfig {
@@ -87,6 +90,7 @@ impl NatsConfig {
             max_object_bytes: counted("maxObjectBytes", self.max_object_bytes)?,
             replicas: counted("replicas", self.replicas)?,
             duplicate_window_ms: millis("duplicateWindowMs", self.duplicate_window_ms)?,
+            inbox_prefix: self.inbox_prefix,
         }
         .into_config()
     }
@@ -99,6 +103,9 @@ impl NatsConfig {
 pub struct WorkerClientOptions {
     /// Auth, TLS, prefix and lease (its `url` is ignored: `connect`'s first argument wins).
     pub config: Option<NatsConfig>,
+    /// With session id `'*'`: serve only this tenant's sessions (absent: every tenant's, the
+    /// shared fleet). With one session: attach under this tenant.
+    pub tenant: Option<String>,
     /// The lanes to serve (default: all four).
     pub lanes: Option<Vec<SessionLane>>,
     /// This worker's labels (`{ region: 'eu-west' }`): it takes tasks that require labels it
@@ -125,8 +132,9 @@ pub struct JsWorkerClient {
 impl JsWorkerClient {
     /// Connects to `url` as a worker of `sessionId` (`'*'` for every session on the broker).
     ///
-    /// Rejects with `BrokerUnavailable` when NATS cannot be reached (or no session ever
-    /// created its streams under this prefix), `InvalidConfig` for bad options.
+    /// Rejects with `BrokerUnavailable` when NATS cannot be reached, `InvalidConfig` for bad
+    /// options. A worker whose session (or tenant) has no work yet connects and waits for it
+    /// (`state` is `'waiting'`).
     #[napi(ts_return_type = "Promise<WorkerClient>")]
     pub fn connect(
         env: &Env,
@@ -136,6 +144,7 @@ impl JsWorkerClient {
     ) -> napi::Result<Promise<JsWorkerClient>> {
         let WorkerClientOptions {
             config,
+            tenant,
             lanes,
             labels,
             worker_id,
@@ -149,6 +158,9 @@ impl JsWorkerClient {
                 "*" => CoreWorkerClientOptions::pool(),
                 id => CoreWorkerClientOptions::session(id),
             };
+            if let Some(t) = tenant {
+                opts = opts.with_tenant(t);
+            }
             if let Some(lanes) = lanes {
                 opts = opts.with_lanes(lanes.into_iter().map(Into::into));
             }
@@ -161,6 +173,12 @@ impl JsWorkerClient {
             let inner = WorkerClient::connect_with(cfg, opts).await?;
             Ok(JsWorkerClient { inner })
         })
+    }
+
+    /// `'waiting'` (no work exists for it yet), `'serving'` or `'draining'`.
+    #[napi(getter, ts_return_type = "'waiting' | 'serving' | 'draining'")]
+    pub fn state(&self) -> &'static str {
+        self.inner.state().as_str()
     }
 
     /// This worker's id, reported with its results.

@@ -7,7 +7,7 @@ use napi::bindgen_prelude::This;
 use napi::{Env, JsValue};
 use napi_derive::napi;
 
-use crate::error::non_negative;
+use crate::error::{count, non_negative};
 use crate::queue::{
     DeadLetter, JsEventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
     SessionQueueConfig,
@@ -35,11 +35,20 @@ pub struct SessionOptions {
     /// Serve `/metrics` (Prometheus) and `/healthz` on this address, e.g. `'127.0.0.1:9464'`
     /// (port 0 picks a free one). Turns `enableMetrics` on.
     pub metrics_addr: Option<String>,
+    /// The tenant this session belongs to (one subject token: letters, digits, `-`, `_`, not
+    /// starting with `_`); absent: the default tenant, `'default'`.
+    pub tenant: Option<String>,
+    /// The tenant's share of a shared worker fleet (finite, > 0; default 1). Without `tenant`,
+    /// weighs the default tenant.
+    pub tenant_weight: Option<f64>,
+    /// Caps the tenant's tasks in flight in each lane, across all its sessions and workers
+    /// (at least 1).
+    pub tenant_max_in_flight: Option<i64>,
 }
 
 impl SessionOptions {
     pub(crate) fn into_core(self) -> core::Result<core::SessionOptions> {
-        Ok(core::SessionOptions {
+        let mut opts = core::SessionOptions {
             queue_config: self.queue_config.map(|c| c.into_core()).transpose()?,
             session_id: self.session_id,
             allow_bash: self.allow_bash,
@@ -53,7 +62,18 @@ impl SessionOptions {
                 })
                 .transpose()?,
             tenant: None,
-        })
+        };
+        // A weight without a name weighs the default tenant; the core checks both.
+        if self.tenant.is_some() || self.tenant_weight.is_some() {
+            let name = self
+                .tenant
+                .unwrap_or_else(|| core::broker::wire::DEFAULT_TENANT.to_owned());
+            opts = opts.with_tenant(name, self.tenant_weight.unwrap_or(1.0))?;
+        }
+        if let Some(n) = self.tenant_max_in_flight {
+            opts = opts.with_tenant_max_in_flight(count("tenantMaxInFlight", n)?)?;
+        }
+        Ok(opts)
     }
 }
 
