@@ -17,6 +17,7 @@ use hdrhistogram::Histogram;
 use parking_lot_free::Mutex;
 use serde_json::json;
 
+mod pool;
 mod soak;
 
 mod parking_lot_free {
@@ -35,6 +36,9 @@ enum Which {
     Nats(NatsBench),
     /// A long run over NATS with worker processes killed and restarted at random intervals.
     Soak(soak::SoakArgs),
+    /// Many sessions in one process, one fleet of pool workers: throughput and fairness as
+    /// sessions grow, idle sessions' cost, tenants' shares.
+    Pool(pool::PoolBench),
     /// A bare JetStream worker (pull, publish result, ack): the baseline's worker process.
     #[command(hide = true)]
     BareWorker(BareWorker),
@@ -89,6 +93,7 @@ pub(crate) async fn run(args: BenchArgs) -> anyhow::Result<()> {
     match args.which {
         Which::Nats(b) => nats_bench(b).await,
         Which::Soak(a) => soak::soak(a).await,
+        Which::Pool(b) => pool::pool_bench(b).await,
         Which::BareWorker(w) => bare_worker(w).await,
     }
 }
@@ -543,8 +548,8 @@ async fn query_session(
 async fn delete_streams(js: &jetstream::Context, prefix: &str) {
     let p = prefix.to_uppercase();
     for name in [
-        format!("OBJ_{p}_PAYLOADS"),
-        format!("{p}_TASKS"),
+        format!("OBJ_{p}_OBJ_default"),
+        format!("{p}_TASKS_default"),
         format!("{p}_RESULTS"),
         format!("{p}_DLQ"),
     ] {

@@ -82,7 +82,8 @@ pub(crate) struct Hub {
     tenants: tokio::sync::Mutex<HashMap<String, TenantStreams>>,
     /// The latest declaration of each tenant (weight, cap), with the session that made it.
     declared: Mutex<HashMap<String, (Tenant, String)>>,
-    consumers: Mutex<HashSet<(String, String)>>,
+    /// Consumers this hub created, one creation per consumer however many sessions ask at once.
+    consumers: Mutex<HashMap<(String, String), Arc<tokio::sync::OnceCell<()>>>>,
     /// Doorbells to ring on the next turn of the ringer.
     ring: Mutex<HashSet<RingKey>>,
     labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
@@ -174,7 +175,13 @@ impl Hub {
     async fn connect(config: NatsConfig) -> Result<Arc<Hub>> {
         let names = config.validate()?;
         let client = config.connect().await?;
-        let js = jetstream::new(client.clone());
+        // Every session of the process publishes through this context: room for many
+        // acknowledgements in flight (publishing waits for room rather than failing).
+        let js = jetstream::ContextBuilder::new()
+            .max_ack_inflight(1 << 16)
+            .backpressure_on_inflight(true)
+            .timeout(Duration::from_secs(30))
+            .build(client.clone());
         let work_queue = |name: String, subject: String| stream::Config {
             name,
             subjects: vec![subject],
@@ -238,7 +245,7 @@ impl Hub {
             sessions: Mutex::new(HashMap::new()),
             tenants: tokio::sync::Mutex::new(HashMap::new()),
             declared: Mutex::new(HashMap::new()),
-            consumers: Mutex::new(HashSet::new()),
+            consumers: Mutex::new(HashMap::new()),
             ring: Mutex::new(HashSet::new()),
             labels: Mutex::new(HashMap::new()),
             ringer: Notify::new(),
@@ -350,9 +357,19 @@ impl Hub {
         max_attempts: u32,
     ) -> Result<()> {
         let key = (tenant.to_owned(), name.to_owned());
-        if self.consumers.lock().contains(&key) {
-            return Ok(());
-        }
+        let cell = self.consumers.lock().entry(key).or_default().clone();
+        cell.get_or_try_init(|| self.create_consumer(tenant, name, filter, max_attempts))
+            .await
+            .map(|_| ())
+    }
+
+    async fn create_consumer(
+        &self,
+        tenant: &str,
+        name: &str,
+        filter: String,
+        max_attempts: u32,
+    ) -> Result<()> {
         let streams = self.tenant(tenant).await?;
         let max_ack_pending = self
             .max_in_flight(tenant)
@@ -378,7 +395,6 @@ impl Hub {
             )
             .await
             .map_err(|e| unavailable(&format!("creating consumer {name}"), e))?;
-        self.consumers.lock().insert(key);
         Ok(())
     }
 
