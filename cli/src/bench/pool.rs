@@ -210,6 +210,7 @@ struct Row {
     slowest: Duration,
     median: Duration,
     first_p99: Duration,
+    task_p99: Duration,
     server_mem: u64,
 }
 
@@ -218,27 +219,33 @@ struct Row {
 async fn run_sessions(
     sessions: &[AgentSession],
     per: usize,
-) -> (Duration, Vec<(Duration, Duration)>) {
+) -> (Duration, Vec<(Duration, Duration)>, Histogram<u64>) {
     let start = Instant::now();
+    let latencies = Arc::new(std::sync::Mutex::new(
+        Histogram::<u64>::new(3).expect("valid histogram"),
+    ));
     let mut joins = Vec::with_capacity(sessions.len());
     for s in sessions {
-        let s = s.clone();
+        let (s, latencies) = (s.clone(), latencies.clone());
         joins.push(tokio::spawn(async move {
             let t0 = Instant::now();
-            let mut handles = Vec::with_capacity(per);
+            let mut pending = futures_util::stream::FuturesUnordered::new();
             for i in 0..per {
-                handles.push(
-                    s.submit(SessionLane::Query, "noop", json!({"i": i}))
-                        .await
-                        .expect("submit"),
-                );
+                let h = s
+                    .submit(SessionLane::Query, "noop", json!({"i": i}))
+                    .await
+                    .expect("submit");
+                let submitted = Instant::now();
+                pending.push(async move { (h.await, submitted.elapsed()) });
             }
-            let mut pending: futures_util::stream::FuturesUnordered<_> =
-                handles.into_iter().collect();
             let mut first = None;
-            while let Some(out) = pending.next().await {
+            while let Some((out, took)) = pending.next().await {
                 assert!(out.expect("result").success);
                 first.get_or_insert_with(|| t0.elapsed());
+                let _ = latencies
+                    .lock()
+                    .expect("lock")
+                    .record(took.as_micros() as u64);
             }
             (first.unwrap_or_default(), start.elapsed())
         }));
@@ -247,7 +254,8 @@ async fn run_sessions(
     for j in joins {
         per_session.push(j.await.expect("session task"));
     }
-    (start.elapsed(), per_session)
+    let latencies = latencies.lock().expect("lock").clone();
+    (start.elapsed(), per_session, latencies)
 }
 
 pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
@@ -285,7 +293,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
     {
         let (s, _) =
             open_sessions(&nats, 1, &queue_config(b.lane_concurrency, 1 << 20), None).await?;
-        run_sessions(&s, 500).await;
+        let _ = run_sessions(&s, 500).await;
         for s in s {
             s.close().await;
         }
@@ -295,7 +303,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
         let per = (b.tasks / n).max(1);
         let cfg = queue_config(b.lane_concurrency, 1 << 20);
         let (sessions, opened) = open_sessions(&nats, n, &cfg, None).await?;
-        let (elapsed, per_session) = run_sessions(&sessions, per).await;
+        let (elapsed, per_session, latencies) = run_sessions(&sessions, per).await;
         let mem = server_mem(server.monitor).await.unwrap_or(0);
         let mut done: Vec<Duration> = per_session.iter().map(|p| p.1).collect();
         done.sort();
@@ -310,6 +318,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
             slowest: *done.last().unwrap_or(&Duration::ZERO),
             median: done[done.len() / 2],
             first_p99: Duration::from_micros(first.value_at_quantile(0.99)),
+            task_p99: Duration::from_micros(latencies.value_at_quantile(0.99)),
             server_mem: mem,
         };
         eprintln!(
@@ -326,13 +335,13 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
         .map(|r| r.tasks as f64 / r.elapsed.as_secs_f64())
         .unwrap_or(1.0);
     println!(
-        "\n| sessions x tasks | tasks/s | vs 1 session | slowest session done | median | slowest / median | first result p99 | server memory |"
+        "\n| sessions x tasks | tasks/s | vs 1 session | slowest session done | median | slowest / median | first result p99 | task p99 | server memory |"
     );
-    println!("|---|---|---|---|---|---|---|---|");
+    println!("|---|---|---|---|---|---|---|---|---|");
     for r in &rows {
         let rate = r.tasks as f64 / r.elapsed.as_secs_f64();
         println!(
-            "| {} x {} | {:.0} | {:.0}% | {:.2} s | {:.2} s | {:.2}x | {:.0} ms | {} MiB |",
+            "| {} x {} | {:.0} | {:.0}% | {:.2} s | {:.2} s | {:.2}x | {:.0} ms | {:.0} ms | {} MiB |",
             r.sessions,
             r.tasks / r.sessions,
             rate,
@@ -341,6 +350,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
             r.median.as_secs_f64(),
             r.slowest.as_secs_f64() / r.median.as_secs_f64().max(1e-9),
             r.first_p99.as_secs_f64() * 1000.0,
+            r.task_p99.as_secs_f64() * 1000.0,
             r.server_mem >> 20
         );
     }
@@ -387,7 +397,7 @@ async fn fairness(b: &PoolBench, nats: &NatsConfig) -> anyhow::Result<()> {
     let cfg = queue_config(b.lane_concurrency, 1 << 21);
     // B alone.
     let (bs, _) = open_sessions(nats, 1, &cfg, Some(("tenant-b", 1.0))).await?;
-    let (alone, _) = run_sessions(&bs, 100).await;
+    let (alone, ..) = run_sessions(&bs, 100).await;
     // A floods from 8 sessions (more published work than the fleet's slots), then B again.
     let (a_sessions, _) = open_sessions(nats, 8, &cfg, Some(("tenant-a", 1.0))).await?;
     let flood: Vec<_> = a_sessions
@@ -410,7 +420,7 @@ async fn fairness(b: &PoolBench, nats: &NatsConfig) -> anyhow::Result<()> {
         })
         .collect();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (contended, _) = run_sessions(&bs, 100).await;
+    let (contended, ..) = run_sessions(&bs, 100).await;
     for f in flood {
         f.await?;
     }

@@ -663,7 +663,9 @@ impl WorkerClient {
                 .map(|t| {
                     let w = weights.get(t).copied().unwrap_or(1.0);
                     let d = deficits.entry(t.clone()).or_insert(0.0);
-                    *d = (*d + max as f64 * w / total).min(2.0 * max as f64);
+                    // Bounded both ways: no tenant banks a burst, none is starved for long
+                    // after taking slots the others could not use.
+                    *d = (*d + max as f64 * w / total).clamp(-2.0 * max as f64, 2.0 * max as f64);
                     (t.clone(), d.floor().max(0.0) as usize)
                 })
                 .collect();
@@ -675,11 +677,12 @@ impl WorkerClient {
             budgets
         };
         let mut out = Vec::new();
-        let mut full: Vec<String> = Vec::new();
+        // Tenants that had less than they were asked for: drained for now.
+        let mut drained: Vec<&str> = Vec::new();
         for (tenant, budget) in &budgets {
-            let want = (*budget).max(1).min(max - out.len());
+            let want = (*budget).min(max - out.len());
             if want == 0 {
-                break;
+                continue;
             }
             let got = self
                 .fetch_tenant(&by_tenant[tenant], want, &mut out)
@@ -687,20 +690,24 @@ impl WorkerClient {
             if let Some(d) = inner.deficits.lock().get_mut(tenant) {
                 *d -= got as f64;
             }
-            if got >= want {
-                full.push(tenant.clone());
+            if got < want {
+                drained.push(tenant);
             }
         }
-        // Work-conserving: slots left over go to tenants that filled their share.
-        for tenant in full {
+        // Work-conserving: slots nobody's share covered go to the most owed tenants that may
+        // still have work.
+        for (tenant, _) in &budgets {
             if out.len() >= max {
                 break;
             }
+            if drained.contains(&tenant.as_str()) {
+                continue;
+            }
             let want = max - out.len();
             let got = self
-                .fetch_tenant(&by_tenant[&tenant], want, &mut out)
+                .fetch_tenant(&by_tenant[tenant], want, &mut out)
                 .await?;
-            if let Some(d) = inner.deficits.lock().get_mut(&tenant) {
+            if let Some(d) = inner.deficits.lock().get_mut(tenant) {
                 *d -= got as f64;
             }
         }
