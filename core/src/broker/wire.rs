@@ -1,8 +1,8 @@
-//! Version 1 of the wire protocol: subjects, stream and consumer names, and the JSON envelopes.
+//! Version 2 of the wire protocol: subjects, stream and consumer names, and the JSON envelopes.
 //! `docs/protocol.md` is the normative description; these types implement it, and
-//! `tests/fixtures/v1/wire/` holds one canonical example of each envelope.
+//! `tests/fixtures/v2/wire/` holds one canonical example of each envelope.
 //!
-//! Every envelope carries `"v": 1`. A message with another major version, or that is not valid
+//! Every envelope carries `"v": 2`. A message with another major version, or that is not valid
 //! JSON of the expected shape, is rejected with [`Error::UnsupportedProtocol`] or
 //! [`Error::InvalidPayload`]; receivers log the reason and drop the message.
 

@@ -365,7 +365,7 @@ pub(crate) fn to_usize(n: u64) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::queue::SessionLane;
+    use crate::lane::SessionLane;
 
     fn args(v: &Value) -> Args<'_> {
         Args {

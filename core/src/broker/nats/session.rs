@@ -209,6 +209,10 @@ impl State {
     }
 }
 
+/// Commands a session's broker handles before letting the other sessions of its process take a
+/// turn.
+const PUBLISH_TURN: usize = 8;
+
 /// Tries to store a dead letter in the `P_DLQ` stream before giving up (logged each time).
 const DLQ_TRIES: u32 = 5;
 
@@ -286,7 +290,10 @@ async fn run(
                     cmd = rx.recv() => {
                         let Some(cmd) = cmd else { break };
                         let mut next = Some(cmd);
-                        // Drain what is queued.
+                        // Drain what is queued, a few at a time: the sessions of a process take
+                        // turns at publishing, so a burst of them lands in the tenant's (FIFO)
+                        // pool interleaved and each session's first tasks come early.
+                        let mut turn = PUBLISH_TURN;
                         while let Some(cmd) = next.take() {
                             if let Cmd::Close(done) = cmd {
                                 shutdown(&st, &conn).await;
@@ -296,6 +303,11 @@ async fn run(
                                 return;
                             }
                             handle(&mut st, &conn, cmd, &mut acks).await;
+                            turn -= 1;
+                            if turn == 0 {
+                                tokio::task::yield_now().await;
+                                turn = PUBLISH_TURN;
+                            }
                             next = rx.try_recv().ok();
                         }
                     }
