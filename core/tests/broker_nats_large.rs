@@ -2,6 +2,8 @@
 //! reference; over `max_object_bytes` they are refused with `PayloadTooLarge`.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
@@ -292,7 +294,7 @@ async fn a_reference_to_a_missing_object_is_reported_failed_not_lost() {
     raw.flush().await.unwrap();
     let flusher = raw.clone();
     let js = async_nats::jetstream::new(raw);
-    let hub = hub_id(&js, &prefix).await;
+    let hub = common::hub_id(&js, &prefix).await;
     // A task whose payload object does not exist (expired, or a buggy producer).
     let envelope = json!({
         "v": 2, "tenant": "default", "hub": hub, "task_id": "0badf00d-1", "session_id": sid, "lane": "query",
@@ -392,18 +394,4 @@ async fn a_least_privilege_worker_with_the_object_store_permissions_handles_larg
     assert!(out.result["echo"].as_str().unwrap() == big);
     session.close().await;
     worker.close().await;
-}
-
-/// The hub (session process) id: the token in its results subjects.
-async fn hub_id(js: &async_nats::jetstream::Context, prefix: &str) -> String {
-    use futures_util::StreamExt;
-    let names = a3s_code_core::broker::wire::Names::new(prefix).unwrap();
-    let results = js.get_stream(names.results_stream()).await.unwrap();
-    let mut consumers = results.consumer_names();
-    while let Some(Ok(name)) = consumers.next().await {
-        if let Some(id) = name.strip_prefix("hub_") {
-            return id.to_owned();
-        }
-    }
-    panic!("no hub consumer")
 }

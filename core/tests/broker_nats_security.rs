@@ -1,6 +1,8 @@
 //! Authentication, least-privilege workers, TLS, and a worker that dies holding a task.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::time::Duration;
 
 use a3s_code_core::broker::{NatsConfig, NatsTls};
@@ -90,19 +92,49 @@ async fn token_authentication_and_a_wrong_token() {
     s.close().await;
 }
 
+/// A raw client with `user`'s credentials and inbox prefix, and a way to await the server's
+/// refusal of what it tries (`-ERR 'Permissions Violation for <what> to "<subject>"'`): tests
+/// wait for those refusals instead of for a quiet period that a slow machine would pass anyway.
+struct Refusals(tokio::sync::mpsc::UnboundedReceiver<String>);
+
+impl Refusals {
+    async fn connect(url: &str, user: &str, inbox: &str) -> (async_nats::Client, Self) {
+        let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+        let client = async_nats::ConnectOptions::with_user_and_password(user.into(), "pw".into())
+            .custom_inbox_prefix(inbox)
+            .event_callback(move |event| {
+                let tx = tx.clone();
+                async move {
+                    if let async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) =
+                        event
+                    {
+                        let _ = tx.send(msg);
+                    }
+                }
+            })
+            .connect(url)
+            .await
+            .unwrap();
+        (client, Self(rx))
+    }
+
+    async fn of(&mut self, what: &str, subject: &str) {
+        let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
+        tokio::time::timeout(Duration::from_secs(10), async {
+            while let Some(msg) = self.0.recv().await {
+                if msg.contains(&wanted) {
+                    return;
+                }
+            }
+        })
+        .await
+        .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
+    }
+}
+
 fn tenant_session(nats: NatsConfig, tenant: &str) -> (AgentSession, tempfile::TempDir) {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = SessionQueueConfig {
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 30_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
+    let cfg = common::external_config(Default::default(), &[SessionLane::Query], 30_000);
     let s = Agent::from_config(AgentConfig::default())
         .session(
             dir.path(),
@@ -193,32 +225,7 @@ async fn tenant_workers_reach_nothing_of_another_tenant() {
     round_trip(&sb, &worker_b).await;
 
     // A raw client with tenant A's worker credential tries everything on tenant B.
-    let (refused_tx, mut refused) = tokio::sync::mpsc::unbounded_channel();
-    let raw = async_nats::ConnectOptions::with_user_and_password("worker-a".into(), "pw".into())
-        .custom_inbox_prefix("_INBOX_W.a")
-        .event_callback(move |event| {
-            let refused_tx = refused_tx.clone();
-            async move {
-                if let async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) = event {
-                    let _ = refused_tx.send(msg);
-                }
-            }
-        })
-        .connect(server.url())
-        .await
-        .unwrap();
-    let mut refusal_of = async |what: &str, subject: &str| {
-        let wanted = format!("Permissions Violation for {what} to \"{subject}\"");
-        tokio::time::timeout(Duration::from_secs(10), async {
-            while let Some(msg) = refused.recv().await {
-                if msg.contains(&wanted) {
-                    return;
-                }
-            }
-        })
-        .await
-        .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
-    };
+    let (raw, mut refused) = Refusals::connect(&server.url(), "worker-a", "_INBOX_W.a").await;
     let up = prefix.to_uppercase();
     let forbidden_publishes = [
         // Pull, inspect or acknowledge B's tasks.
@@ -236,7 +243,7 @@ async fn tenant_workers_reach_nothing_of_another_tenant() {
     ];
     for subject in &forbidden_publishes {
         raw.publish(subject.clone(), "{}".into()).await.unwrap();
-        refusal_of("Publish", subject).await;
+        refused.of("Publish", subject).await;
     }
     let forbidden_subscriptions = [
         format!("{p}.result.>"),
@@ -250,7 +257,7 @@ async fn tenant_workers_reach_nothing_of_another_tenant() {
     let mut snoops = Vec::new();
     for subject in &forbidden_subscriptions {
         snoops.push(raw.subscribe(subject.clone()).await.unwrap());
-        refusal_of("Subscription", subject).await;
+        refused.of("Subscription", subject).await;
     }
     // A's own work is unaffected, and nothing of B's reached the snoops.
     round_trip(&sa, &worker_a).await;
@@ -276,35 +283,14 @@ async fn tenant_workers_reach_nothing_of_another_tenant() {
     .unwrap();
     round_trip(&sa, &fleet).await;
     round_trip(&sb, &fleet).await;
-    let (fleet_refused_tx, mut fleet_refused) = tokio::sync::mpsc::unbounded_channel();
-    let fleet_raw = async_nats::ConnectOptions::with_user_and_password("fleet".into(), "pw".into())
-        .custom_inbox_prefix("_INBOX_W._")
-        .event_callback(move |event| {
-            let tx = fleet_refused_tx.clone();
-            async move {
-                if let async_nats::Event::ServerError(async_nats::ServerError::Other(msg)) = event {
-                    let _ = tx.send(msg);
-                }
-            }
-        })
-        .connect(server.url())
-        .await
-        .unwrap();
+    let (fleet_raw, mut fleet_refused) =
+        Refusals::connect(&server.url(), "fleet", "_INBOX_W._").await;
     let subject = format!("$JS.API.CONSUMER.CREATE.{up}_RESULTS");
     fleet_raw
         .publish(subject.clone(), "{}".into())
         .await
         .unwrap();
-    let wanted = format!("Permissions Violation for Publish to \"{subject}\"");
-    tokio::time::timeout(Duration::from_secs(10), async {
-        while let Some(msg) = fleet_refused.recv().await {
-            if msg.contains(&wanted) {
-                return;
-            }
-        }
-    })
-    .await
-    .unwrap_or_else(|_| panic!("the server did not refuse: {wanted}"));
+    fleet_refused.of("Publish", &subject).await;
     fleet.close().await;
     sa.close().await;
     sb.close().await;

@@ -2,11 +2,13 @@
 //! of one tenant that declare different weights or caps: the latest wins, with a warning.
 #![cfg(feature = "nats")]
 
+mod common;
+
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use a3s_code_core::broker::NatsConfig;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::SessionLane;
 use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{
     Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
@@ -19,16 +21,9 @@ fn session(nats: &NatsConfig, opts: SessionOptions) -> (AgentSession, tempfile::
     let dir = tempfile::tempdir().unwrap();
     let cfg = SessionQueueConfig {
         query_max_concurrency: 16,
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 60_000,
-            },
-        )]
-        .into(),
         ..Default::default()
     };
+    let cfg = common::external_config(cfg, &[SessionLane::Query], 60_000);
     let s = Agent::from_config(AgentConfig::default())
         .session(
             dir.path(),

@@ -86,23 +86,8 @@ fn line_starts(src: &str) -> Vec<usize> {
         .collect()
 }
 
-/// Keys accepted in `queue { }` (attributes, then blocks).
-pub(super) const QUEUE_KEYS: [&str; 14] = [
-    "control_max_concurrency",
-    "query_max_concurrency",
-    "execute_max_concurrency",
-    "generate_max_concurrency",
-    "max_pending",
-    "enable_metrics",
-    "enable_dlq",
-    "dlq_max_size",
-    "enable_alerts",
-    "queue_depth_alert_threshold",
-    "latency_alert_threshold_ms",
-    "default_timeout_ms",
-    "lane_handlers",
-    "retry_policy",
-];
+/// Keys accepted in `queue { }`: the queue config's own field list, described once in the core.
+pub(super) const QUEUE_KEYS: &[&str] = SessionQueueConfig::FIELDS;
 pub(super) const LANE_KEYS: [&str; 2] = ["mode", "timeout_ms"];
 const RETRY_KEYS: [&str; 4] = [
     "strategy",
@@ -741,7 +726,7 @@ impl Parser<'_> {
                                 self.attr_line(attr),
                                 key,
                                 "queue",
-                                &QUEUE_KEYS,
+                                QUEUE_KEYS,
                             ));
                         }
                     }
@@ -764,7 +749,7 @@ impl Parser<'_> {
                             self.block_line(inner),
                             key,
                             "queue",
-                            &QUEUE_KEYS,
+                            QUEUE_KEYS,
                         ));
                     }
                 },

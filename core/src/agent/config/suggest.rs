@@ -36,8 +36,8 @@ mod tests {
 
     #[test]
     fn suggestions_only_for_near_misses() {
-        assert_eq!(suggest("max_pendng", &QUEUE_KEYS), Some("max_pending"));
-        assert_eq!(suggest("zzz", &QUEUE_KEYS), None);
+        assert_eq!(suggest("max_pendng", QUEUE_KEYS), Some("max_pending"));
+        assert_eq!(suggest("zzz", QUEUE_KEYS), None);
         assert_eq!(suggest("mod", &LANE_KEYS), Some("mode"));
         assert_eq!(edit_distance("", "abc"), 3);
         assert_eq!(edit_distance("kitten", "sitting"), 3);
