@@ -222,10 +222,7 @@ fn start_server() -> anyhow::Result<(String, Server)> {
         .local_addr()?
         .port();
     let dir = tempfile::tempdir()?;
-    let bin = ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|b| Command::new(b).arg("--version").output().is_ok())
-        .context("nats-server not found")?;
+    let bin = nats_server_bin()?;
     let child = Command::new(bin)
         .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
         .arg(dir.path())
@@ -239,6 +236,18 @@ fn start_server() -> anyhow::Result<(String, Server)> {
         std::thread::sleep(Duration::from_millis(20));
     }
     Ok((format!("nats://127.0.0.1:{port}"), Server(child, dir)))
+}
+
+/// The nats-server to start: `$NATS_SERVER_BIN`, else `nats-server` on the `PATH` (or in
+/// `/usr/sbin`).
+fn nats_server_bin() -> anyhow::Result<String> {
+    std::env::var("NATS_SERVER_BIN")
+        .ok()
+        .filter(|b| !b.is_empty())
+        .into_iter()
+        .chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()])
+        .find(|b| Command::new(b).arg("--version").output().is_ok())
+        .context("nats-server not found (set NATS_SERVER_BIN)")
 }
 
 struct Procs(Vec<Child>);

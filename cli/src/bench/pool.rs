@@ -44,6 +44,10 @@ pub(crate) struct PoolBench {
     /// Windows of the weighted-shares run.
     #[arg(long, default_value_t = 3)]
     windows: usize,
+    /// Fail (exit status 1) when the largest session count's throughput is under this fraction
+    /// of the first's: a gate for CI (`--sessions 1,1000 --min-ratio 0.5`).
+    #[arg(long)]
+    min_ratio: Option<f64>,
 }
 
 /// A nats-server with monitoring, started for the bench.
@@ -76,15 +80,7 @@ fn start_server() -> anyhow::Result<Server> {
         &conf,
         "jetstream {\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n",
     )?;
-    let bin = ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find(|b| {
-            std::process::Command::new(b)
-                .arg("--version")
-                .output()
-                .is_ok()
-        })
-        .context("nats-server not found")?;
+    let bin = super::nats_server_bin()?;
     let child = std::process::Command::new(bin)
         .args([
             "-a",
@@ -355,6 +351,24 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
         );
     }
 
+    if let (Some(min), Some(last)) = (b.min_ratio, rows.last()) {
+        let ratio = last.tasks as f64 / last.elapsed.as_secs_f64() / base;
+        if ratio < min {
+            anyhow::bail!(
+                "{} sessions ran at {:.0}% of one session's throughput, under the {:.0}% required",
+                last.sessions,
+                ratio * 100.0,
+                min * 100.0
+            );
+        }
+        println!(
+            "\n{} sessions at {:.0}% of one session's throughput (required: {:.0}%)",
+            last.sessions,
+            ratio * 100.0,
+            min * 100.0
+        );
+    }
+
     if b.idle_sessions > 0 {
         let (mem0, rss0) = (server_mem(server.monitor).await.unwrap_or(0), own_rss());
         let cfg = queue_config(b.lane_concurrency, 1000);
@@ -384,9 +398,9 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
 }
 
 fn server_version() -> String {
-    ["nats-server", "/usr/sbin/nats-server"]
-        .into_iter()
-        .find_map(|b| std::process::Command::new(b).arg("--version").output().ok())
+    super::nats_server_bin()
+        .ok()
+        .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
         .unwrap_or_default()
 }
