@@ -274,6 +274,11 @@ impl Hub {
         self.sessions.lock().remove(session_id);
     }
 
+    /// How many sessions this hub hosts now.
+    pub(crate) fn session_count(&self) -> usize {
+        self.sessions.lock().len()
+    }
+
     fn link(&self, session_id: &str) -> Option<Arc<SessionLink>> {
         self.sessions.lock().get(session_id).cloned()
     }

@@ -305,7 +305,10 @@ async fn run(
                             handle(&mut st, &conn, cmd, &mut acks).await;
                             turn -= 1;
                             if turn == 0 {
-                                tokio::task::yield_now().await;
+                                // Alone in its process, a session has nobody to give way to.
+                                if conn.hub.session_count() > 1 {
+                                    tokio::task::yield_now().await;
+                                }
                                 turn = PUBLISH_TURN;
                             }
                             next = rx.try_recv().ok();
