@@ -35,11 +35,9 @@ impl ClaimOptions {
     }
 }
 
-/// `pendingExternalTasks(options?)`: claims as the core's `TaskSource::pending` does.
-///
-/// The spec's form (no options, or none set) resolves to `[]` on a closed session, as the
-/// spec's worker loop polls forever; with `limit` or `waitMs` a closed session rejects with
-/// `ShutDown`, so loops can stop.
+/// `pendingExternalTasks(options?)`: claims as the core's `TaskSource::pending` does (which also
+/// decides what a closed session answers: `[]` for the spec's form without options, `ShutDown`
+/// with `limit` or `waitMs`).
 pub(crate) fn pending<S: TaskSource + Clone>(
     env: &Env,
     source: &S,
@@ -47,14 +45,8 @@ pub(crate) fn pending<S: TaskSource + Clone>(
 ) -> napi::Result<Promise<Tasks>> {
     let source = source.clone();
     promise(env, async move {
-        let spec_form = options
-            .as_ref()
-            .is_none_or(|o| o.limit.is_none() && o.wait_ms.is_none());
         let opts = options.map(ClaimOptions::into_core).transpose()?;
-        match source.pending(opts.unwrap_or_default()).await {
-            Err(core::Error::ShutDown) if spec_form => Ok(Tasks(Vec::new())),
-            claimed => claimed.map(Tasks),
-        }
+        source.pending(opts.unwrap_or_default()).await.map(Tasks)
     })
 }
 

@@ -57,14 +57,9 @@ pub(crate) fn pending<'py, S: TaskSource + Clone>(
 ) -> PyResult<Bound<'py, PyAny>> {
     let options = claim_options(py, limit, wait_ms, wait)?;
     let source = source.clone();
+    // The core decides what a closed source answers (the spec's call without options: `[]`).
     runtime::awaitable(py, async move {
-        match source.pending(options).await {
-            // The spec's call without arguments returns `[]` once closed, as the core's
-            // `AgentSession::pending_external_tasks` does; with options it raises `ShutDownError`
-            // so loops can stop. (TODO: drop this arm once `TaskSource::pending` says so itself.)
-            Err(Error::ShutDown) if options == ClaimOptions::default() => Ok(Vec::new()),
-            tasks => Ok(tasks.map_err(CoreError)?),
-        }
+        Ok(source.pending(options).await.map_err(CoreError)?)
     })
 }
 

@@ -70,7 +70,9 @@ pub trait TaskSource: Send + Sync + 'static {
     /// How many tasks a claim takes when the caller gives no limit.
     fn default_claim_limit(&self) -> usize;
     /// Claims as `options` say: what the spec's `pending_external_tasks()` does without
-    /// options, and the bindings' `pending_external_tasks(limit=, wait_ms=)` with them.
+    /// options (an in-process session answers `[]` once closed, so the spec's loop just finds
+    /// nothing), and the bindings' `pending_external_tasks(limit=, wait_ms=)` with them (a
+    /// closed session: [`Error::ShutDown`], so loops can stop).
     fn pending(&self, options: ClaimOptions) -> BoxFuture<'_, Result<Vec<ExternalTask>>> {
         let (max, wait) = options.resolve(self.default_claim_limit());
         self.claim(max, wait)
