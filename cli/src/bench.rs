@@ -392,23 +392,7 @@ async fn ours_setup(
         b.tasks * (b.rounds + 1) + 100_000,
     )
     .await?;
-    let workers = spawn_procs(
-        b.workers,
-        &[
-            "worker".into(),
-            "--nats".into(),
-            url.to_owned(),
-            "--prefix".into(),
-            prefix.to_owned(),
-            "--session-id".into(),
-            session.id().to_owned(),
-            "--lanes".into(),
-            "query".into(),
-            "--concurrency".into(),
-            b.concurrency.to_string(),
-            "--noop".into(),
-        ],
-    )?;
+    let workers = noop_workers(b.workers, url, prefix, session.id(), b.concurrency)?;
     Ok((Arc::new(Session(session)), workers))
 }
 
@@ -532,25 +516,57 @@ async fn query_session(
     concurrency: usize,
     max_pending: usize,
 ) -> anyhow::Result<AgentSession> {
-    let cfg = SessionQueueConfig {
-        query_max_concurrency: concurrency,
-        max_pending,
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 120_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    };
+    let cfg = query_config(concurrency, max_pending, 120_000);
     let session = Agent::from_config(AgentConfig::default()).session(
         ".",
         Some(SessionOptions::new().with_queue_config(cfg).with_nats(nats)),
     )?;
     session.broker_ready(Duration::from_secs(10)).await?;
     Ok(session)
+}
+
+/// A queue config whose Query lane is External with `concurrency` slots: the benchmarks'.
+fn query_config(concurrency: usize, max_pending: usize, timeout_ms: u64) -> SessionQueueConfig {
+    SessionQueueConfig {
+        query_max_concurrency: concurrency,
+        max_pending,
+        lane_handlers: [(
+            SessionLane::Query,
+            LaneHandlerConfig {
+                mode: TaskHandlerMode::External,
+                timeout_ms,
+            },
+        )]
+        .into(),
+        ..Default::default()
+    }
+}
+
+/// `n` `a3s-code worker --noop` processes serving the Query lane of `session` (`*`: the pool).
+fn noop_workers(
+    n: usize,
+    url: &str,
+    prefix: &str,
+    session: &str,
+    concurrency: usize,
+) -> anyhow::Result<Procs> {
+    let args: Vec<String> = [
+        "worker",
+        "--nats",
+        url,
+        "--prefix",
+        prefix,
+        "--session-id",
+        session,
+        "--lanes",
+        "query",
+        "--concurrency",
+    ]
+    .iter()
+    .map(|s| (*s).to_owned())
+    .chain([concurrency.to_string(), "--noop".to_owned()])
+    .collect();
+    spawn_procs(n, &args)
 }
 
 /// Deletes a session's streams (a benchmark's broker is often shared).

@@ -6,14 +6,14 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use a3s_code_core::broker::NatsConfig;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
+use a3s_code_core::queue::SessionLane;
 use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
 use anyhow::Context;
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::{Procs, spawn_procs};
+use super::{Procs, noop_workers, query_config};
 
 #[derive(clap::Args)]
 pub(crate) struct PoolBench {
@@ -139,19 +139,7 @@ fn own_rss() -> u64 {
 }
 
 fn queue_config(lane_concurrency: usize, max_pending: usize) -> SessionQueueConfig {
-    SessionQueueConfig {
-        query_max_concurrency: lane_concurrency,
-        max_pending,
-        lane_handlers: [(
-            SessionLane::Query,
-            LaneHandlerConfig {
-                mode: TaskHandlerMode::External,
-                timeout_ms: 600_000,
-            },
-        )]
-        .into(),
-        ..Default::default()
-    }
+    query_config(lane_concurrency, max_pending, 600_000)
 }
 
 /// Opens `n` sessions (of `tenant` with `weight`, if given) and waits until their broker is
@@ -259,23 +247,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
     let prefix = format!("pool{}", std::process::id());
     let nats = NatsConfig::new(&server.url).with_prefix(&prefix);
     let client = async_nats::connect(&server.url).await?;
-    let workers: Procs = spawn_procs(
-        b.workers,
-        &[
-            "worker".into(),
-            "--nats".into(),
-            server.url.clone(),
-            "--prefix".into(),
-            prefix.clone(),
-            "--session-id".into(),
-            "*".into(),
-            "--lanes".into(),
-            "query".into(),
-            "--concurrency".into(),
-            b.concurrency.to_string(),
-            "--noop".into(),
-        ],
-    )?;
+    let workers: Procs = noop_workers(b.workers, &server.url, &prefix, "*", b.concurrency)?;
     fleet_present(&client, &prefix, b.workers).await?;
     println!(
         "# a3s-code bench pool: {} pool workers x {} slots, sessions' Query lane {} slots, {} tasks a run (nats-server {})",
