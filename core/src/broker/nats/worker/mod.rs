@@ -458,7 +458,7 @@ impl WorkerClient {
                 weak.clone(),
                 connections,
             )));
-            background.push(tokio::spawn(direct_deliveries(weak.clone(), sub, inbox)));
+            background.push(tokio::spawn(direct_deliveries(weak.clone(), sub)));
         }
         *inner.background.lock() = background;
         let me = Self { inner };
@@ -601,16 +601,15 @@ impl WorkerClient {
         }
         tracing::trace!(want, "asking for tasks");
         d.asked(want);
-        let inbox = self.direct_inbox();
         self.inner
             .client
-            .publish_with_reply(next, inbox, Credit::request_body(want).into())
+            .publish_with_reply(
+                next,
+                self.inner.inbox.clone(),
+                Credit::request_body(want).into(),
+            )
             .await
             .map_err(unavailable)
-    }
-
-    fn direct_inbox(&self) -> Subject {
-        self.inner.inbox.clone()
     }
 
     /// Hints every known source (after a timeout or at start).
@@ -1498,11 +1497,7 @@ async fn heartbeat(inner: std::sync::Weak<Inner>) {
 }
 
 /// Receives what the open pull requests of a single-source worker deliver.
-async fn direct_deliveries(
-    inner: std::sync::Weak<Inner>,
-    mut sub: async_nats::Subscriber,
-    _inbox: Subject,
-) {
+async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
     use async_nats::StatusCode;
     while let Some(msg) = sub.next().await {
         let Some(inner) = inner.upgrade() else { return };
