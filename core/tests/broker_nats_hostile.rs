@@ -13,6 +13,21 @@ use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{ExternalTaskResult, SessionOptions};
 use serde_json::json;
 
+/// A well-formed read task envelope with `head`'s fields (version, ids) on top.
+fn task(head: serde_json::Value) -> Vec<u8> {
+    let mut env = json!({
+        "lane": "query", "command_type": "read", "payload": {"path": "x"},
+        "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
+        "max_attempts": 1,
+        "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0, "max_delay_ms": 0},
+        "delivery": "at_least_once"
+    });
+    for (k, v) in head.as_object().expect("an object") {
+        env[k] = v.clone();
+    }
+    serde_json::to_vec(&env).unwrap()
+}
+
 /// What a hostile or broken peer might publish, each with what it is.
 fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
     vec![
@@ -30,16 +45,7 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "a version-1 task (protocol v1 and v2 never meet: refused with its reason)",
-            serde_json::to_vec(&json!({
-                "v": 1, "task_id": "1a2b3c4d-6", "session_id": session_id,
-                "lane": "query", "command_type": "read", "payload": {"path": "x"},
-                "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
-                "max_attempts": 1,
-                "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0,
-                          "max_delay_ms": 0},
-                "delivery": "at_least_once"
-            }))
-            .unwrap(),
+            task(json!({"v": 1, "task_id": "1a2b3c4d-6", "session_id": session_id})),
         ),
         (
             "a result for a task that does not exist",
@@ -56,17 +62,10 @@ fn garbage(session_id: &str) -> Vec<(&'static str, Vec<u8>)> {
         ),
         (
             "a well-formed task of another session (its results would go elsewhere)",
-            serde_json::to_vec(&json!({
+            task(json!({
                 "v": 2, "tenant": "default", "hub": "h1", "task_id": "1a2b3c4d-7",
-                "session_id": "someone-else",
-                "lane": "query", "command_type": "read", "payload": {"path": "x"},
-                "timeout_ms": 120000, "created_at": 0, "attempt": 1, "remaining_ms": 119500,
-                "max_attempts": 1,
-                "retry": {"strategy": "none", "max_retries": 0, "initial_delay_ms": 0,
-                          "max_delay_ms": 0},
-                "delivery": "at_least_once"
-            }))
-            .unwrap(),
+                "session_id": "someone-else"
+            })),
         ),
     ]
 }
