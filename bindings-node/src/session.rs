@@ -63,16 +63,11 @@ impl SessionOptions {
                 .transpose()?,
             tenant: None,
         };
-        // A weight without a name weighs the default tenant; the core checks both.
-        if self.tenant.is_some() || self.tenant_weight.is_some() {
-            let name = self
-                .tenant
-                .unwrap_or_else(|| core::broker::wire::DEFAULT_TENANT.to_owned());
-            opts = opts.with_tenant(name, self.tenant_weight.unwrap_or(1.0))?;
-        }
-        if let Some(n) = self.tenant_max_in_flight {
-            opts = opts.with_tenant_max_in_flight(count("tenantMaxInFlight", n)?)?;
-        }
+        let cap = self
+            .tenant_max_in_flight
+            .map(|n| count("tenantMaxInFlight", n))
+            .transpose()?;
+        opts = opts.with_tenant_parts(self.tenant, self.tenant_weight, cap)?;
         Ok(opts)
     }
 }

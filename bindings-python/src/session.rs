@@ -3,7 +3,6 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3s_code_core::broker::wire::DEFAULT_TENANT;
 use a3s_code_core::{AgentSession, ExternalTaskResult, SessionOptions, TaskHandle};
 use pyo3::exceptions::{PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -44,24 +43,16 @@ impl PySessionOptions {
                     .map_err(|e| PyValueError::new_err(format!("metrics_addr {a:?}: {e}")))
             })
             .transpose()?;
-        let mut inner = SessionOptions {
+        let inner = SessionOptions {
             queue_config: queue_config.map(|c| c.inner),
             session_id,
             allow_bash,
             nats: nats.map(|n| n.inner),
             metrics_addr,
             tenant: None,
-        };
-        // A weight without a name weighs the default tenant; the core checks both.
-        if tenant.is_some() || tenant_weight.is_some() {
-            let name = tenant.unwrap_or_else(|| DEFAULT_TENANT.to_owned());
-            inner = inner
-                .with_tenant(name, tenant_weight.unwrap_or(1.0))
-                .map_err(CoreError)?;
         }
-        if let Some(n) = tenant_max_in_flight {
-            inner = inner.with_tenant_max_in_flight(n).map_err(CoreError)?;
-        }
+        .with_tenant_parts(tenant, tenant_weight, tenant_max_in_flight)
+        .map_err(CoreError)?;
         Ok(Self { inner })
     }
 

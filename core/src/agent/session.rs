@@ -143,6 +143,24 @@ impl SessionOptions {
         Ok(self)
     }
 
+    /// Sets the tenant from separate optional settings, as the bindings and agent.hcl give them
+    /// (see [`Tenant::from_parts`](crate::broker::Tenant::from_parts)); none leaves it unset.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a bad name, weight or cap.
+    pub fn with_tenant_parts(
+        mut self,
+        name: Option<String>,
+        weight: Option<f64>,
+        max_in_flight: Option<usize>,
+    ) -> Result<Self> {
+        if let Some(t) = crate::broker::Tenant::from_parts(name, weight, max_in_flight)? {
+            self.tenant = Some(t);
+        }
+        Ok(self)
+    }
+
     /// Caps the tenant's tasks in flight in each lane, across all its sessions and workers
     /// (at least 1). Without [`with_tenant`](Self::with_tenant), caps the default tenant.
     ///

@@ -83,6 +83,38 @@ impl Tenant {
         })
     }
 
+    /// A tenant from separate optional settings (agent.hcl's `distribution` block, the bindings'
+    /// `tenant`, `tenant_weight`, `tenant_max_in_flight`): `None` when none is given; a weight or
+    /// cap without a name applies to the default tenant; the weight defaults to 1.
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new) and [`with_max_in_flight`](Self::with_max_in_flight).
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// use a3s_code_core::broker::Tenant;
+    /// assert!(Tenant::from_parts(None, None, None).unwrap().is_none());
+    /// let t = Tenant::from_parts(None, Some(2.0), None).unwrap().unwrap();
+    /// assert_eq!((t.name(), t.weight()), ("default", 2.0));
+    /// ```
+    pub fn from_parts(
+        name: Option<String>,
+        weight: Option<f64>,
+        max_in_flight: Option<usize>,
+    ) -> crate::Result<Option<Self>> {
+        if name.is_none() && weight.is_none() && max_in_flight.is_none() {
+            return Ok(None);
+        }
+        let name = name.unwrap_or_else(|| wire::DEFAULT_TENANT.to_owned());
+        let mut t = Self::new(name, weight.unwrap_or(1.0))?;
+        if let Some(n) = max_in_flight {
+            t = t.with_max_in_flight(n)?;
+        }
+        Ok(Some(t))
+    }
+
     /// Caps the tenant's tasks in flight in each lane (at least 1).
     ///
     /// # Errors

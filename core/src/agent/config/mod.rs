@@ -166,16 +166,12 @@ impl DistributionConfig {
     /// [`Error::InvalidConfig`](crate::Error::InvalidConfig) for a bad name, weight or cap (the
     /// loader already refuses them with their line).
     pub fn tenant(&self) -> crate::Result<crate::broker::Tenant> {
-        let mut t = crate::broker::Tenant::new(
-            self.tenant
-                .clone()
-                .unwrap_or_else(|| crate::broker::wire::DEFAULT_TENANT.to_owned()),
-            self.tenant_weight.unwrap_or(1.0),
-        )?;
-        if let Some(n) = self.tenant_max_in_flight {
-            t = t.with_max_in_flight(n)?;
-        }
-        Ok(t)
+        Ok(crate::broker::Tenant::from_parts(
+            self.tenant.clone(),
+            self.tenant_weight,
+            self.tenant_max_in_flight,
+        )?
+        .unwrap_or_default())
     }
 }
 
