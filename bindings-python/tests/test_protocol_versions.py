@@ -76,7 +76,8 @@ async def test_a_pool_worker_waits_for_the_tenant_stream_then_serves_it(
             await presence.put(json.loads(msg.data))
 
         await nc.subscribe(f"{prefix}.presence.default.pool-1", cb=on_presence)
-        await asyncio.sleep(2.5)
+        first = await asyncio.wait_for(presence.get(), 15)
+        assert first["state"] == "waiting", first
         assert worker.poll() is None, "the pool worker exited while the stream did not exist"
         session = await nats_session(agent, tmp_path, nats_url, prefix)
         reads = await asyncio.wait_for(
@@ -113,7 +114,12 @@ async def test_a_session_worker_attaches_once_the_session_opens(
     worker = spawn(WORKER_V2, nats_url, prefix, session_id, tmp_path)
     session = None
     try:
-        await asyncio.sleep(2.5)  # the session is not open: nobody answers the attach request
+        # The session is not open: nobody answers the attach request; the worker says it waits.
+        nc = await nats.connect(nats_url)
+        sub = await nc.subscribe(f"{prefix}.presence.>")
+        first = json.loads((await sub.next_msg(timeout=15)).data)
+        await nc.close()
+        assert first["state"] == "waiting", first
         assert worker.poll() is None, "the session's worker exited while the session was not open"
         session = await nats_session(agent, tmp_path, nats_url, prefix, session_id=session_id)
         read = await asyncio.wait_for(session.tool("read", {"path": "hello.txt"}), 30)
@@ -133,7 +139,13 @@ async def test_the_v1_worker_fails_loudly_on_a_v2_session_and_leaves_its_task(
     workers: List["subprocess.Popen[bytes]"] = []
     try:
         pending = asyncio.get_running_loop().create_task(session.tool("read", {"path": "hello.txt"}))
-        await asyncio.sleep(0.5)  # published: it waits in the tenant's pool
+        # Published: it waits in the tenant's pool.
+        nc = await nats.connect(nats_url)
+        deadline = time.monotonic() + 10
+        while (await nc.jetstream().stream_info(f"{prefix.upper()}_TASKS_default")).state.messages < 1:
+            assert time.monotonic() < deadline, "the task was never published"
+            await asyncio.sleep(0.05)
+        await nc.close()
         v1 = spawn(WORKER_V1, nats_url, prefix, session.id, tmp_path)
         workers.append(v1)
         try:
@@ -178,8 +190,8 @@ async def test_the_v1_worker_refuses_a_v2_task_envelope(tmp_path: pathlib.Path, 
                 break
             assert time.monotonic() < deadline, f"the v1 worker did not settle the v2 task: {info}"
             await asyncio.sleep(0.1)
-        await asyncio.sleep(3)  # over the ack wait: a terminated task is not delivered again
-        info = await js.consumer_info(f"{sp}_TASKS", durable)
+        # Settled (nothing pending, nothing awaiting its ack) after one delivery: terminated, so
+        # it cannot come back.
         assert info.delivered.consumer_seq == 1 and info.num_redelivered == 0, info
         assert v1.poll() is None, "the v1 worker died on a v2 envelope"
     finally:
