@@ -272,7 +272,10 @@ export declare enum AlertKind {
 
 /** Options of `executeBuiltin`. */
 export interface BuiltinOptions {
-  /** Whether the `bash` tool may run (default true). */
+  /**
+   * Whether the `bash` tool may run (default false: tasks come from elsewhere, so running
+   * their commands is opt-in).
+   */
   allowBash?: boolean
 }
 

@@ -96,6 +96,14 @@ const reach = {
     assert.equal(out.success, false)
     return { code: out.result.error_code, message: out.error }
   },
+  async FileTooLarge() {
+    // Over the workspace's max_file_bytes (16 MiB by default), edit refuses to load the file.
+    const ws = workspace()
+    writeFileSync(path.join(ws, 'big.txt'), 'x'.repeat(17 << 20))
+    const out = await new Agent().session(ws).tool('edit', { path: 'big.txt', old_string: 'x', new_string: 'y' })
+    assert.equal(out.success, false)
+    return { code: out.result.error_code, message: out.error }
+  },
   async ShutDown() {
     const session = externalSession()
     await session.close()

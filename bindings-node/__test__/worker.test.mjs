@@ -40,14 +40,17 @@ test('a path escaping the workspace is refused: success false, result.error_code
 test('bash runs when allowed and is refused when not', async () => {
   const session = externalSession({ lanes: ['execute'] })
   const { task, running } = await claimOne(session, 'bash', { command: 'echo hi; echo err >&2; exit 2' })
-  const ran = await executeBuiltin(task, session.workspace)
+  const ran = await executeBuiltin(task, session.workspace, { allowBash: true })
   assert.equal(ran.success, false)
   assert.equal(ran.result.stdout, 'hi\n')
   assert.equal(ran.result.stderr, 'err\n')
   assert.equal(ran.result.exit_code, 2)
-  const refused = await executeBuiltin(task, session.workspace, { allowBash: false })
-  assert.equal(refused.success, false)
-  assert.equal(refused.result.error_code, 'ToolFailed')
+  for (const options of [undefined, { allowBash: false }]) {
+    // Off unless allowed: the task came from elsewhere.
+    const refused = await executeBuiltin(task, session.workspace, options)
+    assert.equal(refused.success, false)
+    assert.equal(refused.result.error_code, 'ToolFailed')
+  }
   await session.close()
   await running.catch(() => {})
 })

@@ -12,7 +12,8 @@ use crate::shapes::{ResultOut, TaskIn};
 #[napi(object)]
 #[derive(Debug)]
 pub struct BuiltinOptions {
-    /// Whether the `bash` tool may run (default true).
+    /// Whether the `bash` tool may run (default false: tasks come from elsewhere, so running
+    /// their commands is opt-in).
     pub allow_bash: Option<bool>,
 }
 
@@ -29,12 +30,9 @@ pub fn execute_builtin(
     options: Option<BuiltinOptions>,
 ) -> napi::Result<Promise<ResultOut>> {
     let task = task.0;
-    let allow_bash = options.and_then(|o| o.allow_bash);
+    let allow_bash = options.and_then(|o| o.allow_bash).unwrap_or(false);
     spawned(env, async move {
-        let mut ws = Workspace::new(workspace)?;
-        if let Some(allowed) = allow_bash {
-            ws = ws.with_bash(allowed);
-        }
+        let ws = Workspace::new(workspace)?.with_bash(allow_bash);
         Ok::<_, core::Error>(ResultOut(run_builtin(&task, &ws).await))
     })
 }

@@ -58,6 +58,7 @@ error_classes! {
     "PathEscapesWorkspace" => PathEscapesWorkspaceError: "A path names something outside the workspace root.",
     "UnknownTool" => UnknownToolError: "tool(name, ...) was called with a name that is not a built-in tool.",
     "ToolFailed" => ToolFailedError: "A tool refused to run or failed (`ToolError` is its old name).",
+    "FileTooLarge" => FileTooLargeError: "A file is larger than a tool may hold in memory (the workspace's max_file_bytes).",
     "ModelFailed" => ModelFailedError: "The model provider refused or failed a request (bad key, unknown model, retries exhausted; `ModelError` is its old name).",
     "BrokerUnavailable" => BrokerUnavailableError: "The message broker cannot be reached or refused an operation.",
     "UnsupportedProtocol" => UnsupportedProtocolError: "A wire message uses a protocol version this build does not speak.",

@@ -14,19 +14,24 @@ use crate::runtime::{self, ToPy};
 use crate::session::PyAgentSession;
 use crate::task::PyExternalTask;
 
-/// `await execute_builtin(task, workspace)`: runs a task's built-in tool (`task.command_type`
-/// with `task.payload`) confined to the `workspace` directory, and resolves to an
-/// `ExternalTaskResult`. It never raises for a tool error: a failure is `success=False` with
-/// `result["error_code"]` (`PathEscapesWorkspace`, `ToolFailed`, `TaskTimedOut`, ...).
+/// `await execute_builtin(task, workspace, *, allow_bash=False)`: runs a task's built-in tool
+/// (`task.command_type` with `task.payload`) confined to the `workspace` directory, and resolves
+/// to an `ExternalTaskResult`. It never raises for a tool error: a failure is `success=False`
+/// with `result["error_code"]` (`PathEscapesWorkspace`, `ToolFailed`, `TaskTimedOut`, ...).
+/// `bash` runs only with `allow_bash=True`: tasks come from elsewhere, so commands are opt-in.
 /// Raises `InvalidConfigError` when `workspace` is not a directory.
 #[pyfunction]
+#[pyo3(signature = (task, workspace, *, allow_bash = false))]
 pub(crate) fn execute_builtin<'py>(
     py: Python<'py>,
     task: &Bound<'py, PyExternalTask>,
     workspace: PathBuf,
+    allow_bash: bool,
 ) -> PyResult<Bound<'py, PyAny>> {
     let task = task.get().inner.clone();
-    let workspace = Workspace::new(workspace).map_err(CoreError)?;
+    let workspace = Workspace::new(workspace)
+        .map_err(CoreError)?
+        .with_bash(allow_bash);
     runtime::awaitable(py, async move {
         Ok(core_execute_builtin(&task, &workspace).await)
     })
@@ -82,15 +87,19 @@ pub(crate) struct PyWorker {
 #[pymethods]
 impl PyWorker {
     /// Starts the loop; unset options keep the core's `WorkerConfig::default()` (see its docs).
+    /// `bash` tasks fail unless `allow_bash=True`.
     #[new]
-    #[pyo3(signature = (session, workspace, *, concurrency = None, poll_wait = None))]
+    #[pyo3(signature = (session, workspace, *, concurrency = None, poll_wait = None, allow_bash = false))]
     fn new(
         session: &Bound<'_, PyAgentSession>,
         workspace: PathBuf,
         concurrency: Option<usize>,
         poll_wait: Option<f64>,
+        allow_bash: bool,
     ) -> PyResult<Self> {
-        let workspace = Workspace::new(workspace).map_err(CoreError)?;
+        let workspace = Workspace::new(workspace)
+            .map_err(CoreError)?
+            .with_bash(allow_bash);
         let mut config = WorkerConfig::default();
         if let Some(n) = concurrency {
             config.concurrency = n;

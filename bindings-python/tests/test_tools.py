@@ -34,8 +34,25 @@ async def test_execute_builtin_runs_a_tool_on_a_real_file(tmp_path: pathlib.Path
     assert out.result["total_lines"] == 3
     grep = await execute_builtin(task("grep", {"pattern": "^t"}), tmp_path)
     assert [m["text"] for m in grep.result["matches"]] == ["two", "three"]
-    bash = await execute_builtin(task("bash", {"command": "echo hi; exit 3"}), str(tmp_path))
+    bash = await execute_builtin(
+        task("bash", {"command": "echo hi; exit 3"}), str(tmp_path), allow_bash=True
+    )
     assert not bash.success and bash.result["exit_code"] == 3 and bash.result["stdout"] == "hi\n"
+
+
+async def test_execute_builtin_runs_no_command_unless_bash_is_allowed(tmp_path: pathlib.Path) -> None:
+    refused = await execute_builtin(task("bash", {"command": "touch ran"}), tmp_path)
+    assert not refused.success and refused.result["error_code"] == "ToolFailed"
+    assert "bash is disabled" in (refused.error or "")
+    assert not (tmp_path / "ran").exists()
+
+
+async def test_a_file_over_max_file_bytes_is_a_typed_error(tmp_path: pathlib.Path) -> None:
+    (tmp_path / "big.txt").write_text("x" * (17 << 20))
+    edit = await execute_builtin(
+        task("edit", {"path": "big.txt", "old_string": "x", "new_string": "y"}), tmp_path
+    )
+    assert not edit.success and edit.result["error_code"] == "FileTooLarge"
 
 
 async def test_execute_builtin_reports_tool_errors_without_raising(tmp_path: pathlib.Path) -> None:

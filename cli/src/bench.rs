@@ -10,7 +10,6 @@ use std::time::{Duration, Instant};
 use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, TaskHandlerMode};
 use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
-use anyhow::Context;
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
 use hdrhistogram::Histogram;
@@ -208,48 +207,6 @@ impl Pattern for Bare {
     }
 }
 
-struct Server(Child, #[allow(dead_code)] tempfile::TempDir);
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn start_server() -> anyhow::Result<(String, Server)> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
-    let dir = tempfile::tempdir()?;
-    let bin = nats_server_bin()?;
-    let child = Command::new(bin)
-        .args(["-a", "127.0.0.1", "-p", &port.to_string(), "-js", "-sd"])
-        .arg(dir.path())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()?;
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok((format!("nats://127.0.0.1:{port}"), Server(child, dir)))
-}
-
-/// The nats-server to start: `$NATS_SERVER_BIN`, else `nats-server` on the `PATH` (or in
-/// `/usr/sbin`).
-fn nats_server_bin() -> anyhow::Result<String> {
-    std::env::var("NATS_SERVER_BIN")
-        .ok()
-        .filter(|b| !b.is_empty())
-        .into_iter()
-        .chain(["nats-server".to_owned(), "/usr/sbin/nats-server".to_owned()])
-        .find(|b| Command::new(b).arg("--version").output().is_ok())
-        .context("nats-server not found (set NATS_SERVER_BIN)")
-}
-
 struct Procs(Vec<Child>);
 
 impl Drop for Procs {
@@ -400,8 +357,8 @@ async fn nats_bench(b: NatsBench) -> anyhow::Result<()> {
     let (url, _server) = match &b.nats {
         Some(u) => (u.clone(), None),
         None => {
-            let (u, s) = start_server()?;
-            (u, Some(s))
+            let s = crate::server::NatsServer::start()?;
+            (s.url().to_owned(), Some(s))
         }
     };
     let client = async_nats::connect(&url).await?;

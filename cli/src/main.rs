@@ -4,10 +4,12 @@ use clap::{Parser, Subcommand};
 
 mod auth;
 mod bench;
+mod conformance;
 mod demo;
 #[cfg(feature = "otel")]
 mod otel;
 mod run;
+mod server;
 mod stats;
 mod worker;
 
@@ -38,6 +40,9 @@ enum Command {
     /// Credentials: `auth permissions --role worker --tenant T` prints the nats-server
     /// permissions of a role.
     Auth(auth::AuthArgs),
+    /// Check a worker of any language against docs/protocol.md's rules:
+    /// `a3s-code conformance -- <command that starts the worker>`.
+    Conformance(conformance::ConformanceArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -46,8 +51,13 @@ fn main() -> anyhow::Result<()> {
     use tracing_subscriber::util::SubscriberInitExt;
 
     let cli = Cli::parse();
+    // The conformance kit's report is its output: its own session's logs stay quiet.
+    let default_level = match cli.command {
+        Command::Conformance(_) => "warn",
+        _ => "info",
+    };
     let filter = tracing_subscriber::EnvFilter::try_from_env("A3S_LOG")
-        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
     let layers = vec![
         tracing_subscriber::fmt::layer()
             .with_writer(std::io::stderr)
@@ -81,6 +91,7 @@ fn main() -> anyhow::Result<()> {
             Command::Bench(args) => bench::run(args).await,
             Command::Stats(args) => stats::run(args).await,
             Command::Auth(args) => auth::run(args),
+            Command::Conformance(args) => conformance::run(args).await,
         }
     });
     #[cfg(feature = "otel")]

@@ -34,6 +34,7 @@ pub(crate) struct WorkerArgs {
     /// Lanes to serve, comma-separated (control, query, execute, generate).
     #[arg(
         long,
+        env = "A3S_LANES",
         value_delimiter = ',',
         default_value = "control,query,execute,generate"
     )]
@@ -42,14 +43,22 @@ pub(crate) struct WorkerArgs {
     #[arg(long, default_value_t = 8)]
     concurrency: usize,
     /// Directory the built-in tools are confined to.
-    #[arg(long, default_value = ".")]
+    #[arg(long, env = "A3S_WORKSPACE", default_value = ".")]
     workspace: PathBuf,
     /// This worker's labels (k=v,k=v); it takes tasks that require no label or labels it has.
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, env = "A3S_LABELS", value_delimiter = ',')]
     labels: Vec<String>,
     /// Allow the bash tool (off by default).
-    #[arg(long)]
+    #[arg(
+        long,
+        env = "A3S_ALLOW_BASH",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
     allow_bash: bool,
+    /// The most of one file a tool holds in memory: `edit` refuses larger files, `read` returns
+    /// at most this much content (default 16 MiB).
+    #[arg(long, env = "A3S_MAX_FILE_BYTES", default_value_t = 16 << 20)]
+    max_file_bytes: u64,
     /// Id reported with results (default: random).
     #[arg(long, env = "A3S_WORKER_ID")]
     worker_id: Option<String>,
@@ -58,7 +67,7 @@ pub(crate) struct WorkerArgs {
     prefix: String,
     /// Lease on a task before it is delivered elsewhere: the worker learns the consumers' own
     /// lease (set by the sessions) and renews at a third of the shorter of the two.
-    #[arg(long, default_value_t = 10_000)]
+    #[arg(long, env = "A3S_LEASE_MS", default_value_t = 10_000)]
     lease_ms: u64,
     /// Token authentication.
     #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
@@ -161,7 +170,8 @@ impl WorkerArgs {
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
     let workspace = Workspace::new(&args.workspace)
         .with_context(|| format!("workspace {}", args.workspace.display()))?
-        .with_bash(args.allow_bash);
+        .with_bash(args.allow_bash)
+        .with_max_file_bytes(args.max_file_bytes);
     let options = args.remote_options()?;
     let lanes: Vec<&str> = options.lanes.iter().map(|l| l.as_str()).collect();
     let remote = WorkerClient::connect_with(args.nats_config()?, options.clone())

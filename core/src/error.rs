@@ -121,6 +121,19 @@ pub enum Error {
         reason: String,
     },
 
+    /// A file is larger than a tool may hold in memory ([`Workspace::with_max_file_bytes`]).
+    ///
+    /// [`Workspace::with_max_file_bytes`]: crate::tools::Workspace::with_max_file_bytes
+    #[error("{tool}: {path}: more than {limit} bytes to hold in memory (the workspace's max_file_bytes)")]
+    FileTooLarge {
+        /// The tool.
+        tool: String,
+        /// The path as given.
+        path: String,
+        /// The limit in bytes.
+        limit: u64,
+    },
+
     /// The message broker cannot be reached or refused an operation.
     #[error("message broker unavailable: {reason}")]
     BrokerUnavailable {
@@ -188,6 +201,7 @@ impl Error {
             Error::PathEscapesWorkspace { .. } => "PathEscapesWorkspace",
             Error::UnknownTool { .. } => "UnknownTool",
             Error::ToolFailed { .. } => "ToolFailed",
+            Error::FileTooLarge { .. } => "FileTooLarge",
             Error::BrokerUnavailable { .. } => "BrokerUnavailable",
             Error::UnsupportedProtocol { .. } => "UnsupportedProtocol",
             Error::ModelFailed { .. } => "ModelFailed",
@@ -211,6 +225,7 @@ impl Error {
         "PathEscapesWorkspace",
         "UnknownTool",
         "ToolFailed",
+        "FileTooLarge",
         "BrokerUnavailable",
         "UnsupportedProtocol",
         "ModelFailed",

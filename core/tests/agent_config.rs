@@ -33,6 +33,48 @@ fn config_error(src: &str) -> (Option<usize>, String, String) {
 }
 
 #[test]
+fn urls_are_checked_when_the_file_loads() {
+    for (src, line, needle) in [
+        (
+            "distribution {\n  nats_url = \"not a url\"\n}\n",
+            2,
+            "distribution.nats_url: \"not a url\" is not a NATS server address",
+        ),
+        (
+            "\ndistribution {\n  nats_url = \"nats://a:4222, http://b:4222\"\n}\n",
+            3,
+            "unknown scheme \"http\"",
+        ),
+        (
+            "distribution {\n  nats_url = \" , \"\n}\n",
+            2,
+            "no server address given",
+        ),
+        (
+            "providers {\n  name = \"p\"\n  base_url = \"localhost:8080/v1\"\n}\n",
+            3,
+            "providers.base_url:",
+        ),
+    ] {
+        let (got_line, reason, display) = config_error(src);
+        assert_eq!(got_line, Some(line), "{src:?}: {display}");
+        assert!(reason.contains(needle), "{src:?}: {reason}");
+        assert!(display.contains(&format!("agent.hcl:{line}")), "{display}");
+    }
+    for urls in [
+        "nats://a:4222",
+        "nats://u:p@a:4222,tls://b:4443",
+        "a:4222, b:4222",
+        "ws://a:8080,wss://b/nats",
+        "[::1]:4222",
+    ] {
+        let src = format!("distribution {{\n  nats_url = \"{urls}\"\n}}\n");
+        let cfg = AgentConfig::parse(&src, "agent.hcl").unwrap_or_else(|e| panic!("{urls}: {e}"));
+        assert_eq!(cfg.distribution.nats_url.as_deref(), Some(urls));
+    }
+}
+
+#[test]
 fn the_documented_example_parses_to_the_expected_values() {
     let path = fixture("agent.hcl");
     let cfg = AgentConfig::from_file(&path).unwrap();

@@ -358,7 +358,8 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
     let (s, _dir) = session(
         nats.clone(),
         SessionQueueConfig {
-            retry_policy: RetryPolicy::none(),
+            // Two attempts in all.
+            retry_policy: RetryPolicy::fixed(1, 0),
             ..Default::default()
         },
     );
@@ -367,7 +368,7 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
         .submit(SessionLane::Query, "read", json!({"path": "x"}))
         .await
         .unwrap();
-    {
+    for attempt in 1..=2 {
         // Claims it, then vanishes without a word: no lease renewal, no result.
         let doomed = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
             .await
@@ -376,7 +377,7 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
             .claim_external_tasks(1, Duration::from_secs(10))
             .await
             .unwrap();
-        assert_eq!(t.len(), 1);
+        assert_eq!(t.len(), 1, "attempt {attempt}");
     }
     // Redelivered after the lease; with no retries allowed the next worker reports it exhausted.
     let next = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::session(s.id()))
@@ -400,7 +401,10 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
     .await
     .expect("the exhausted task is reported");
     assert_eq!(err.code(), "RetriesExhausted");
-    assert_eq!(s.dead_letters().await.len(), 1);
+    assert!(err.to_string().contains("after 2 attempt(s)"), "{err}");
+    let letters = s.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].attempts, 2, "the dead letter counts the attempts made");
     // The dead letter is browsable in the DLQ stream.
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);
@@ -420,5 +424,6 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
     let msg = dlq.get_raw_message(1).await.unwrap();
     let letter: serde_json::Value = serde_json::from_slice(&msg.payload).unwrap();
     assert_eq!(letter["error_code"], "RetriesExhausted");
+    assert_eq!(letter["attempts"], 2);
     s.close().await;
 }

@@ -198,6 +198,36 @@ async fn completions_are_checked() {
 }
 
 #[tokio::test]
+async fn calls_after_close_answer_shut_down() {
+    let (session, _dir) =
+        common::external_session(SessionQueueConfig::default(), &[SessionLane::Query], 60_000);
+    let h = session
+        .submit(SessionLane::Query, "read", json!({}))
+        .await
+        .unwrap();
+    let task = session.pending_external_tasks().await.remove(0);
+    session.close().await;
+    assert_eq!(h.await.unwrap_err().code(), "ShutDown");
+    let ok = ExternalTaskResult::ok(json!({}));
+    let code = |r: a3s_code_core::Result<()>| r.unwrap_err().code();
+    assert_eq!(code(session.complete_external_task(&task.task_id, ok.clone()).await), "ShutDown");
+    assert_eq!(code(session.complete_external_task("not-an-id", ok.clone()).await), "ShutDown");
+    let batch = session
+        .complete_external_tasks(vec![(task.task_id.clone(), ok)])
+        .await;
+    assert_eq!(batch.into_iter().map(code).collect::<Vec<_>>(), ["ShutDown"]);
+    assert_eq!(code(session.abandon_external_task(&task.task_id, "lost").await), "ShutDown");
+    assert_eq!(
+        session
+            .submit(SessionLane::Query, "read", json!({}))
+            .await
+            .unwrap_err()
+            .code(),
+        "ShutDown"
+    );
+}
+
+#[tokio::test]
 async fn a_failed_result_is_returned_as_is_and_not_retried() {
     let cfg = SessionQueueConfig {
         retry_policy: a3s_code_core::queue::RetryPolicy::fixed(3, 0),

@@ -13,9 +13,10 @@ use a3s_code_core::tools::{
 use a3s_code_core::{Error, ExternalTask, ExternalTaskResult};
 use serde_json::{Value, json};
 
+/// A workspace that allows `bash` (off by default).
 fn workspace() -> (tempfile::TempDir, Workspace) {
     let dir = tempfile::tempdir().unwrap();
-    let ws = Workspace::new(dir.path()).unwrap();
+    let ws = Workspace::new(dir.path()).unwrap().with_bash(true);
     (dir, ws)
 }
 
@@ -330,6 +331,14 @@ async fn execute_builtin_maps_results_and_errors() {
         assert_eq!(res.result, json!({"error_code": code}));
         assert!(res.error.as_deref().is_some_and(|e| !e.is_empty()));
     }
+
+    // Tasks from elsewhere run no commands unless the workspace allows bash.
+    let default = Workspace::new(dir.path()).unwrap();
+    let res = execute_builtin(&task("bash", json!({"command": "touch ran"})), &default).await;
+    assert!(!res.success);
+    assert_eq!(res.result, json!({"error_code": "ToolFailed"}));
+    assert!(res.error.unwrap().contains("bash is disabled"));
+    assert!(!dir.path().join("ran").exists());
 
     let res = execute_builtin(&task("bash", json!({"command": "echo hi"})), &ws).await;
     assert_eq!(

@@ -50,66 +50,6 @@ pub(crate) struct PoolBench {
     min_ratio: Option<f64>,
 }
 
-/// A nats-server with monitoring, started for the bench.
-struct Server {
-    child: std::process::Child,
-    _dir: tempfile::TempDir,
-    url: String,
-    monitor: u16,
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port())
-}
-
-fn start_server() -> anyhow::Result<Server> {
-    let (port, monitor) = (free_port()?, free_port()?);
-    let dir = tempfile::tempdir()?;
-    let conf = dir.path().join("server.conf");
-    // Each tenant's streams reserve their max_bytes: room for every tenant of the bench.
-    std::fs::write(
-        &conf,
-        "jetstream {\n  max_file_store: 1TB\n  max_memory_store: 1GB\n}\n",
-    )?;
-    let bin = super::nats_server_bin()?;
-    let child = std::process::Command::new(bin)
-        .args([
-            "-a",
-            "127.0.0.1",
-            "-p",
-            &port.to_string(),
-            "-m",
-            &monitor.to_string(),
-        ])
-        .args(["-js", "-sd"])
-        .arg(dir.path().join("js"))
-        .arg("-c")
-        .arg(&conf)
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()?;
-    for _ in 0..200 {
-        if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            break;
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
-    Ok(Server {
-        child,
-        _dir: dir,
-        url: format!("nats://127.0.0.1:{port}"),
-        monitor,
-    })
-}
 
 /// The server's memory (`/varz` `mem`, bytes).
 async fn server_mem(monitor: u16) -> anyhow::Result<u64> {
@@ -243,11 +183,11 @@ async fn run_sessions(
 }
 
 pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
-    let server = start_server()?;
+    let server = crate::server::NatsServer::start()?;
     let prefix = format!("pool{}", std::process::id());
-    let nats = NatsConfig::new(&server.url).with_prefix(&prefix);
-    let client = async_nats::connect(&server.url).await?;
-    let workers: Procs = noop_workers(b.workers, &server.url, &prefix, "*", b.concurrency)?;
+    let nats = NatsConfig::new(server.url()).with_prefix(&prefix);
+    let client = async_nats::connect(server.url()).await?;
+    let workers: Procs = noop_workers(b.workers, server.url(), &prefix, "*", b.concurrency)?;
     fleet_present(&client, &prefix, b.workers).await?;
     println!(
         "# a3s-code bench pool: {} pool workers x {} slots, sessions' Query lane {} slots, {} tasks a run (nats-server {})",
@@ -272,7 +212,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
         let cfg = queue_config(b.lane_concurrency, 1 << 20);
         let (sessions, opened) = open_sessions(&nats, n, &cfg, None).await?;
         let (elapsed, per_session, latencies) = run_sessions(&sessions, per).await;
-        let mem = server_mem(server.monitor).await.unwrap_or(0);
+        let mem = server_mem(server.monitor()).await.unwrap_or(0);
         let mut done: Vec<Duration> = per_session.iter().map(|p| p.1).collect();
         done.sort();
         let mut first = Histogram::<u64>::new(3)?;
@@ -342,11 +282,11 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
     }
 
     if b.idle_sessions > 0 {
-        let (mem0, rss0) = (server_mem(server.monitor).await.unwrap_or(0), own_rss());
+        let (mem0, rss0) = (server_mem(server.monitor()).await.unwrap_or(0), own_rss());
         let cfg = queue_config(b.lane_concurrency, 1000);
         let (idle, opened) = open_sessions(&nats, b.idle_sessions, &cfg, None).await?;
         tokio::time::sleep(Duration::from_secs(2)).await;
-        let (mem1, rss1) = (server_mem(server.monitor).await.unwrap_or(0), own_rss());
+        let (mem1, rss1) = (server_mem(server.monitor()).await.unwrap_or(0), own_rss());
         let n = b.idle_sessions as f64;
         println!(
             "\n{} idle sessions: opened (broker ready) at {:.0}/s; server memory {:+.1} KiB per session ({} -> {} MiB); this process {:+.1} KiB per session",
@@ -370,7 +310,7 @@ pub(crate) async fn pool_bench(b: PoolBench) -> anyhow::Result<()> {
 }
 
 fn server_version() -> String {
-    super::nats_server_bin()
+    crate::server::bin()
         .ok()
         .and_then(|b| std::process::Command::new(b).arg("--version").output().ok())
         .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
@@ -427,8 +367,8 @@ async fn fairness(b: &PoolBench, nats: &NatsConfig) -> anyhow::Result<()> {
     let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let mut loads = Vec::new();
     for (sessions, done) in [(&a, &done_a), (&bb, &done_b)] {
-        for s in sessions.iter().cloned() {
-            let (done, stop) = (done.clone(), stop.clone());
+        for s in sessions.iter() {
+            let (s, done, stop) = (s.clone(), done.clone(), stop.clone());
             // Keep twice the lane's slots submitted: the session always has work to publish.
             loads.push(tokio::spawn(async move {
                 let mut inflight = futures_util::stream::FuturesUnordered::new();

@@ -12,7 +12,7 @@ use a3s_code_core::queue::SessionLane;
 use hdrhistogram::Histogram;
 use serde_json::json;
 
-use super::{Procs, delete_streams, parking_lot_free, query_session, spawn_procs, start_server};
+use super::{Procs, delete_streams, parking_lot_free, query_session, spawn_procs};
 
 #[derive(clap::Args)]
 pub(super) struct SoakArgs {
@@ -95,8 +95,8 @@ pub(super) async fn soak(a: SoakArgs) -> anyhow::Result<()> {
     let (url, _server) = match &a.nats {
         Some(u) => (u.clone(), None),
         None => {
-            let (u, s) = start_server()?;
-            (u, Some(s))
+            let s = crate::server::NatsServer::start()?;
+            (s.url().to_owned(), Some(s))
         }
     };
     let prefix = format!("soak{:x}", std::process::id() ^ rand_seed() as u32);

@@ -19,6 +19,53 @@ pub use nats::config::{NatsAuth, NatsConfig, NatsOptions, NatsTls};
 #[cfg(feature = "nats")]
 pub(crate) use crate::queue::dispatch::{Dispatcher, Ended};
 
+/// Checks a NATS server list: one address or several separated by commas, each
+/// `nats://host[:port]`, `tls://`, `ws://`, `wss://`, or a bare `host[:port]` (taken as
+/// `nats://`), with optional `user:password@`.
+///
+/// # Errors
+///
+/// Why the list is not usable, naming the first bad entry.
+///
+/// # Examples
+///
+/// ```
+/// use a3s_code_core::broker::check_server_urls;
+/// assert!(check_server_urls("nats://a:4222, tls://b:4443,c:4222,wss://d/nats").is_ok());
+/// assert!(check_server_urls("not a url").is_err());
+/// assert!(check_server_urls("http://a:4222").is_err());
+/// assert!(check_server_urls(" , ").is_err());
+/// ```
+pub fn check_server_urls(urls: &str) -> std::result::Result<(), String> {
+    let mut any = false;
+    for entry in urls.split(',').map(str::trim).filter(|e| !e.is_empty()) {
+        any = true;
+        let bad = |why: &str| {
+            format!(
+                "{entry:?} is not a NATS server address ({why}; expected nats://host:port, \
+                 tls://, ws://, wss:// or host:port, several separated by commas)"
+            )
+        };
+        let spelled = if entry.contains("://") {
+            entry.to_owned()
+        } else {
+            format!("nats://{entry}")
+        };
+        let parsed = url::Url::parse(&spelled).map_err(|e| bad(&e.to_string()))?;
+        if !matches!(parsed.scheme(), "nats" | "tls" | "ws" | "wss") {
+            return Err(bad(&format!("unknown scheme {:?}", parsed.scheme())));
+        }
+        if parsed.host_str().is_none_or(str::is_empty) {
+            return Err(bad("no host"));
+        }
+    }
+    if any {
+        Ok(())
+    } else {
+        Err("no server address given".to_owned())
+    }
+}
+
 /// Which tenant a session belongs to, and the tenant's share of a shared worker fleet.
 ///
 /// Sessions that name no tenant belong to [`wire::DEFAULT_TENANT`]. When the fleet is

@@ -632,6 +632,17 @@ pub fn encode<T: Serialize>(envelope: &T) -> Vec<u8> {
     serde_json::to_vec(envelope).expect("envelopes always serialize")
 }
 
+impl From<ResultEnvelope> for crate::queue::dispatch::RemoteResult {
+    fn from(env: ResultEnvelope) -> Self {
+        Self {
+            task_id: env.task_id,
+            attempt: env.attempt,
+            exhausted: env.kind == ResultKind::Exhausted,
+            result: env.result,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -791,16 +802,5 @@ mod tests {
             Names::new("my-app").unwrap().results_stream(),
             "MY_APP_RESULTS"
         );
-    }
-}
-
-impl From<ResultEnvelope> for crate::queue::dispatch::RemoteResult {
-    fn from(env: ResultEnvelope) -> Self {
-        Self {
-            task_id: env.task_id,
-            attempt: env.attempt,
-            exhausted: env.kind == ResultKind::Exhausted,
-            result: env.result,
-        }
     }
 }

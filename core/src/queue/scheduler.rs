@@ -451,9 +451,15 @@ impl Scheduler {
                     .result
                     .error
                     .unwrap_or_else(|| "every attempt was lost".to_owned());
+                // The delivery that found the task exhausted was not an attempt.
+                let attempts = env.attempt.saturating_sub(1).max(1);
+                if let Some(e) = st.live.get_mut(&seq) {
+                    // The dead letter and the error say the same number.
+                    e.attempt = e.attempt.max(attempts);
+                }
                 let err = Error::RetriesExhausted {
                     task_id: env.task_id,
-                    attempts: env.attempt.saturating_sub(1).max(1),
+                    attempts,
                     reason,
                 };
                 self.finish(&mut st, seq, Err(err));
@@ -878,8 +884,11 @@ impl Scheduler {
         task_id: &str,
         result: ExternalTaskResult,
     ) -> Result<()> {
-        let seq = self.seq_of(task_id)?;
         let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        let seq = self.seq_of(task_id)?;
         self.complete_locked(&mut st, seq, task_id, result)
     }
 
@@ -891,6 +900,9 @@ impl Scheduler {
         results
             .into_iter()
             .map(|(task_id, result)| {
+                if st.closed {
+                    return Err(Error::ShutDown);
+                }
                 let seq = self.seq_of(&task_id)?;
                 self.complete_locked(&mut st, seq, &task_id, result)
             })
@@ -916,8 +928,11 @@ impl Scheduler {
     /// A worker gives a task back without a result: the attempt is lost and the retry policy
     /// decides whether another one follows.
     pub(crate) fn abandon(self: &Arc<Self>, task_id: &str, reason: &str) -> Result<()> {
-        let seq = self.seq_of(task_id)?;
         let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        let seq = self.seq_of(task_id)?;
         match st.live.get(&seq) {
             Some(e)
                 if e.mode == TaskHandlerMode::External

@@ -7,12 +7,22 @@
 //!   (so the command never blocks on a full pipe) and `truncated` is set. Invalid UTF-8 is
 //!   replaced.
 //! - The kept output is also streamed, chunk by chunk, to the context's output sink.
-//! - The command is given until the earlier of `timeout_ms` and the context's deadline. Then its
-//!   whole process group is killed (SIGKILL), `timed_out` is `true` and `exit_code` `null`.
+//! - The command is given until the earlier of `timeout_ms` and the context's deadline. Then
+//!   every process it started is killed (SIGKILL), `timed_out` is `true` and `exit_code` `null`.
 //! - `exit_code` is `null` as well when the shell was killed by a signal.
-//! - When the shell exits, whatever it left running in its process group is killed, so no
-//!   background process outlives the call (use `setsid` to really detach one).
-//! - Dropping the future (cancellation) kills the process group too.
+//! - When the shell exits, every process it left running is killed, so nothing the command
+//!   started outlives the call, and the call returns with the output read so far even if such a
+//!   process held stdout or stderr open (what it writes after that is not waited for).
+//! - Dropping the future (cancellation) kills every process the command started too.
+//!
+//! "Every process the command started" is found two ways, neither of which can touch a process
+//! the call did not start (nothing is reaped but the shell itself, no `waitpid(-1)`): the
+//! shell's process group (`killpg`), and, on Linux, every process whose environment carries
+//! this call's `A3S_TASK_SCOPE` value, which every descendant inherits — also after `setsid`,
+//! a double fork or a re-parenting to init. Each is opened as a pidfd before its environment is
+//! checked, so a recycled process id is never signalled. A descendant that both leaves the
+//! process group and starts over with an empty environment (`setsid env -i ...`) escapes; only
+//! a cgroup would catch it, and cgroups are not assumed to be available.
 //!
 //! Errors: a missing or ill-typed `command` or `timeout_ms` (at least 1) is
 //! [`Error::InvalidPayload`](crate::Error::InvalidPayload); `bash` disabled on the workspace or
@@ -56,9 +66,11 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
         return Ok(outcome(b"", b"", None, true, false));
     }
 
+    let scope = Scope::token();
     let mut cmd = Command::new("sh");
     cmd.arg("-c")
         .arg(command)
+        .env(SCOPE_VAR, &scope)
         .current_dir(ws.root())
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
@@ -69,8 +81,8 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
     let mut child = cmd
         .spawn()
         .map_err(|e| tool_error(args.tool, format!("cannot start sh: {e}")))?;
-    // From here on, dropping this future kills the whole group.
-    let group = GroupKill::new(child.id());
+    // From here on, dropping this future ends every process the command started.
+    let scope = Scope::new(child.id(), scope);
 
     let stdout = child.stdout.take();
     let stderr = child.stderr.take();
@@ -80,17 +92,27 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
     let mut err = Capture::new(cap);
     let mut status: Option<ExitStatus> = None;
     let finished = {
-        let wait = async {
-            status = child.wait().await.ok();
-            // Sweep what the shell left behind, so the pipes close.
-            group.kill();
-        };
         let work = async {
-            tokio::join!(
-                wait,
-                pump(stdout, "stdout", &mut out, sink),
-                pump(stderr, "stderr", &mut err, sink)
-            );
+            let pumps = async {
+                tokio::join!(
+                    pump(stdout, "stdout", &mut out, sink),
+                    pump(stderr, "stderr", &mut err, sink)
+                )
+            };
+            let exited = async {
+                status = child.wait().await.ok();
+                // End what the shell left behind, so the pipes close.
+                scope.end_all_blocking().await;
+            };
+            tokio::pin!(pumps, exited);
+            tokio::select! {
+                _ = &mut pumps => exited.await,
+                () = &mut exited => {
+                    // Whatever still holds a pipe open escaped the sweep: take what is
+                    // buffered, then stop waiting for it.
+                    let _ = tokio::time::timeout(DRAIN_AFTER_EXIT, pumps).await;
+                }
+            }
         };
         match deadline {
             Some(d) => tokio::time::timeout_at(d, work).await.is_ok(),
@@ -102,9 +124,9 @@ pub(super) async fn run(args: &Args<'_>, ws: &Workspace, ctx: &ToolContext) -> R
     };
     let timed_out = !finished && status.is_none();
     if !finished {
-        group.kill();
+        scope.end_all_blocking().await;
     }
-    group.disarm();
+    scope.disarm();
     // A child still running was just killed; `kill_on_drop` lets tokio reap it.
     drop(child);
     let exit_code = if timed_out {
@@ -242,51 +264,126 @@ impl Capture {
     }
 }
 
-/// Kills a process group with SIGKILL when dropped, unless disarmed.
-struct GroupKill {
+/// The environment variable whose value marks every process one `bash` call starts.
+pub(crate) const SCOPE_VAR: &str = "A3S_TASK_SCOPE";
+
+/// How long the output is still read after the shell exited and its processes were ended.
+const DRAIN_AFTER_EXIT: Duration = Duration::from_millis(200);
+
+/// How many passes over the process table one sweep makes at most (a process forking while it
+/// is being killed is found by the next pass).
+const MAX_SWEEPS: usize = 64;
+
+/// The processes of one `bash` call: ended when dropped, unless disarmed.
+struct Scope {
     pgid: Option<i32>,
+    /// `A3S_TASK_SCOPE=<token>`, as it appears in `/proc/<pid>/environ`.
+    marker: Option<Vec<u8>>,
 }
 
-impl GroupKill {
-    fn new(pid: Option<u32>) -> Self {
+impl Scope {
+    /// A fresh value for [`SCOPE_VAR`].
+    fn token() -> String {
+        uuid::Uuid::new_v4().simple().to_string()
+    }
+
+    fn new(pid: Option<u32>, token: String) -> Self {
         Self {
             pgid: pid.and_then(|p| i32::try_from(p).ok()).filter(|p| *p > 0),
+            marker: Some(format!("{SCOPE_VAR}={token}").into_bytes()),
         }
     }
 
-    fn kill(&self) {
+    /// Kills the process group and every process carrying the marker.
+    fn end_all(&self) {
         if let Some(pgid) = self.pgid {
             kill_process_group(pgid);
+        }
+        if let Some(marker) = &self.marker {
+            sweep(marker);
+        }
+    }
+
+    /// [`end_all`](Self::end_all) off the async threads (it reads the process table).
+    async fn end_all_blocking(&self) {
+        let pgid = self.pgid;
+        let marker = self.marker.clone();
+        let ended = tokio::task::spawn_blocking(move || {
+            Scope { pgid, marker }.end_all();
+        })
+        .await;
+        if ended.is_err() {
+            self.end_all();
         }
     }
 
     fn disarm(mut self) {
         self.pgid = None;
+        self.marker = None;
     }
 }
 
-impl Drop for GroupKill {
+impl Drop for Scope {
     fn drop(&mut self) {
-        self.kill();
+        self.end_all();
     }
 }
 
-/// Sends SIGKILL to every process in group `pgid` (> 0).
-#[cfg(unix)]
-#[allow(unsafe_code)]
-fn kill_process_group(pgid: i32) {
-    if pgid > 0 {
-        // SAFETY: `killpg` takes plain integers and touches no memory of ours; it only sends a
-        // signal. `pgid > 0` rules out 0 (our own group) and negative values.
-        unsafe {
-            libc::killpg(pgid, libc::SIGKILL);
+/// Sends SIGKILL to every process whose environment holds `marker` (Linux: `/proc`), pass after
+/// pass until none is left. Each process is opened as a pidfd before its environment is read,
+/// so the signal reaches the process that was checked or none (never a recycled id).
+#[cfg(target_os = "linux")]
+fn sweep(marker: &[u8]) {
+    use rustix::process::{Pid, PidfdFlags, Signal, pidfd_open, pidfd_send_signal};
+    let me = std::process::id();
+    for _ in 0..MAX_SWEEPS {
+        let Ok(entries) = std::fs::read_dir("/proc") else {
+            return;
+        };
+        let mut found = false;
+        for entry in entries.flatten() {
+            let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+                continue;
+            };
+            if u32::try_from(raw) == Ok(me) {
+                continue;
+            }
+            let Some(pid) = Pid::from_raw(raw) else {
+                continue;
+            };
+            let Ok(pidfd) = pidfd_open(pid, PidfdFlags::empty()) else {
+                continue;
+            };
+            // A zombie's environment reads as empty: only live processes match.
+            let carries = std::fs::read(format!("/proc/{raw}/environ"))
+                .is_ok_and(|env| env.split(|b| *b == 0).any(|var| var == marker));
+            if carries {
+                found = true;
+                let _ = pidfd_send_signal(&pidfd, Signal::KILL);
+            }
         }
+        if !found {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(1));
+    }
+}
+
+/// Sends SIGKILL to every process in group `pgid` (> 0, so never our own group).
+#[cfg(unix)]
+fn kill_process_group(pgid: i32) {
+    if let Some(pgid) = rustix::process::Pid::from_raw(pgid) {
+        let _ = rustix::process::kill_process_group(pgid, rustix::process::Signal::KILL);
     }
 }
 
 /// No process groups here: `kill_on_drop` kills the shell itself.
 #[cfg(not(unix))]
 fn kill_process_group(_pgid: i32) {}
+
+/// No process table to search here: the process group is all that is ended.
+#[cfg(not(target_os = "linux"))]
+fn sweep(_marker: &[u8]) {}
 
 #[cfg(test)]
 mod tests {
@@ -308,7 +405,7 @@ mod tests {
 
     fn ws() -> (tempfile::TempDir, Workspace) {
         let dir = tempfile::tempdir().unwrap();
-        let ws = Workspace::new(dir.path()).unwrap();
+        let ws = Workspace::new(dir.path()).unwrap().with_bash(true);
         (dir, ws)
     }
 
@@ -428,6 +525,123 @@ mod tests {
             .unwrap_err();
         assert_eq!(err.code(), "ToolFailed");
         assert!(err.to_string().contains("--allow-bash"));
+    }
+
+    /// Whether process `pid` is still running (a zombie counts as ended).
+    fn alive(pid: &str) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+    }
+
+    /// Waits (bounded) until `pid` has ended.
+    async fn ended(pid: &str) -> bool {
+        for _ in 0..200 {
+            if !alive(pid) {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        false
+    }
+
+    /// The pid a command wrote to `file` (waiting for it to appear).
+    async fn pid_in(file: &std::path::Path) -> String {
+        for _ in 0..200 {
+            if let Ok(pid) = std::fs::read_to_string(file)
+                && !pid.trim().is_empty()
+            {
+                return pid.trim().to_string();
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        panic!("no pid in {}", file.display());
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn detached_descendants_end_with_the_command() {
+        let (d, ws) = ws();
+        let ctx = ToolContext::new();
+        // setsid (own session and group) and a double fork (re-parented to init), both with
+        // stdout and stderr closed so the call does not wait for them.
+        let out = call(
+            &ws,
+            json!({"command": "setsid sh -c 'echo $$ > s.pid; exec sleep 60' >/dev/null 2>&1 </dev/null &\n\
+                               (sh -c 'echo $$ > f.pid; exec sleep 60' >/dev/null 2>&1 &) ; \
+                               while [ ! -s s.pid ] || [ ! -s f.pid ]; do sleep 0.01; done; echo started"}),
+            &ctx,
+        )
+        .await
+        .unwrap();
+        assert_eq!(out["stdout"], "started\n");
+        assert_eq!(out["exit_code"], 0);
+        for file in ["s.pid", "f.pid"] {
+            let pid = pid_in(&d.path().join(file)).await;
+            assert!(ended(&pid).await, "{file}: process {pid} outlived the call");
+        }
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn a_descendant_holding_stdout_does_not_hold_the_call() {
+        let (d, ws) = ws();
+        let started = Instant::now();
+        let out = call(
+            &ws,
+            json!({"command": "setsid sh -c 'echo $$ > h.pid; echo from-child; exec sleep 60' &\n\
+                               while [ ! -s h.pid ]; do sleep 0.01; done; echo done",
+                   "timeout_ms": 30_000}),
+            &ToolContext::new(),
+        )
+        .await
+        .unwrap();
+        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert_eq!(out["exit_code"], 0);
+        assert_eq!(out["timed_out"], false);
+        let stdout = out["stdout"].as_str().unwrap();
+        assert!(stdout.contains("done\n"), "{stdout:?}");
+        let pid = pid_in(&d.path().join("h.pid")).await;
+        assert!(ended(&pid).await, "process {pid} outlived the call");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn timeout_and_cancel_end_detached_descendants() {
+        let (d, ws) = ws();
+        let command = |file: &str| {
+            json!({"command": format!("setsid sh -c 'echo $$ > {file}; exec sleep 60' >/dev/null 2>&1 & sleep 60")})
+        };
+        // Timeout.
+        let mut args = command("t.pid");
+        args["timeout_ms"] = json!(1500);
+        let out = call(&ws, args, &ToolContext::new()).await.unwrap();
+        assert_eq!(out["timed_out"], true);
+        let pid = pid_in(&d.path().join("t.pid")).await;
+        assert!(ended(&pid).await, "timeout: process {pid} survived");
+        // Cancel: the future is dropped while the command runs.
+        let ctx = ToolContext::new();
+        let args = command("c.pid");
+        let running = call(&ws, args, &ctx);
+        let file = d.path().join("c.pid");
+        let pid = tokio::select! {
+            _ = running => panic!("the command should still run"),
+            pid = pid_in(&file) => pid,
+        };
+        assert!(ended(&pid).await, "cancel: process {pid} survived");
+    }
+
+    #[cfg(target_os = "linux")]
+    #[tokio::test]
+    async fn processes_the_call_did_not_start_are_left_alone() {
+        let (_d, ws) = ws();
+        let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let out = call(&ws, json!({"command": "true"}), &ToolContext::new())
+            .await
+            .unwrap();
+        assert_eq!(out["exit_code"], 0);
+        assert!(other.try_wait().unwrap().is_none(), "an unrelated child was touched");
+        other.kill().unwrap();
+        other.wait().unwrap();
     }
 
     #[test]

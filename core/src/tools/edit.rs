@@ -8,17 +8,22 @@
 //! and every occurrence of `old_string` in the file sits inside an occurrence of `new_string`
 //! at that same place (editing `x = 1` into `x = 10` twice must not give `x = 100`).
 //!
+//! The whole file is read into memory, so a file over the workspace's
+//! [`max_file_bytes`](super::Workspace::max_file_bytes) (16 MiB by default) is refused. The
+//! result replaces the file the way `write` does (a new file renamed over the old one).
+//!
 //! Errors: an empty `old_string` is [`Error::InvalidPayload`](crate::Error::InvalidPayload);
-//! `old_string` not found or found several times, and the failures of `read`, are
-//! [`Error::ToolFailed`](crate::Error::ToolFailed).
+//! `old_string` not found or found several times, a missing, non-regular, binary or non-UTF-8
+//! file are [`Error::ToolFailed`](crate::Error::ToolFailed); a file over `max_file_bytes` is
+//! [`Error::FileTooLarge`](crate::Error::FileTooLarge).
 
 use serde_json::{Value, json};
 
-use super::{Args, Workspace, io_error, read::read_text, tool_error};
+use super::{Args, Workspace, tool_error};
 use crate::error::{Error, Result};
 
 pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
-    let (path, shown) = args.path(ws, "path", true)?;
+    let (rel, shown) = args.path(ws, "path", true)?;
     let old = args.string("old_string")?;
     let new = args.string("new_string")?;
     let replace_all = args.flag("replace_all")?;
@@ -27,7 +32,7 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
             "edit: `old_string` must not be empty",
         ));
     }
-    let text = read_text(args.tool, &path, shown)?;
+    let text = ws.read_whole(args.tool, &rel, shown)?;
     let count = text.matches(old).count();
     if count == 0 {
         if !new.is_empty() && text.contains(new) {
@@ -55,7 +60,7 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
         text.replacen(old, new, 1)
     };
     if updated != text {
-        std::fs::write(&path, updated).map_err(|e| io_error(args.tool, shown, &e))?;
+        ws.replace_file(args.tool, &rel, shown, updated.as_bytes())?;
     }
     Ok(json!({"replacements": count}))
 }

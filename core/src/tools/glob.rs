@@ -5,9 +5,11 @@
 //! matched).
 //!
 //! The walk honours `.gitignore` (even outside a git repository), `.ignore` and
-//! `.git/info/exclude` files, including those of parent directories, skips hidden files and
-//! directories unless the pattern itself names one (it starts with `.` or contains `/.`), and
-//! does not follow symbolic links (nor list them).
+//! `.git/info/exclude` files, including those of parent directories inside the workspace, skips
+//! hidden files and directories unless the pattern itself names one (it starts with `.` or
+//! contains `/.`), and does not follow symbolic links (nor list them). It goes from directory
+//! handle to directory handle, so a tree changing during the walk never leads it outside the
+//! workspace.
 //!
 //! The matching rule, shared with `grep`'s `glob` argument: a file matches when the pattern
 //! matches its workspace-relative path or its path relative to `path`, or, for a pattern
@@ -18,13 +20,14 @@
 //! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): an invalid pattern, a missing `path`, or a
 //! `path` that is not a directory.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use globset::{GlobBuilder, GlobMatcher};
-use ignore::WalkBuilder;
 use serde_json::{Value, json};
 
-use super::{Args, Workspace, io_error, tool_error};
+use super::walk::walk_files;
+use super::workspace::display_relative;
+use super::{Args, Workspace, tool_error};
 use crate::error::Result;
 
 /// The most paths one call returns.
@@ -34,13 +37,10 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     let pattern = args.string("pattern")?;
     let (dir, shown) = args.path(ws, "path", false)?;
     let filter = GlobFilter::new(args.tool, pattern)?;
-    let meta = std::fs::metadata(&dir).map_err(|e| io_error(args.tool, shown, &e))?;
-    if !meta.is_dir() {
-        return Err(tool_error(args.tool, format!("{shown}: not a directory")));
-    }
-    let mut paths: Vec<String> = walk_files(&dir, filter.wants_hidden())
-        .filter(|file| filter.is_match(ws, &dir, file))
-        .map(|file| ws.display_path(&file))
+    let mut paths: Vec<String> = walk_files(ws, args.tool, &dir, shown, filter.wants_hidden())?
+        .into_iter()
+        .filter(|file| filter.is_match(&dir, file))
+        .map(|file| display_relative(&file))
         .collect();
     paths.sort();
     let truncated = paths.len() > MAX_PATHS;
@@ -79,35 +79,16 @@ impl GlobFilter {
         self.hidden
     }
 
-    /// Whether `file`, found by walking `base`, matches.
-    pub(super) fn is_match(&self, ws: &Workspace, base: &Path, file: &Path) -> bool {
-        let in_ws = file.strip_prefix(ws.root()).unwrap_or(file);
+    /// Whether `file`, found by walking `base` (both workspace-relative), matches.
+    pub(super) fn is_match(&self, base: &Path, file: &Path) -> bool {
         let in_base = file.strip_prefix(base).unwrap_or(file);
-        self.matcher.is_match(in_ws)
+        self.matcher.is_match(file)
             || self.matcher.is_match(in_base)
             || (self.by_name
                 && file
                     .file_name()
                     .is_some_and(|name| self.matcher.is_match(name)))
     }
-}
-
-/// The regular files below `dir`, honouring ignore files and skipping hidden entries unless
-/// `hidden`. Unreadable entries are skipped. Symbolic links are neither followed nor returned.
-pub(super) fn walk_files(dir: &Path, hidden: bool) -> impl Iterator<Item = PathBuf> {
-    WalkBuilder::new(dir)
-        .hidden(!hidden)
-        .ignore(true)
-        .git_ignore(true)
-        .git_exclude(true)
-        .git_global(false)
-        .parents(true)
-        .require_git(false)
-        .follow_links(false)
-        .build()
-        .filter_map(|entry| entry.ok())
-        .filter(|entry| entry.file_type().is_some_and(|t| t.is_file()))
-        .map(ignore::DirEntry::into_path)
 }
 
 #[cfg(test)]

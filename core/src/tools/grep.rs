@@ -26,8 +26,10 @@ use grep_regex::RegexMatcherBuilder;
 use grep_searcher::{BinaryDetection, Searcher, SearcherBuilder, Sink, SinkMatch};
 use serde_json::{Value, json};
 
-use super::glob::{GlobFilter, walk_files};
-use super::{Args, Workspace, io_error, to_usize, tool_error};
+use super::glob::GlobFilter;
+use super::walk::walk_files;
+use super::workspace::display_relative;
+use super::{Args, Workspace, to_usize, tool_error};
 use crate::error::Result;
 
 /// Matches returned when `max_results` is not given.
@@ -54,20 +56,17 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
         .line_terminator(Some(b'\n'))
         .build(pattern)
         .map_err(|e| tool_error(args.tool, format!("invalid regex {pattern:?}: {e}")))?;
-    let meta = std::fs::metadata(&target).map_err(|e| io_error(args.tool, shown, &e))?;
-    let mut files: Vec<(String, PathBuf)> = if meta.is_dir() {
+    let is_dir = ws.metadata(args.tool, &target, shown)?.is_dir();
+    let mut files: Vec<(String, PathBuf)> = if is_dir {
         let hidden = glob.as_ref().is_some_and(GlobFilter::wants_hidden);
-        walk_files(&target, hidden)
-            .filter(|file| glob.as_ref().is_none_or(|g| g.is_match(ws, &target, file)))
-            .map(|file| (ws.display_path(&file), file))
+        walk_files(ws, args.tool, &target, shown, hidden)?
+            .into_iter()
+            .filter(|file| glob.as_ref().is_none_or(|g| g.is_match(&target, file)))
+            .map(|file| (display_relative(&file), file))
             .collect()
-    } else if meta.is_file() {
-        vec![(ws.display_path(&target), target.clone())]
     } else {
-        return Err(tool_error(
-            args.tool,
-            format!("{shown}: not a regular file"),
-        ));
+        // Opened again below, checked there to be a regular file.
+        vec![(display_relative(&target), target.clone())]
     };
     files.sort();
 
@@ -78,6 +77,11 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
     let mut matches = Vec::new();
     let mut truncated = false;
     for (display, file) in files {
+        // A file named explicitly must be readable; a file found by the walk that cannot be
+        // opened (gone, swapped, unreadable) is skipped.
+        let opened = ws.open_file(args.tool, &file, &display);
+        let opened = if is_dir { opened.ok() } else { Some(opened?) };
+        let Some(opened) = opened else { continue };
         // One more than asked for, to know whether there were more.
         let room = max_results.saturating_sub(matches.len()).saturating_add(1);
         let mut sink = Collect {
@@ -85,7 +89,7 @@ pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
             binary: false,
             room,
         };
-        if searcher.search_path(&matcher, &file, &mut sink).is_err() || sink.binary {
+        if searcher.search_file(&matcher, &opened, &mut sink).is_err() || sink.binary {
             continue; // unreadable or binary: skipped
         }
         for (line, text) in sink.hits {

@@ -8,19 +8,17 @@
 
 use serde_json::{Value, json};
 
-use super::{Args, Workspace, io_error, tool_error};
+use super::{Args, Workspace, io_error};
 use crate::error::Result;
 
 pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
-    let (dir, shown) = args.path(ws, "path", false)?;
-    let meta = std::fs::metadata(&dir).map_err(|e| io_error(args.tool, shown, &e))?;
-    if !meta.is_dir() {
-        return Err(tool_error(args.tool, format!("{shown}: not a directory")));
-    }
+    let (rel, shown) = args.path(ws, "path", false)?;
+    let dir = ws.open_dir(args.tool, &rel, shown)?;
     let mut entries: Vec<(String, &'static str, u64)> = Vec::new();
-    for entry in std::fs::read_dir(&dir).map_err(|e| io_error(args.tool, shown, &e))? {
+    for entry in dir.entries().map_err(|e| io_error(args.tool, shown, &e))? {
         let Ok(entry) = entry else { continue };
         let name = entry.file_name().to_string_lossy().into_owned();
+        // The entry's own metadata: a symbolic link is not followed.
         let (kind, size) = match entry.metadata() {
             Ok(m) if m.file_type().is_symlink() => ("symlink", m.len()),
             Ok(m) if m.is_dir() => ("dir", 0),

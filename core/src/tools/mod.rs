@@ -33,6 +33,7 @@ mod glob;
 mod grep;
 mod ls;
 mod read;
+mod walk;
 mod workspace;
 mod write;
 
@@ -340,8 +341,9 @@ impl<'a> Args<'a> {
         }
     }
 
-    /// The workspace path under `key` (the root when absent), with the path as the user wrote
-    /// it for messages.
+    /// The workspace-relative path under `key` (the root, empty, when absent), with the path as
+    /// the user wrote it for messages. Only the checks that need no file system access are made
+    /// here; the tool opens the path beneath the workspace handle.
     pub(crate) fn path(
         &self,
         ws: &Workspace,
@@ -353,7 +355,7 @@ impl<'a> Args<'a> {
         } else {
             self.opt_string(key)?.unwrap_or("")
         };
-        Ok((ws.resolve(raw)?, if raw.is_empty() { "." } else { raw }))
+        Ok((ws.relative(raw)?, if raw.is_empty() { "." } else { raw }))
     }
 }
 

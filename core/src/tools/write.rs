@@ -1,54 +1,31 @@
 //! `write {path, content}` → `{bytes_written}` (+ `"unchanged": true`).
 //!
 //! Creates or replaces the file with `content`, creating missing parent directories (inside
-//! the workspace only: the path is checked again once they exist). `bytes_written` is the length
-//! of `content` in bytes. When the file already holds exactly `content`, nothing is written and
-//! the result also says `"unchanged": true`, so a redelivered task is recognisable.
+//! the workspace only). `bytes_written` is the length of `content` in bytes. When the file
+//! already holds exactly `content`, nothing is written and the result also says
+//! `"unchanged": true`, so a redelivered task is recognisable.
+//!
+//! The file is replaced by a new one renamed over it (see
+//! [`Workspace`](super::Workspace)): a hard link elsewhere keeps the old content, and readers
+//! see the old or the new file, never a half-written one. A symbolic link as the last component
+//! is followed inside the workspace (the link stays, its target is replaced).
 //!
 //! Errors ([`Error::ToolFailed`](crate::Error::ToolFailed)): the path is a directory or another non-regular
 //! file, or the file system refuses.
 
-use std::path::{Path, PathBuf};
-
 use serde_json::{Value, json};
 
-use super::{Args, Workspace, io_error, tool_error};
+use super::{Args, Workspace};
 use crate::error::Result;
 
 pub(super) fn run(args: &Args<'_>, ws: &Workspace) -> Result<Value> {
-    let raw = args.string("path")?;
+    let (rel, shown) = args.path(ws, "path", true)?;
     let content = args.string("content")?;
-    let path = ws.resolve(raw)?;
-    if path == ws.root() {
-        return Err(tool_error(args.tool, format!("{raw}: is a directory")));
+    if ws.replace_file(args.tool, &rel, shown, content.as_bytes())? {
+        Ok(json!({"bytes_written": content.len()}))
+    } else {
+        Ok(json!({"bytes_written": content.len(), "unchanged": true}))
     }
-    let path = prepare(args.tool, ws, raw, &path)?;
-    match std::fs::metadata(&path) {
-        Ok(meta) if meta.is_dir() => {
-            return Err(tool_error(args.tool, format!("{raw}: is a directory")));
-        }
-        Ok(meta) if !meta.is_file() => {
-            return Err(tool_error(args.tool, format!("{raw}: not a regular file")));
-        }
-        Ok(meta)
-            if meta.len() == content.len() as u64
-                && std::fs::read(&path).is_ok_and(|old| old == content.as_bytes()) =>
-        {
-            return Ok(json!({"bytes_written": content.len(), "unchanged": true}));
-        }
-        _ => {}
-    }
-    std::fs::write(&path, content).map_err(|e| io_error(args.tool, raw, &e))?;
-    Ok(json!({"bytes_written": content.len()}))
-}
-
-/// Creates the parent directories of `path` and resolves `raw` again, so a directory swapped for
-/// a symbolic link meanwhile cannot redirect the write. Returns the path to write.
-pub(super) fn prepare(tool: &str, ws: &Workspace, raw: &str, path: &Path) -> Result<PathBuf> {
-    if let Some(parent) = path.parent().filter(|p| !p.exists()) {
-        std::fs::create_dir_all(parent).map_err(|e| io_error(tool, raw, &e))?;
-    }
-    ws.resolve(raw)
 }
 
 #[cfg(test)]

@@ -512,7 +512,12 @@ impl Parser<'_> {
                     }
                     "api_key" => provider.api_key = self.opt_string(attr, "providers.api_key")?,
                     "base_url" => {
-                        provider.base_url = self.opt_string(attr, "providers.base_url")?
+                        provider.base_url = self.opt_string(attr, "providers.base_url")?;
+                        if let Some(url) = &provider.base_url {
+                            check_http_url(url).map_err(|e| {
+                                self.err(self.value_line(attr), format!("providers.base_url: {e}"))
+                            })?;
+                        }
                     }
                     "models" => return Err(self.not_a_block(attr, "providers.models")),
                     _ => extra.attribute(self, attr)?,
@@ -593,7 +598,14 @@ impl Parser<'_> {
         for structure in block.body.iter() {
             match structure {
                 Structure::Attribute(attr) => match attr.key.as_str() {
-                    "nats_url" => dist.nats_url = self.opt_string(attr, "distribution.nats_url")?,
+                    "nats_url" => {
+                        dist.nats_url = self.opt_string(attr, "distribution.nats_url")?;
+                        if let Some(urls) = &dist.nats_url {
+                            crate::broker::check_server_urls(urls).map_err(|e| {
+                                self.err(self.value_line(attr), format!("distribution.nats_url: {e}"))
+                            })?;
+                        }
+                    }
                     "subject_prefix" => {
                         dist.subject_prefix =
                             self.opt_string(attr, "distribution.subject_prefix")?
@@ -1050,6 +1062,19 @@ fn describe(value: &Value) -> String {
         Value::Array(_) => "a list".to_owned(),
         Value::Object(_) => "an object".to_owned(),
     }
+}
+
+/// Checks a model provider's `base_url`: an absolute `http://` or `https://` URL.
+///
+/// # Errors
+///
+/// Why it is not usable.
+fn check_http_url(url: &str) -> std::result::Result<(), String> {
+    let parsed = url::Url::parse(url).map_err(|e| format!("{url:?} is not a URL ({e})"))?;
+    if !matches!(parsed.scheme(), "http" | "https") || parsed.host_str().is_none() {
+        return Err(format!("{url:?} is not an http:// or https:// URL"));
+    }
+    Ok(())
 }
 
 #[cfg(test)]

@@ -308,6 +308,8 @@ impl NatsConfig {
         if self.servers.is_empty() {
             return Err(Error::invalid_config("NATS: no server URL given"));
         }
+        crate::broker::check_server_urls(&self.servers.join(","))
+            .map_err(|e| Error::invalid_config(format!("NATS: {e}")))?;
         if self.lease < Duration::from_secs(1) {
             return Err(Error::invalid_config("NATS: lease must be at least 1 s"));
         }

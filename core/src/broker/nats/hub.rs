@@ -83,7 +83,7 @@ pub(crate) struct Hub {
     /// The latest declaration of each tenant (weight, cap), with the session that made it.
     declared: Mutex<HashMap<String, (Tenant, String)>>,
     /// Consumers this hub created, one creation per consumer however many sessions ask at once.
-    consumers: Mutex<HashMap<(String, String), Arc<tokio::sync::OnceCell<()>>>>,
+    consumers: Mutex<HashMap<(String, String), CreatedOnce>>,
     /// Doorbells to ring on the next turn of the ringer.
     ring: Mutex<HashSet<RingKey>>,
     labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
@@ -109,6 +109,9 @@ fn registry() -> &'static Mutex<HashMap<String, Weak<HubSlot>>> {
     static HUBS: OnceLock<Mutex<HashMap<String, Weak<HubSlot>>>> = OnceLock::new();
     HUBS.get_or_init(Default::default)
 }
+
+/// A consumer's creation, shared by the sessions that need it (stream name, consumer name).
+type CreatedOnce = Arc<tokio::sync::OnceCell<()>>;
 
 /// The registry key: sessions with the same servers, credentials and names share a hub. (Kept
 /// in memory only; the credentials themselves are part of it, as a different token is a

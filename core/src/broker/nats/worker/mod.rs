@@ -891,7 +891,6 @@ impl WorkerClient {
         // Observability: join the session's trace (W3C `traceparent` header), see crate::trace.
         task = task.with_trace_context(crate::trace::from_headers(msg.headers.as_ref()));
         if delivered > env.max_attempts {
-            self.inner.ack(&reply, AckKind::Term).await;
             let reason = format!(
                 "{} attempts were lost (worker crashes or expired leases)",
                 delivered - 1
@@ -903,9 +902,21 @@ impl WorkerClient {
                 delivered,
                 ExternalTaskResult::err(reason),
             );
-            let _ = self
+            // The outcome is stored first, then the message ended: the other order would lose
+            // the outcome if this worker died in between. If it cannot be stored, the message
+            // comes back later and the next delivery reports it.
+            let stored = match self
                 .publish_result(&target, &task.task_id, delivered, report)
-                .await;
+                .await
+            {
+                Ok(ack) => ack.await.is_ok(),
+                Err(_) => false,
+            };
+            let end = match stored {
+                true => AckKind::Term,
+                false => AckKind::Nak(Some(Duration::from_secs(1))),
+            };
+            self.inner.ack(&reply, end).await;
             return None;
         }
         let claim = Claim {
