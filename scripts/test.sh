@@ -2,8 +2,11 @@
 # The whole test suite. Usage: ./scripts/test.sh
 #
 # Runs every Rust test of the workspace (core, CLI, spec samples, end-to-end worker processes),
-# then the Python package's (scripts/test-python.sh: pip install . into a fresh venv, stubtest,
-# mypy, pytest) and the Node package's (scripts/test-node.sh: npm install from this clone, tsc,
+# builds the release artifacts once (scripts/package.sh: the wheel and sdist, the npm main and
+# platform packages, the CLI archive, into dist/) and tests those: the archive's binary runs the
+# demo, then the Python package's tests (scripts/test-python.sh: the wheel installed without Rust
+# into a fresh venv, the spec sample, stubtest, mypy, pytest; the sdist builds) and the Node
+# package's (scripts/test-node.sh: the tarballs installed without Rust or registry, tsc,
 # node --test). Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this
 # script starts its own `nats-server -js` on a free port with a temporary store, and stops it
 # on exit. (Tests that restart or reconfigure a server start their own.)
@@ -55,10 +58,20 @@ cargo build --release --locked -p a3s-code-cli
 A3S_LOG=error NATS_SERVER_BIN="${NATS_SERVER_BIN:-}" "$CARGO_TARGET_DIR/release/a3s-code" bench pool \
   --sessions 1,1000 --idle-sessions 0 --no-fairness --min-ratio 0.5
 
-step "Python: pip install . into a fresh venv, stubtest, mypy, pytest"
+step "Packages: ./scripts/package.sh -> dist/ (the CLI archive takes the binary just built)"
+./scripts/package.sh
+
+step "CLI archive: its a3s-code runs the demo on a directory"
+cli_dir="$(mktemp -d)"
+tar -xzf dist/a3s-code-*-x86_64-unknown-linux-gnu.tar.gz -C "$cli_dir"
+cli_demo="$(cd "$cli_dir" && env -i PATH=/usr/bin:/bin ./a3s-code-*/a3s-code demo ./a3s-code-*)"
+rm -rf "$cli_dir"
+grep -E '^workers: [1-9][0-9]* tasks claimed, [1-9][0-9]* completed$' <<<"$cli_demo"
+
+step "Python: ./scripts/test-python.sh (dist/'s wheel without Rust, spec sample, stubtest, mypy, pytest; the sdist builds)"
 ./scripts/test-python.sh
 
-step "Node: ./scripts/test-node.sh"
+step "Node: ./scripts/test-node.sh (dist/'s tarballs without Rust or registry, tsc, node --test)"
 ./scripts/test-node.sh
 
 step "all tests passed"

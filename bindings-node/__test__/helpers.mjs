@@ -8,8 +8,9 @@ import { tmpdir } from 'node:os'
 import path from 'node:path'
 
 const require = createRequire(import.meta.url)
-// The package as users get it: the root package.json's `main`.
-export const code = require('../..')
+// The package as users get it: `@a3s-lab/code` as installed in bindings-node/__test__/node_modules
+// (scripts/test-node.sh installs the packed tarballs of dist/ there).
+export const code = require('@a3s-lab/code')
 
 export const root = path.resolve(fileURLToPath(import.meta.url), '../../..')
 export const fixtures = path.join(root, 'tests/fixtures/v1')
