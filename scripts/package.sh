@@ -75,7 +75,8 @@ check_version() { # [--no-index-js]
 
 set_version() {
   local v="$1"
-  [[ "$v" =~ ^[0-9]+\.[0-9]+\.[0-9]+(-[0-9A-Za-z.-]+)?$ ]] || die "not a semver version: $v"
+  # Pre-releases as -alpha.N, -beta.N, -rc.N: the spellings that map to PEP 440 (aN, bN, rcN).
+  [[ "$v" =~ ^[0-9]+\.[0-9]+\.[0-9]+(-(alpha|beta|rc)\.[0-9]+)?$ ]] || die "not X.Y.Z or X.Y.Z-(alpha|beta|rc).N: $v"
   sed -i '/^\[workspace\.package\]/,/^\[/s/^version = ".*"$/version = "'"$v"'"/' Cargo.toml
   sed -i 's/^a3s-code-core = { path = "core", version = ".*" }$/a3s-code-core = { path = "core", version = "'"$v"'" }/' Cargo.toml
   cargo update --workspace --quiet      # the workspace crates' entries in Cargo.lock
@@ -136,15 +137,17 @@ build_python() {
   maturin build --release --locked --target "$triple" --compatibility manylinux2014 -o "$dist"
   maturin sdist -o "$dist"
   local wheel
-  wheel="$(ls "$dist"/a3s_code-"$v"-cp39-abi3-*.whl)"
+  wheel="$(ls "$dist"/a3s_code-*-cp39-abi3-*.whl)"
   # The manylinux audit, independent of maturin's own: glibc symbols up to 2.17, nothing else linked.
   auditwheel show "$wheel" | tee "$CARGO_TARGET_DIR/auditwheel.txt"
   grep -q 'consistent with the following platform tag:' "$CARGO_TARGET_DIR/auditwheel.txt"
   tr -d '\n' <"$CARGO_TARGET_DIR/auditwheel.txt" | grep -q '"manylinux_2_17_x86_64"\.' \
     || die "$wheel is not manylinux_2_17 (manylinux2014)"
   python3 - "$wheel" "$v" <<'EOF'
-import sys, zipfile
+import re, sys, zipfile
 wheel, version = sys.argv[1], sys.argv[2]
+# maturin's spelling of the crate's version (PEP 440): 1.2.0-rc.1 -> 1.2.0rc1
+version = re.sub(r"-(alpha|beta|rc)\.?", lambda m: {"alpha": "a", "beta": "b", "rc": "rc"}[m[1]], version)
 names = set(zipfile.ZipFile(wheel).namelist())
 info = f"a3s_code-{version}.dist-info"
 need = {"a3s_code/__init__.py", "a3s_code/_native.abi3.so", "a3s_code/_native.pyi", "a3s_code/py.typed",

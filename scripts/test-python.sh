@@ -21,12 +21,15 @@ PYTHON="${PYTHON:-python3}"
 step() { printf '\n==> %s\n' "$*"; }
 
 version="$(./scripts/package.sh check-version)"
-wheel="$(ls dist/a3s_code-"$version"-cp39-abi3-manylinux*_x86_64.whl 2>/dev/null || true)"
-sdist="dist/a3s_code-$version.tar.gz"
-if [ -z "$wheel" ] || [ ! -f "$sdist" ]; then
-  step "Python: no wheel or sdist of $version in dist/: ./scripts/package.sh python"
+# The wheel and the sdist that package.sh built (it removes older ones): their file names spell
+# the version as PEP 440 does (1.2.0rc1 for the crate's 1.2.0-rc.1).
+wheel="$(ls dist/a3s_code-*-cp39-abi3-manylinux*_x86_64.whl 2>/dev/null || true)"
+sdist="$(ls dist/a3s_code-*.tar.gz 2>/dev/null || true)"
+if [ -z "$wheel" ] || [ -z "$sdist" ]; then
+  step "Python: no wheel or sdist in dist/: ./scripts/package.sh python"
   ./scripts/package.sh python
-  wheel="$(ls dist/a3s_code-"$version"-cp39-abi3-manylinux*_x86_64.whl)"
+  wheel="$(ls dist/a3s_code-*-cp39-abi3-manylinux*_x86_64.whl)"
+  sdist="$(ls dist/a3s_code-*.tar.gz)"
 fi
 
 fresh_venv() {
@@ -70,13 +73,14 @@ done
 
   step "Python: pip install --no-index --only-binary :all: --find-links dist a3s-code (no cargo on PATH)"
   SECONDS=0
-  "$py" -m pip install --disable-pip-version-check --no-index --only-binary :all: --find-links dist "a3s-code==$version"
+  "$py" -m pip install --disable-pip-version-check --no-index --only-binary :all: --find-links dist a3s-code
   echo "(installed in ${SECONDS}s)"
-  # The tests must exercise the installed wheel, not the source tree.
-  "$py" - "$version" <<'EOF'
+  # The tests must exercise the installed wheel (this one), not the source tree.
+  "$py" - "$version" "$(basename "$wheel")" <<'EOF'
 import sys, importlib.metadata, a3s_code
 assert "site-packages" in a3s_code.__file__, a3s_code.__file__
-assert a3s_code.__version__ == importlib.metadata.version("a3s-code") == sys.argv[1], a3s_code.__version__
+assert a3s_code.__version__ == sys.argv[1], a3s_code.__version__
+assert importlib.metadata.version("a3s-code") == sys.argv[2].split("-")[1], importlib.metadata.version("a3s-code")
 EOF
 
   step "Python: the spec's sample (examples/spec/python), as a user runs it"
