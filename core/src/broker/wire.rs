@@ -283,7 +283,7 @@ pub fn labels_match(
 /// store (`docs/protocol.md` §3.5).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ObjectRef {
-    /// The object store bucket: [`Names::payloads_bucket`].
+    /// The object store bucket: [`Names::objects_bucket`] (one per tenant).
     pub bucket: String,
     /// The object's name: [`Names::payload_object`] or [`Names::result_object`].
     pub name: String,

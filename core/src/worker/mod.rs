@@ -67,6 +67,12 @@ pub trait TaskSource: Send + Sync + 'static {
     /// Gives a claimed task back without a result: it is offered again after the retry policy's
     /// delay, or fails when it has no attempts left.
     fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>>;
+    /// Ends a claimed task the worker will not run or report, because its deadline passed
+    /// before it started or while it ran (its session has failed it already). Default:
+    /// nothing to do (an in-process session times its tasks out itself).
+    fn skip<'a>(&'a self, _task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async {})
+    }
     /// How many tasks a claim takes when the caller gives no limit.
     fn default_claim_limit(&self) -> usize;
     /// Claims as `options` say: what the spec's `pending_external_tasks()` does without
@@ -216,6 +222,12 @@ impl TaskSource for WorkerClient {
 
     fn abandon<'a>(&'a self, task_id: &'a str, reason: &'a str) -> BoxFuture<'a, Result<()>> {
         Box::pin(self.abandon_external_task(task_id, reason))
+    }
+
+    fn skip<'a>(&'a self, task_id: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(async move {
+            let _ = self.skip_external_task(task_id).await;
+        })
     }
 
     fn default_claim_limit(&self) -> usize {
@@ -602,9 +614,11 @@ async fn run(
             if task.is_timed_out() {
                 counters.skipped_expired.fetch_add(1, Ordering::Relaxed);
                 lane.skipped_expired.fetch_add(1, Ordering::Relaxed);
+                source.skip(&task.task_id).await;
                 continue;
             }
             let (executor, done, running2) = (executor.clone(), done_tx.clone(), running.clone());
+            let source2 = source.clone();
             let output = source.output_sink(&task);
             let id = task.task_id.clone();
             let mut guard = running.lock();
@@ -620,13 +634,17 @@ async fn run(
                 let run = tokio::time::timeout_at(deadline, executor.run(task, output));
                 let outcome = tracing::Instrument::instrument(run, span).await;
                 running2.lock().remove(&id);
-                if let Ok(result) = outcome {
-                    let _ = done.send(Report {
-                        task_id: id,
-                        lane,
-                        result,
-                        deadline,
-                    });
+                match outcome {
+                    Ok(result) => {
+                        let _ = done.send(Report {
+                            task_id: id,
+                            lane,
+                            result,
+                            deadline,
+                        });
+                    }
+                    // Past its deadline: the session failed it; end the delivery.
+                    Err(_) => source2.skip(&id).await,
                 }
             });
             guard.insert(id, join.abort_handle());

@@ -196,6 +196,9 @@ struct Inner {
     /// Woken when tasks arrive or a request ends (the claim may ask again).
     arrived: Notify,
     cancels: broadcast::Sender<String>,
+    /// Tasks cancelled before this worker held them (newest last, bounded): a delivery of one
+    /// is ended without running it.
+    cancelled_early: Mutex<VecDeque<(String, String)>>,
     output: mpsc::UnboundedSender<(String, Vec<u8>)>,
     background: Mutex<Vec<JoinHandle<()>>>,
     /// A single-source worker's open pull requests.
@@ -354,6 +357,12 @@ impl WorkerClient {
                 "tenant {t:?} must be 1 to 64 letters, digits, '-' or '_', not starting with '_'"
             )));
         }
+        if !wire::is_token(&options.worker_id) {
+            return Err(Error::invalid_config(format!(
+                "worker id {:?} must be 1 to 64 letters, digits, '-' or '_'",
+                options.worker_id
+            )));
+        }
         if options.lanes.is_empty() {
             return Err(Error::invalid_config(
                 "a worker must serve at least one lane",
@@ -401,6 +410,7 @@ impl WorkerClient {
             fetching: AtomicU64::new(0),
             arrived: Notify::new(),
             cancels: broadcast::channel(1024).0,
+            cancelled_early: Mutex::new(VecDeque::new()),
             output,
             background: Mutex::new(Vec::new()),
             direct,
@@ -886,6 +896,18 @@ impl WorkerClient {
             hub: env.hub.clone(),
             session: env.task.session_id.clone(),
         };
+        let cancelled = {
+            let mut early = self.inner.cancelled_early.lock();
+            let at = early
+                .iter()
+                .position(|(s, t)| *s == target.session && *t == env.task.task_id);
+            at.and_then(|i| early.remove(i)).is_some()
+        };
+        if cancelled {
+            // Cancelled before it arrived: the session failed it already; end the delivery.
+            self.inner.ack(&reply, AckKind::Ack).await;
+            return None;
+        }
         let mut task = env.task;
         task.attempt = delivered;
         // Observability: join the session's trace (W3C `traceparent` header), see crate::trace.
@@ -1268,7 +1290,11 @@ impl WorkerClient {
                 task_id,
                 &claim.target.session,
                 claim.attempt,
-                ExternalTaskResult::err(reason),
+                ExternalTaskResult {
+                    success: false,
+                    result: serde_json::json!({"error_code": "TaskCancelled"}),
+                    error: Some(format!("given back on an at-most-once lane: {reason}")),
+                },
             );
             return self
                 .publish_result(&claim.target, task_id, claim.attempt, env)
@@ -1276,24 +1302,45 @@ impl WorkerClient {
                 .await;
         }
         if claim.attempt >= claim.max_attempts {
-            self.inner.ack(&claim.reply, AckKind::Term).await;
+            // Reported as the next delivery would be (attempt + 1, "exhausted"), stored
+            // first, then the message ended.
             let why = format!("{} attempt(s) failed; last: {reason}", claim.attempt);
+            let next = claim.attempt + 1;
             let env = self.envelope(
                 ResultKind::Exhausted,
                 task_id,
                 &claim.target.session,
-                claim.attempt + 1,
+                next,
                 ExternalTaskResult::err(why),
             );
-            return self
-                .publish_result(&claim.target, task_id, claim.attempt, env)
+            self.publish_result(&claim.target, task_id, next, env)
                 .await?
-                .await;
+                .await?;
+            self.inner.ack(&claim.reply, AckKind::Term).await;
+            return Ok(());
         }
         let delay = claim.retry.delay_before_retry(claim.attempt);
         self.inner
             .ack(&claim.reply, AckKind::Nak(Some(delay)))
             .await;
+        Ok(())
+    }
+
+    /// Ends the delivery of a claimed task this worker will not run or report: its deadline
+    /// passed before it started or while it ran (the session has failed it already). The
+    /// message is terminated (`+TERM`), so it is not delivered again.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`] when this worker does not hold the task.
+    pub async fn skip_external_task(&self, task_id: &str) -> Result<()> {
+        let claim = self.inner.claims.lock().remove(task_id);
+        let claim = claim.ok_or_else(|| Error::TaskNotFound {
+            task_id: task_id.to_owned(),
+        })?;
+        if claim.delivery == DeliveryMode::AtLeastOnce {
+            self.inner.ack(&claim.reply, AckKind::Term).await;
+        }
         Ok(())
     }
 
@@ -1479,9 +1526,19 @@ async fn listen_cancels(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subs
             // The session no longer wants it: remove it from the queue.
             inner.ack(&claim.reply, AckKind::Ack).await;
             let _ = inner.cancels.send(notice.task_id);
+        } else {
+            // Not held (yet): a delivery that comes later must not run.
+            let mut early = inner.cancelled_early.lock();
+            if early.len() >= MAX_REMEMBERED_CANCELS {
+                early.pop_front();
+            }
+            early.push_back((notice.session_id, notice.task_id));
         }
     }
 }
+
+/// How many cancels of tasks not held are remembered.
+const MAX_REMEMBERED_CANCELS: usize = 4096;
 
 /// Renews the lease of every outstanding claim.
 async fn heartbeat(inner: std::sync::Weak<Inner>) {
