@@ -186,6 +186,64 @@ async fn a_stuck_lane_shows_its_backlog() {
     session.close().await;
 }
 
+#[tokio::test]
+async fn worker_slots_needed_rise_with_backlog_and_in_flight_and_fall_to_zero() {
+    let (session, base) = session(external(SessionLane::Execute, 2));
+    let needed = |scrape: &str, labels: &str| {
+        metric(
+            scrape,
+            "a3s_lane_worker_slots_needed",
+            &[("lane", "execute"), ("labels", labels)],
+        )
+    };
+    let (_, idle) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(needed(&idle, ""), Some(0.0), "{idle}");
+    // Internal lanes need no workers: no series for them.
+    assert_eq!(
+        metric(&idle, "a3s_lane_worker_slots_needed", &[("lane", "query")]),
+        None
+    );
+
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        handles.push(session.submit(SessionLane::Execute, "bash", json!({})).await.unwrap());
+    }
+    let eu = SubmitOptions::new().with_label("region", "eu");
+    handles.push(
+        session
+            .submit_with(SessionLane::Execute, "bash", json!({}), eu)
+            .await
+            .unwrap(),
+    );
+    // 2 slots in flight (out at workers) and 2 waiting: all four need a worker.
+    let (_, busy) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(needed(&busy, ""), Some(3.0), "{busy}");
+    assert_eq!(needed(&busy, "region=eu"), Some(1.0), "{busy}");
+
+    // A worker takes and finishes everything: back to zero.
+    let mut done = 0;
+    while done < 4 {
+        for t in session
+            .claim_external_tasks(8, Duration::from_secs(5))
+            .await
+            .unwrap()
+        {
+            session
+                .complete_external_task(&t.task_id, ExternalTaskResult::ok(json!({})))
+                .await
+                .unwrap();
+            done += 1;
+        }
+    }
+    for h in handles {
+        h.await.unwrap();
+    }
+    let (_, after) = http_get(&format!("{base}/metrics")).await;
+    assert_eq!(needed(&after, ""), Some(0.0), "{after}");
+    assert_eq!(needed(&after, "region=eu"), None, "an empty label set leaves: {after}");
+    session.close().await;
+}
+
 #[tokio::test(start_paused = true)]
 async fn the_backlog_age_grows_while_the_lane_is_stuck() {
     let session = Agent::from_config(AgentConfig::default())

@@ -542,6 +542,7 @@ impl AgentSession {
             broker_ready,
             stats: self.inner.scheduler.stats(),
             metrics: self.inner.scheduler.export_metrics(),
+            demand: self.inner.scheduler.worker_demand(),
         })
     }
 

@@ -23,6 +23,8 @@ pub(crate) struct SessionSnapshot {
     pub(crate) broker_ready: Option<bool>,
     pub(crate) stats: QueueStats,
     pub(crate) metrics: Option<MetricsExport>,
+    /// Worker slots needed per External lane and required label set.
+    pub(crate) demand: Vec<(SessionLane, String, usize)>,
 }
 
 /// Per-lane counters of a worker.
@@ -167,6 +169,19 @@ impl Collector for SessionSnapshot {
             None,
             MetricType::Gauge,
             lanes().map(|(l, s)| (lane(l), s.max_concurrency as f64)),
+        )?;
+        family(
+            &mut enc,
+            "a3s_lane_worker_slots_needed",
+            "Worker slots an External lane needs now, by required label set: its backlog plus \
+             its tasks out at workers (the autoscaling signal; 0 when idle).",
+            None,
+            MetricType::Gauge,
+            self.demand.iter().map(|(l, labels, n)| {
+                let mut set = lane(*l);
+                set.push(("labels", labels.clone()));
+                (set, *n as f64)
+            }),
         )?;
         family(
             &mut enc,

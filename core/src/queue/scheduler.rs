@@ -1302,6 +1302,41 @@ impl Scheduler {
         stats
     }
 
+    /// Worker slots each External lane needs now, by required label set (`k=v,k=v`, sorted;
+    /// `""` for none): its backlog plus its tasks out at workers (claimable, claimed,
+    /// published, or waiting for a retry). Every External lane has its `""` entry, 0 when idle.
+    pub(crate) fn worker_demand(&self) -> Vec<(SessionLane, String, usize)> {
+        let st = self.state.lock();
+        let mut demand: std::collections::BTreeMap<(usize, String), usize> = Default::default();
+        let key = |labels: &std::collections::BTreeMap<String, String>| {
+            labels
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join(",")
+        };
+        for lane in SessionLane::ALL {
+            let l = &st.lanes[lane.index()];
+            if l.handler.mode != TaskHandlerMode::External {
+                continue;
+            }
+            demand.entry((lane.index(), String::new())).or_default();
+            for q in &l.backlog {
+                let labels = q.options.as_ref().map(|o| key(&o.labels)).unwrap_or_default();
+                *demand.entry((lane.index(), labels)).or_default() += 1;
+            }
+        }
+        for e in st.live.values() {
+            if e.mode == TaskHandlerMode::External {
+                *demand.entry((e.lane.index(), key(&e.labels))).or_default() += 1;
+            }
+        }
+        demand
+            .into_iter()
+            .map(|((i, labels), n)| (SessionLane::ALL[i], labels, n))
+            .collect()
+    }
+
     pub(crate) fn metrics(&self) -> Option<QueueMetrics> {
         let st = self.state.lock();
         let depth = st.dlq.as_ref().map_or(0, DeadLetterQueue::len);
