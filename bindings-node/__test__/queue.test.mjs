@@ -216,3 +216,22 @@ test('a closed session: the spec poll resolves to [], a claim with options rejec
   await assert.rejects(session.pendingExternalTasks({ limit: 1 }), { code: 'ShutDown' })
   await assert.rejects(session.pendingExternalTasks({ waitMs: 0 }), { code: 'ShutDown' })
 })
+
+test('a paused lane hands out nothing until resumed; Control cannot be paused', async () => {
+  const session = externalSession({ queueConfig: { queryMaxConcurrency: 2 } })
+  await session.pauseLane(SessionLane.Query)
+  await session.pauseLane(SessionLane.Query) // idempotent
+  const handle = await session.submit(SessionLane.Query, 'read', { path: 'f' })
+  assert.deepEqual(await session.pendingExternalTasks({ limit: 8, waitMs: 100 }), [])
+  let lane = (await session.queueStats()).perLane.query
+  assert.equal(lane.paused, true)
+  assert.equal(lane.pendingCount, 1)
+  await session.resumeLane(SessionLane.Query)
+  const [task] = await session.pendingExternalTasks({ limit: 8, waitMs: 1_000 })
+  await session.completeExternalTask(task.taskId, { success: true, result: {}, error: null })
+  assert.equal((await handle.result()).success, true)
+  lane = (await session.queueStats()).perLane.query
+  assert.equal(lane.paused, false)
+  await assert.rejects(session.pauseLane(SessionLane.Control), (err) => err.code === 'InvalidConfig')
+  await session.close()
+})

@@ -365,6 +365,8 @@ pub struct LaneStats {
     pub timeout_ms: i64,
     /// How long the oldest pending task has been waiting, in milliseconds (0 when none).
     pub oldest_pending_ms: i64,
+    /// Whether the lane is paused (`session.pauseLane`).
+    pub paused: bool,
 }
 
 /// What is in the queue now (`session.queueStats()`).
@@ -401,6 +403,7 @@ impl From<q::QueueStats> for QueueStats {
                         mode: l.mode.into(),
                         timeout_ms: number(l.timeout_ms),
                         oldest_pending_ms: number(l.oldest_pending_ms),
+                        paused: l.paused,
                     };
                     (lane.as_str().to_owned(), stats)
                 })

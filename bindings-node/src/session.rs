@@ -240,6 +240,22 @@ impl JsAgentSession {
         })
     }
 
+    /// Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the
+    /// backlog waits (without timing out). Idempotent. Rejects with `InvalidConfig` for the
+    /// Control lane.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn pause_lane(&self, env: &Env, lane: SessionLane) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move { session.pause_lane(lane.into()).await })
+    }
+
+    /// Resumes a paused lane: its free slots fill from the backlog at once. Idempotent.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn resume_lane(&self, env: &Env, lane: SessionLane) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move { session.resume_lane(lane.into()).await })
+    }
+
     /// Cancels a queued or running task; its submitter gets `TaskCancelled`.
     ///
     /// Rejects with `TaskNotFound`, or how the task already ended (`TaskAlreadyCompleted`, ...).

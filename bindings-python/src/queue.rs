@@ -446,6 +446,7 @@ macro_rules! repr_of_clone {
     )*};
 }
 repr_of_clone!(
+    bool,
     usize,
     u64,
     u32,
@@ -483,6 +484,7 @@ record! {
         mode: PyTaskHandlerMode,
         timeout_ms: u64,
         oldest_pending_ms: u64,
+        paused: bool,
     }
 }
 
@@ -548,6 +550,7 @@ impl ToPy for QueueStats {
                 mode: s.mode.into(),
                 timeout_ms: s.timeout_ms,
                 oldest_pending_ms: s.oldest_pending_ms,
+                paused: s.paused,
             };
             per_lane.set_item(PySessionLane::from(lane), s)?;
         }

@@ -237,6 +237,24 @@ impl PyAgentSession {
         })
     }
 
+    /// Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the
+    /// backlog waits (without timing out). Idempotent. Raises `InvalidConfigError` for the
+    /// Control lane.
+    fn pause_lane<'py>(&self, py: Python<'py>, lane: PySessionLane) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.pause_lane(lane.into()).await.map_err(CoreError)?)
+        })
+    }
+
+    /// Resumes a paused lane: its free slots fill from the backlog at once. Idempotent.
+    fn resume_lane<'py>(&self, py: Python<'py>, lane: PySessionLane) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.resume_lane(lane.into()).await.map_err(CoreError)?)
+        })
+    }
+
     /// Cancels a queued or running task; its submitter gets `TaskCancelledError`.
     fn cancel<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
         let session = self.inner.clone();

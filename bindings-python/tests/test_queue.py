@@ -381,3 +381,21 @@ async def test_workers_in_other_threads_and_loops(make_session: SessionFactory) 
         t.join(timeout=10)
         assert not t.is_alive()
     assert sorted(claimed) == sorted(h.task_id for h in handles)
+
+
+async def test_a_paused_lane_hands_out_nothing_until_resumed(make_session: SessionFactory) -> None:
+    session = await make_session(query_max_concurrency=2)
+    await session.pause_lane(SessionLane.QUERY)
+    await session.pause_lane(SessionLane.QUERY)  # idempotent
+    handle = await session.submit(SessionLane.QUERY, "read", {"path": "f"})
+    assert await session.pending_external_tasks(limit=8, wait_ms=100) == []
+    lane = (await session.queue_stats()).per_lane[SessionLane.QUERY]
+    assert lane.paused and lane.pending_count == 1
+    await session.resume_lane(SessionLane.QUERY)
+    [task] = await session.pending_external_tasks(limit=8, wait_ms=1_000)
+    await session.complete_external_task(task.task_id, OK)
+    assert (await handle.result()).success
+    assert not (await session.queue_stats()).per_lane[SessionLane.QUERY].paused
+    with pytest.raises(InvalidConfigError, match="Control"):
+        await session.pause_lane(SessionLane.CONTROL)
+

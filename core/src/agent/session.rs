@@ -510,6 +510,42 @@ impl AgentSession {
         self.inner.scheduler.cancel(task_id)
     }
 
+    /// Pauses a lane: nothing new is dispatched from it (no new slot, nothing handed to
+    /// workers); tasks already holding a slot finish. Submitted tasks wait in the backlog, and
+    /// since a task's timeout counts from its slot, waiting does not time them out. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for the Control lane (it cannot be paused),
+    /// [`Error::ShutDown`] after `close()`.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> a3s_code_core::Result<()> {
+    /// use a3s_code_core::{Agent, AgentConfig, queue::SessionLane};
+    /// let session = Agent::from_config(AgentConfig::default()).session(".", None)?;
+    /// session.pause_lane(SessionLane::Execute).await?;
+    /// assert!(session.queue_stats().await.per_lane[&SessionLane::Execute].paused);
+    /// session.resume_lane(SessionLane::Execute).await?;
+    /// assert!(session.pause_lane(SessionLane::Control).await.is_err());
+    /// # Ok(())
+    /// # }
+    /// ```
+    pub async fn pause_lane(&self, lane: SessionLane) -> Result<()> {
+        self.inner.scheduler.set_paused(lane, true)
+    }
+
+    /// Resumes a paused lane: its free slots fill from the backlog at once. Idempotent.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::ShutDown`] after `close()`.
+    pub async fn resume_lane(&self, lane: SessionLane) -> Result<()> {
+        self.inner.scheduler.set_paused(lane, false)
+    }
+
     /// What is in the queue now.
     pub async fn queue_stats(&self) -> QueueStats {
         self.inner.scheduler.stats()

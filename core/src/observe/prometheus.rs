@@ -172,6 +172,14 @@ impl Collector for SessionSnapshot {
         )?;
         family(
             &mut enc,
+            "a3s_lane_paused",
+            "1 while the lane is paused (nothing new is dispatched), else 0.",
+            None,
+            MetricType::Gauge,
+            lanes().map(|(l, s)| (lane(l), flag(s.paused))),
+        )?;
+        family(
+            &mut enc,
             "a3s_lane_worker_slots_needed",
             "Worker slots an External lane needs now, by required label set: its backlog plus \
              its tasks out at workers (the autoscaling signal; 0 when idle).",

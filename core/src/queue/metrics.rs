@@ -40,6 +40,8 @@ pub struct LaneStats {
     pub timeout_ms: u64,
     /// How long the oldest pending task has been waiting, in milliseconds (0 when none).
     pub oldest_pending_ms: u64,
+    /// Whether the lane is paused ([`AgentSession::pause_lane`](crate::AgentSession::pause_lane)).
+    pub paused: bool,
 }
 
 /// Counters and latency percentiles since the session started (`enable_metrics`).

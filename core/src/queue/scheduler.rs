@@ -295,6 +295,8 @@ struct LaneState {
     claimable: VecDeque<u64>,
     depth_alerted: bool,
     latency_alerted: bool,
+    /// Paused: nothing new gets a slot (tasks holding one finish).
+    paused: bool,
 }
 
 struct State {
@@ -371,6 +373,7 @@ impl Scheduler {
             claimable: VecDeque::new(),
             depth_alerted: false,
             latency_alerted: false,
+            paused: false,
         });
         let state = State {
             lanes,
@@ -510,6 +513,26 @@ impl Scheduler {
         Ok(())
     }
 
+    /// Pauses or resumes `lane` (idempotent). Paused, nothing new gets one of its slots: tasks
+    /// holding one finish, submitted ones wait in the backlog (their timeout counts from their
+    /// slot, so waiting does not time them out). Resuming fills the free slots at once.
+    pub(crate) fn set_paused(self: &Arc<Self>, lane: SessionLane, paused: bool) -> Result<()> {
+        if lane == SessionLane::Control && paused {
+            return Err(Error::invalid_config(
+                "the Control lane cannot be paused (it carries cancels and other control work)",
+            ));
+        }
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        st.lanes[lane.index()].paused = paused;
+        if !paused {
+            self.fill_slots(&mut st, lane);
+        }
+        Ok(())
+    }
+
     pub(crate) fn lane_handler(&self, lane: SessionLane) -> LaneHandlerConfig {
         self.state.lock().lanes[lane.index()].handler
     }
@@ -568,7 +591,7 @@ impl Scheduler {
             self.start_timer_task();
         }
         let l = &st.lanes[lane.index()];
-        let direct = l.backlog.is_empty() && l.active < l.max_concurrency;
+        let direct = !l.paused && l.backlog.is_empty() && l.active < l.max_concurrency;
         if !direct && l.backlog.len() >= self.config.max_pending {
             return Err(Error::QueueFull {
                 lane,
@@ -635,7 +658,7 @@ impl Scheduler {
         let mut now = None;
         loop {
             let l = &mut st.lanes[lane.index()];
-            if l.active >= l.max_concurrency {
+            if l.paused || l.active >= l.max_concurrency {
                 break;
             }
             let Some(q) = l.backlog.pop_front() else {
@@ -1293,6 +1316,7 @@ impl Scheduler {
                     .backlog
                     .front()
                     .map_or(0, |q| now.duration_since(q.submitted_at).as_millis() as u64),
+                paused: l.paused,
             };
             stats.pending_count += ls.pending_count;
             stats.active_count += ls.active_count;
