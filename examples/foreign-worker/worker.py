@@ -8,11 +8,15 @@ plain NATS client (nats-py): no a3s bindings, no Rust.
     # a pool worker of a tenant: serves every session of the tenant
     python worker.py --nats nats://127.0.0.1:4222 --session-id '*' --tenant acme --workspace DIR
 
-It serves the `read` and `ls` built-in tools (confined to the workspace) and a custom `upper`
-command, takes the highest-priority lane first, renews its lease while a task runs, reports
-exhausted deliveries, stops a task the session cancels, moves payloads and results too large
-for a message through the tenant's object store, and announces itself (presence) every 5 s.
-It never exits because a session or stream is not there yet: it waits (and says so once).
+It serves the built-in tools `read`, `write`, `edit`, `grep`, `glob` and `ls` (tools.py, beside
+this file: confined to the workspace, with the semantics of the Rust tools), `bash` only with
+--allow-bash or A3S_ALLOW_BASH=1, and a custom `upper` command; any other command is answered
+with an UnknownTool failure. `session.tool()` sends write, edit and bash to the execute lane:
+serve it with --lanes query,execute. It takes the highest-priority lane first, renews its lease
+while a task runs, reports exhausted deliveries, stops a task the session cancels, moves
+payloads and results too large for a message through the tenant's object store, and announces
+itself (presence) every 5 s. It never exits because a session or stream is not there yet: it
+waits (and says so once). README.md says what it does differently from `a3s-code worker`.
 """
 
 import argparse
@@ -22,6 +26,7 @@ import os
 import re
 import signal
 import sys
+import threading
 import time
 from typing import Any, Dict, List, Optional, Set, Tuple
 
@@ -30,6 +35,9 @@ from nats.aio.msg import Msg
 from nats.errors import NoRespondersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js.errors import NotFoundError, ObjectNotFoundError
+
+from tools import Workspace
+from tools import run_tool as run_builtin
 
 PROTOCOL = 2
 VERSION = "0.2.0"
@@ -52,43 +60,15 @@ def is_tenant(s: Any) -> bool:
     return is_token(s) and not s.startswith("_")
 
 
-class Workspace:
-    def __init__(self, root: str) -> None:
-        self.root = os.path.realpath(root)
-
-    def resolve(self, path: str) -> str:
-        full = os.path.realpath(os.path.join(self.root, path))
-        if full != self.root and not full.startswith(self.root + os.sep):
-            raise PermissionError(f"path {path!r} escapes the workspace")
-        return full
-
-
-def run_tool(ws: Workspace, command: str, payload: Dict[str, Any]) -> Dict[str, Any]:
-    """Runs one command; returns the `result` object of the result envelope (protocol.md §3.2)."""
-    try:
-        if command == "read":
-            with open(ws.resolve(payload["path"]), encoding="utf-8") as f:
-                content = f.read()
-            lines = content.count("\n") + (0 if content.endswith("\n") or not content else 1)
-            return {"success": True, "error": None, "result": {
-                "content": content, "total_lines": lines, "start_line": 1, "end_line": lines, "truncated": False}}
-        if command == "ls":
-            root = ws.resolve(payload.get("path") or ".")
-            entries = []
-            for name in sorted(os.listdir(root)):
-                p = os.path.join(root, name)
-                kind = "symlink" if os.path.islink(p) else "dir" if os.path.isdir(p) else "file"
-                entries.append({"name": name, "kind": kind, "size": os.path.getsize(p) if kind == "file" else 0})
-            return {"success": True, "error": None, "result": {"entries": entries}}
-        if command == "upper":
+def run_tool(ws: Workspace, command: str, payload: Any, stop: Optional[threading.Event] = None) -> Dict[str, Any]:
+    """Runs one command; returns the `result` object of the result envelope (protocol.md §3.2).
+    Setting `stop` ends a running `bash` command and everything it started."""
+    if command == "upper":
+        try:
             return {"success": True, "error": None, "result": {"text": str(payload["text"]).upper()}}
-        return {"success": False, "result": {"error_code": "UnknownTool"}, "error": f"Unknown command type: {command}"}
-    except PermissionError as e:
-        return {"success": False, "result": {"error_code": "PathEscapesWorkspace"}, "error": str(e)}
-    except (KeyError, TypeError) as e:
-        return {"success": False, "result": {"error_code": "InvalidPayload"}, "error": f"bad payload: {e}"}
-    except OSError as e:
-        return {"success": False, "result": {"error_code": "ToolFailed"}, "error": str(e)}
+        except (KeyError, TypeError) as e:
+            return {"success": False, "result": {"error_code": "InvalidPayload"}, "error": f"bad payload: {e}"}
+    return run_builtin(ws, command, payload, stop)
 
 
 class Worker:
@@ -100,7 +80,10 @@ class Worker:
         self.session: Optional[str] = None if args.session_id == POOL else args.session_id
         # A pool worker serves --tenant; a session's worker learns its tenant when it attaches.
         self.tenant: Optional[str] = args.tenant if self.session is None else None
-        self.ws = Workspace(args.workspace)
+        try:
+            self.ws = Workspace(args.workspace, allow_bash=args.allow_bash, max_file_bytes=args.max_file_bytes)
+        except (ValueError, OSError) as e:
+            raise SystemExit(f"--workspace {args.workspace!r}: {e}")
         self.lanes = [lane for lane in LANES if lane in args.lanes.split(",")]
         self.bell = asyncio.Event()
         self.cancelled: Set[Tuple[str, str]] = set()  # (session_id, task_id)
@@ -355,11 +338,13 @@ class Worker:
                 await msg.in_progress()
 
         lease = None if at_most_once else asyncio.get_running_loop().create_task(renew_lease())
-        work = asyncio.get_running_loop().create_task(asyncio.to_thread(run_tool, self.ws, command, payload))
+        stop = threading.Event()  # ends a running bash command: the thread itself cannot be cancelled
+        work = asyncio.get_running_loop().create_task(asyncio.to_thread(run_tool, self.ws, command, payload, stop))
         self.running[key] = work
         try:
             result = await asyncio.wait_for(work, max(deadline - time.monotonic(), 0.001))
         except (asyncio.CancelledError, asyncio.TimeoutError):
+            stop.set()
             if not at_most_once:
                 await msg.ack()  # cancelled or expired: the session no longer wants it
             return
@@ -435,7 +420,11 @@ async def main(argv: Optional[List[str]] = None) -> None:
                    help="the tenant whose pool a --session-id '*' worker serves (a session's worker learns it)")
     p.add_argument("--prefix", default="a3s")
     p.add_argument("--lanes", default="query")
-    p.add_argument("--workspace", default=".")
+    p.add_argument("--workspace", default=os.environ.get("A3S_WORKSPACE", "."))
+    p.add_argument("--allow-bash", action="store_true", default=os.environ.get("A3S_ALLOW_BASH", "") not in ("", "0"),
+                   help="run `bash` tasks (off by default; also A3S_ALLOW_BASH=1)")
+    p.add_argument("--max-file-bytes", type=int, default=int(os.environ.get("A3S_MAX_FILE_BYTES", 16 << 20)),
+                   help="the most of one file a tool holds in memory (`edit`, a `read` window)")
     p.add_argument("--concurrency", type=int, default=8)
     p.add_argument("--worker-id", default=f"py-{os.getpid()}")
     p.add_argument("--max-object-bytes", type=int, default=64 << 20,
