@@ -317,9 +317,11 @@ class Worker:
         key = (session_id, task_id)
         attempt = msg.metadata.num_delivered
         if attempt > max_attempts:
-            await msg.term()
+            # The outcome is stored first, then the message ended (protocol.md §4): the other
+            # order loses the outcome if this worker dies in between.
             await self.report(env, attempt, "exhausted", {
                 "success": False, "result": {}, "error": f"{attempt - 1} attempts were lost"})
+            await msg.term()
             return
         if env.get("payload_ref") is not None:
             readable, payload = await self.read_payload(msg, env, attempt)
@@ -329,7 +331,13 @@ class Worker:
         if at_most_once:
             await msg.ack_sync()
         deadline = time.monotonic() + remaining_ms / 1000  # my own clock, from receipt
-        if time.monotonic() >= deadline or key in self.cancelled:
+        if key in self.cancelled:
+            if not at_most_once:
+                await msg.ack()  # cancelled before it ran: no result (protocol.md §5.2)
+            return
+        if time.monotonic() >= deadline:
+            if not at_most_once:
+                await msg.term()  # late: not run, no result (protocol.md §5.3)
             return
 
         async def renew_lease() -> None:
@@ -418,15 +426,15 @@ async def main(argv: Optional[List[str]] = None) -> None:
                    help="the session to serve (this worker attaches to it), or '*' for the pool of --tenant")
     p.add_argument("--tenant", default=os.environ.get("A3S_TENANT", "default"),
                    help="the tenant whose pool a --session-id '*' worker serves (a session's worker learns it)")
-    p.add_argument("--prefix", default="a3s")
-    p.add_argument("--lanes", default="query")
+    p.add_argument("--prefix", default=os.environ.get("A3S_NATS_PREFIX", "a3s"))
+    p.add_argument("--lanes", default=os.environ.get("A3S_LANES", "query"))
     p.add_argument("--workspace", default=os.environ.get("A3S_WORKSPACE", "."))
     p.add_argument("--allow-bash", action="store_true", default=os.environ.get("A3S_ALLOW_BASH", "") not in ("", "0"),
                    help="run `bash` tasks (off by default; also A3S_ALLOW_BASH=1)")
     p.add_argument("--max-file-bytes", type=int, default=int(os.environ.get("A3S_MAX_FILE_BYTES", 16 << 20)),
                    help="the most of one file a tool holds in memory (`edit`, a `read` window)")
     p.add_argument("--concurrency", type=int, default=8)
-    p.add_argument("--worker-id", default=f"py-{os.getpid()}")
+    p.add_argument("--worker-id", default=os.environ.get("A3S_WORKER_ID", f"py-{os.getpid()}"))
     p.add_argument("--max-object-bytes", type=int, default=64 << 20,
                    help="largest payload or result to move through the object store")
     w = Worker(p.parse_args(argv))
