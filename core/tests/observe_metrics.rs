@@ -310,3 +310,29 @@ async fn a_busy_address_fails_the_open() {
         .unwrap_err();
     assert_eq!(err.code(), "Io");
 }
+
+#[tokio::test]
+async fn a_draining_worker_is_healthy_but_not_ready() {
+    use a3s_code_core::tools::Workspace;
+    use a3s_code_core::worker::{Worker, WorkerConfig, builtin_handler};
+    let (session, _) = session(external(SessionLane::Query, 2));
+    let dir = tempfile::tempdir().unwrap();
+    let worker = Worker::spawn(
+        std::sync::Arc::new(session.clone()),
+        builtin_handler(Workspace::new(dir.path()).unwrap()),
+        WorkerConfig::default(),
+    );
+    let server = worker
+        .serve_metrics("127.0.0.1:0".parse().unwrap())
+        .unwrap();
+    let base = format!("http://{}", server.local_addr());
+    let (status, body) = http_get(&format!("{base}/readyz")).await;
+    assert_eq!((status, body.trim()), (200, "ready serving"));
+    worker.initiate_shutdown();
+    let (status, body) = http_get(&format!("{base}/readyz")).await;
+    assert_eq!((status, body.trim()), (503, "not ready draining"));
+    let (status, body) = http_get(&format!("{base}/healthz")).await;
+    assert_eq!((status, body.trim()), (200, "ok draining"));
+    worker.shutdown().await;
+    session.close().await;
+}

@@ -123,3 +123,60 @@ async fn control_cannot_be_paused_and_a_closed_session_refuses() {
         "ShutDown"
     );
 }
+
+/// A task that times out lands in the DLQ.
+async fn dead_letter(session: &a3s_code_core::AgentSession, payload: serde_json::Value) -> String {
+    let h = session
+        .submit(SessionLane::Query, "read", payload)
+        .await
+        .unwrap();
+    let id = h.task_id().to_owned();
+    assert_eq!(h.await.unwrap_err().code(), "TaskTimedOut");
+    id
+}
+
+#[tokio::test]
+async fn a_dead_letter_is_retried_as_a_new_task_or_deleted() {
+    let cfg = SessionQueueConfig {
+        enable_dlq: true,
+        ..two_slots()
+    };
+    let (session, _dir) = common::external_session(cfg, &[SessionLane::Query], 100);
+    let first = dead_letter(&session, json!({"path": "a"})).await;
+    let second = dead_letter(&session, json!({"path": "b"})).await;
+    assert_eq!(session.dead_letters().await.len(), 2);
+
+    // Retry: a new task with the same lane, command and payload; the letter leaves the DLQ.
+    let retry = session.retry_dead_letter(&first).await.unwrap();
+    assert_ne!(retry.task_id(), first);
+    let letters = session.dead_letters().await;
+    assert_eq!(letters.len(), 1);
+    assert_eq!(letters[0].task_id, second);
+    let t = session
+        .claim_external_tasks(1, Duration::from_secs(1))
+        .await
+        .unwrap();
+    assert_eq!(t[0].task_id, retry.task_id());
+    assert_eq!((t[0].command_type.as_str(), &t[0].payload), ("read", &json!({"path": "a"})));
+    session
+        .complete_external_task(&t[0].task_id, ExternalTaskResult::ok(json!({"content": "x"})))
+        .await
+        .unwrap();
+    assert!(retry.await.unwrap().success);
+
+    // Delete one; unknown ids (also one already retried) are TaskNotFound.
+    session.delete_dead_letter(&second).await.unwrap();
+    assert!(session.dead_letters().await.is_empty());
+    for id in [first.as_str(), second.as_str(), "nope"] {
+        assert_eq!(session.delete_dead_letter(id).await.unwrap_err().code(), "TaskNotFound");
+        assert_eq!(
+            session.retry_dead_letter(id).await.unwrap_err().code(),
+            "TaskNotFound"
+        );
+    }
+    session.close().await;
+    assert_eq!(
+        session.delete_dead_letter(&first).await.unwrap_err().code(),
+        "ShutDown"
+    );
+}

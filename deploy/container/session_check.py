@@ -15,8 +15,8 @@ with External Query and Execute lanes.
   autoscaling examples in deploy/kubernetes/autoscaling/ query.
 
 `drain --pid PID` (an image with a shell) sends the worker SIGTERM while a 2 s bash task runs and
-checks that the task still completes and what /healthz answers meanwhile (printed: a readiness
-probe on it sees that status).
+checks that the task still completes, that /healthz stays 200 `ok draining` (liveness keeps the
+pod) and that /readyz answers 503 `not ready draining` (readiness takes it out) meanwhile.
 """
 
 import argparse
@@ -132,12 +132,15 @@ async def drain(args: argparse.Namespace) -> str:
             while (health := get(args.worker + "/healthz"))[1] != "ok draining":
                 assert time.monotonic() < deadline, f"/healthz never said draining: {health}"
                 await asyncio.sleep(0.02)
+            # Healthy (not restarted) but not ready (no new work) while it drains.
+            ready = get(args.worker + "/readyz")
+            assert ready == (503, "not ready draining"), f"/readyz while draining: {ready}"
             result = await asyncio.wait_for(handle.result(), 30)
             assert result.success and result.result["stdout"] == "done\n", result.result
         finally:
             await session.close()
     return (f"SIGTERM during a 2 s bash task: it completed (stdout 'done'); /healthz meanwhile "
-            f"answered {health[0]} '{health[1]}'")
+            f"answered {health[0]} '{health[1]}', /readyz {ready[0]} '{ready[1]}'")
 
 
 def main() -> None:

@@ -602,7 +602,41 @@ impl AgentSession {
         self.inner.scheduler.dead_letters()
     }
 
-    /// Removes and returns every dead letter.
+    /// Submits a dead letter's task again, as a new task (a new id, the same lane, command and
+    /// payload), and takes the letter out of the DLQ. The original submitter already got its
+    /// failure; the new task's outcome comes through the returned handle and the events.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`] when no dead letter has this id, [`Error::QueueFull`] (the letter
+    /// stays), [`Error::ShutDown`] after `close()`.
+    pub async fn retry_dead_letter(&self, task_id: &str) -> Result<TaskHandle> {
+        let letter = self.inner.scheduler.take_dead_letter(task_id)?;
+        let lane = letter.lane;
+        let command = letter.command_type.clone();
+        match self.submit(lane, &command, letter.payload.clone()).await {
+            Ok(handle) => {
+                tracing::info!(task_id, retry = handle.task_id(), "dead letter submitted again");
+                Ok(handle)
+            }
+            Err(err) => {
+                self.inner.scheduler.restore_dead_letter(letter);
+                Err(err)
+            }
+        }
+    }
+
+    /// Deletes one dead letter.
+    ///
+    /// # Errors
+    ///
+    /// [`Error::TaskNotFound`] when no dead letter has this id, [`Error::ShutDown`] after
+    /// `close()`.
+    pub async fn delete_dead_letter(&self, task_id: &str) -> Result<()> {
+        self.inner.scheduler.take_dead_letter(task_id).map(drop)
+    }
+
+    /// Removes and returns every dead letter (purges the DLQ).
     pub async fn drain_dead_letters(&self) -> Vec<DeadLetter> {
         self.inner.scheduler.drain_dead_letters()
     }

@@ -1,4 +1,5 @@
-//! Observability: Prometheus metrics, `/metrics` and `/healthz` endpoints, and task tracing.
+//! Observability: Prometheus metrics, `/metrics`, `/healthz` and `/readyz` endpoints, and task
+//! tracing.
 //!
 //! - A session opened with [`SessionOptions::with_metrics_addr`](crate::SessionOptions::with_metrics_addr)
 //!   serves `/metrics` (its lanes and counters) and `/healthz` (200 while it is open and its
@@ -48,6 +49,11 @@ pub trait Exporter: Send + Sync + 'static {
     /// What `/healthz` says besides its status (a worker: `waiting`, `serving` or `draining`).
     fn health_detail(&self) -> Option<String> {
         None
+    }
+    /// Whether `/readyz` answers 200 (else 503): healthy and willing to take work (a worker
+    /// that drains is healthy but not ready). Default: as `/healthz`.
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        self.healthy()
     }
 }
 
@@ -125,6 +131,7 @@ impl Bound {
         let app = Router::new()
             .route("/metrics", get(metrics))
             .route("/healthz", get(healthz))
+            .route("/readyz", get(readyz))
             .with_state(exporter);
         let listener = self.listener;
         let task = self.runtime.spawn(async move {
@@ -149,6 +156,20 @@ impl Bound {
 
 async fn metrics(State(exporter): State<Arc<dyn Exporter>>) -> impl IntoResponse {
     ([(header::CONTENT_TYPE, CONTENT_TYPE)], exporter.render())
+}
+
+async fn readyz(State(exporter): State<Arc<dyn Exporter>>) -> impl IntoResponse {
+    let detail = exporter
+        .health_detail()
+        .map_or_else(String::new, |d| format!(" {d}"));
+    if exporter.ready().await {
+        (StatusCode::OK, format!("ready{detail}\n"))
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("not ready{detail}\n"),
+        )
+    }
 }
 
 async fn healthz(State(exporter): State<Arc<dyn Exporter>>) -> impl IntoResponse {

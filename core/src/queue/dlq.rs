@@ -53,6 +53,17 @@ impl DeadLetterQueue {
         self.entries.push_back(letter);
     }
 
+    /// Takes one letter out by task id.
+    pub(crate) fn remove(&mut self, task_id: &str) -> Option<DeadLetter> {
+        let at = self.entries.iter().position(|l| l.task_id == task_id)?;
+        self.entries.remove(at)
+    }
+
+    /// Puts a letter back (a retry that could not be submitted), newest.
+    pub(crate) fn restore(&mut self, letter: DeadLetter) {
+        self.push(letter);
+    }
+
     pub(crate) fn snapshot(&self) -> Vec<DeadLetter> {
         self.entries.iter().cloned().collect()
     }

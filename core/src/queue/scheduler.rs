@@ -1384,6 +1384,27 @@ impl Scheduler {
             .unwrap_or_default()
     }
 
+    /// Takes the dead letter of `task_id` out of the DLQ.
+    pub(crate) fn take_dead_letter(&self, task_id: &str) -> Result<DeadLetter> {
+        let mut st = self.state.lock();
+        if st.closed {
+            return Err(Error::ShutDown);
+        }
+        st.dlq
+            .as_mut()
+            .and_then(|dlq| dlq.remove(task_id))
+            .ok_or_else(|| Error::TaskNotFound {
+                task_id: task_id.to_owned(),
+            })
+    }
+
+    /// Puts a dead letter back (its retry could not be submitted).
+    pub(crate) fn restore_dead_letter(&self, letter: DeadLetter) {
+        if let Some(dlq) = self.state.lock().dlq.as_mut() {
+            dlq.restore(letter);
+        }
+    }
+
     pub(crate) fn drain_dead_letters(&self) -> Vec<DeadLetter> {
         self.state
             .lock()

@@ -6,7 +6,7 @@
 //! valid; this one adds long polling, a concurrency bound, batching and a graceful shutdown.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use futures_util::future::BoxFuture;
@@ -326,6 +326,8 @@ struct Counters {
     failed: AtomicU64,
     skipped_expired: AtomicU64,
     rejected: AtomicU64,
+    /// Told to stop: `/readyz` answers 503 while running tasks finish.
+    draining: AtomicBool,
     /// Tasks running now (not counting the slot held while waiting for work).
     running: AtomicU64,
     /// The same per lane, for `/metrics`.
@@ -486,6 +488,7 @@ impl Worker {
 
     /// Stops claiming new tasks; running ones finish and are reported.
     pub fn initiate_shutdown(&self) {
+        self.counters.draining.store(true, Ordering::Relaxed);
         self.source.drain();
         let _ = self.stop.send(true);
     }
@@ -542,7 +545,24 @@ impl Exporter for WorkerExporter {
     }
 
     fn health_detail(&self) -> Option<String> {
-        Some(self.source.health().state.as_str().to_owned())
+        Some(self.state().as_str().to_owned())
+    }
+
+    fn ready(&self) -> BoxFuture<'_, bool> {
+        Box::pin(async move {
+            self.source.health().connected && self.state() != WorkerState::Draining
+        })
+    }
+}
+
+impl WorkerExporter {
+    /// The source's state, or draining once the worker was told to stop (an in-process source
+    /// does not know).
+    fn state(&self) -> WorkerState {
+        match self.counters.draining.load(Ordering::Relaxed) {
+            true => WorkerState::Draining,
+            false => self.source.health().state,
+        }
     }
 }
 
