@@ -74,4 +74,7 @@ step "Python: ./scripts/test-python.sh (dist/'s wheel without Rust, spec sample,
 step "Node: ./scripts/test-node.sh (dist/'s tarballs without Rust or registry, tsc, node --test)"
 ./scripts/test-node.sh
 
+step "Deployment: ./scripts/test-deploy.sh (manifests validated strictly, the systemd unit, the worker image built and run against NATS)"
+./scripts/test-deploy.sh
+
 step "all tests passed"
