@@ -235,3 +235,26 @@ test('a paused lane hands out nothing until resumed; Control cannot be paused', 
   await assert.rejects(session.pauseLane(SessionLane.Control), (err) => err.code === 'InvalidConfig')
   await session.close()
 })
+
+test('a dead letter is retried as a new task or deleted', async () => {
+  const session = externalSession({ timeoutMs: 100 })
+  const ids = []
+  for (const path of ['a', 'b']) {
+    const handle = await session.submit(SessionLane.Query, 'read', { path })
+    await assert.rejects(handle.result(), { code: 'TaskTimedOut' })
+    ids.push(handle.taskId)
+  }
+  const retry = await session.retryDeadLetter(ids[0])
+  assert.notEqual(retry.taskId, ids[0])
+  assert.deepEqual((await session.deadLetters()).map((d) => d.taskId), [ids[1]])
+  const [task] = await session.pendingExternalTasks({ limit: 1, waitMs: 1_000 })
+  assert.equal(task.taskId, retry.taskId)
+  assert.deepEqual(task.payload, { path: 'a' })
+  await session.completeExternalTask(task.taskId, { success: true, result: {}, error: null })
+  assert.equal((await retry.result()).success, true)
+  await session.deleteDeadLetter(ids[1])
+  assert.deepEqual(await session.deadLetters(), [])
+  await assert.rejects(session.deleteDeadLetter(ids[1]), { code: 'TaskNotFound' })
+  await assert.rejects(session.retryDeadLetter('nope'), { code: 'TaskNotFound' })
+  await session.close()
+})

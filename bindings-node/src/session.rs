@@ -240,6 +240,38 @@ impl JsAgentSession {
         })
     }
 
+    /// Submits a dead letter's task again as a new task (a new id; the same lane, command and
+    /// payload) and takes the letter out of the DLQ; resolves to the new task's handle.
+    ///
+    /// Rejects with `TaskNotFound` (no dead letter has this id), `QueueFull` (the letter stays)
+    /// or `ShutDown`.
+    #[napi(ts_return_type = "Promise<TaskHandle>")]
+    #[allow(unsafe_code)] // `this` is the live JS object of this call
+    pub fn retry_dead_letter(
+        &self,
+        env: &Env,
+        this: This,
+        task_id: String,
+    ) -> napi::Result<Promise<HandleOut>> {
+        let session = self.inner.clone();
+        let session_ref = unsafe { SessionRef::new(env.raw(), this.object.raw()) }?;
+        promise(env, async move {
+            let handle = session.retry_dead_letter(&task_id).await;
+            Ok(HandleOut {
+                handle: handle?,
+                session: session_ref,
+            })
+        })
+    }
+
+    /// Deletes one dead letter. Rejects with `TaskNotFound` (no dead letter has this id) or
+    /// `ShutDown`.
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn delete_dead_letter(&self, env: &Env, task_id: String) -> napi::Result<Promise<()>> {
+        let session = self.inner.clone();
+        promise(env, async move { session.delete_dead_letter(&task_id).await })
+    }
+
     /// Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the
     /// backlog waits (without timing out). Idempotent. Rejects with `InvalidConfig` for the
     /// Control lane.

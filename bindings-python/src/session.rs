@@ -237,6 +237,30 @@ impl PyAgentSession {
         })
     }
 
+    /// Submits a dead letter's task again as a new task (a new id; the same lane, command and
+    /// payload), takes the letter out of the DLQ, and resolves to the new task's `TaskHandle`.
+    /// Raises `TaskNotFoundError` (no dead letter has this id), `QueueFullError` (the letter
+    /// stays) or `ShutDownError`.
+    fn retry_dead_letter<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            let handle = session
+                .retry_dead_letter(&task_id)
+                .await
+                .map_err(CoreError)?;
+            Ok(NewHandle(handle, session))
+        })
+    }
+
+    /// Deletes one dead letter. Raises `TaskNotFoundError` (no dead letter has this id) or
+    /// `ShutDownError`.
+    fn delete_dead_letter<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            Ok(session.delete_dead_letter(&task_id).await.map_err(CoreError)?)
+        })
+    }
+
     /// Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the
     /// backlog waits (without timing out). Idempotent. Raises `InvalidConfigError` for the
     /// Control lane.

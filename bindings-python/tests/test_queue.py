@@ -399,3 +399,26 @@ async def test_a_paused_lane_hands_out_nothing_until_resumed(make_session: Sessi
     with pytest.raises(InvalidConfigError, match="Control"):
         await session.pause_lane(SessionLane.CONTROL)
 
+
+
+async def test_a_dead_letter_is_retried_as_a_new_task_or_deleted(make_session: SessionFactory) -> None:
+    session = await make_session(timeout_ms=100, enable_dlq=True)
+    ids = []
+    for path in ("a", "b"):
+        handle = await session.submit(SessionLane.QUERY, "read", {"path": path})
+        with pytest.raises(TaskTimedOutError):
+            await handle.result()
+        ids.append(handle.task_id)
+    retry = await session.retry_dead_letter(ids[0])
+    assert retry.task_id != ids[0]
+    assert [letter.task_id for letter in await session.dead_letters()] == [ids[1]]
+    [task] = await session.pending_external_tasks(limit=1, wait_ms=1_000)
+    assert (task.task_id, task.payload) == (retry.task_id, {"path": "a"})
+    await session.complete_external_task(task.task_id, OK)
+    assert (await retry.result()).success
+    await session.delete_dead_letter(ids[1])
+    assert await session.dead_letters() == []
+    with pytest.raises(TaskNotFoundError):
+        await session.delete_dead_letter(ids[1])
+    with pytest.raises(TaskNotFoundError):
+        await session.retry_dead_letter("nope")
