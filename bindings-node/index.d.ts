@@ -109,6 +109,27 @@ export declare class AgentSession {
    */
   submit(lane: SessionLane, commandType: string, payload: Record<string, any>): Promise<TaskHandle>
   /**
+   * Submits a dead letter's task again as a new task (a new id; the same lane, command and
+   * payload) and takes the letter out of the DLQ; resolves to the new task's handle.
+   *
+   * Rejects with `TaskNotFound` (no dead letter has this id), `QueueFull` (the letter stays)
+   * or `ShutDown`.
+   */
+  retryDeadLetter(taskId: string): Promise<TaskHandle>
+  /**
+   * Deletes one dead letter. Rejects with `TaskNotFound` (no dead letter has this id) or
+   * `ShutDown`.
+   */
+  deleteDeadLetter(taskId: string): Promise<void>
+  /**
+   * Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the
+   * backlog waits (without timing out). Idempotent. Rejects with `InvalidConfig` for the
+   * Control lane.
+   */
+  pauseLane(lane: SessionLane): Promise<void>
+  /** Resumes a paused lane: its free slots fill from the backlog at once. Idempotent. */
+  resumeLane(lane: SessionLane): Promise<void>
+  /**
    * Cancels a queued or running task; its submitter gets `TaskCancelled`.
    *
    * Rejects with `TaskNotFound`, or how the task already ended (`TaskAlreadyCompleted`, ...).
@@ -448,6 +469,8 @@ export interface LaneStats {
   timeoutMs: number
   /** How long the oldest pending task has been waiting, in milliseconds (0 when none). */
   oldestPendingMs: number
+  /** Whether the lane is paused (`session.pauseLane`). */
+  paused: boolean
 }
 
 /**

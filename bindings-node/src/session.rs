@@ -245,7 +245,7 @@ impl JsAgentSession {
     ///
     /// Rejects with `TaskNotFound` (no dead letter has this id), `QueueFull` (the letter stays)
     /// or `ShutDown`.
-    #[napi(ts_return_type = "Promise<TaskHandle>")]
+    #[napi(ts_args_type = "taskId: string", ts_return_type = "Promise<TaskHandle>")]
     #[allow(unsafe_code)] // `this` is the live JS object of this call
     pub fn retry_dead_letter(
         &self,
