@@ -1292,7 +1292,7 @@ impl WorkerClient {
                 claim.attempt,
                 ExternalTaskResult {
                     success: false,
-                    result: serde_json::json!({"error_code": "TaskCancelled"}),
+                    result: serde_json::json!({"error_code": "RetriesExhausted"}),
                     error: Some(format!("given back on an at-most-once lane: {reason}")),
                 },
             );
