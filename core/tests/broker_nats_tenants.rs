@@ -188,3 +188,58 @@ async fn sessions_of_one_tenant_that_disagree_the_latest_wins_with_a_warning() {
     first.close().await;
     second.close().await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_consumer_the_server_deleted_for_inactivity_is_created_again() {
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let mut nats = NatsConfig::new(&url).with_prefix(&prefix);
+    nats.inactive_threshold = Duration::from_secs(1);
+    let (s, _dir) = session(&nats, SessionOptions::new());
+    s.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let first = s
+        .submit(SessionLane::Query, "read", json!({"n": 1}))
+        .await
+        .unwrap();
+    // Nobody pulls: the server deletes the tenant's pool consumer after a second.
+    let js = async_nats::jetstream::new(async_nats::connect(&url).await.unwrap());
+    let mut stream = js
+        .get_stream(format!("{}_TASKS_default", prefix.to_uppercase()))
+        .await
+        .unwrap();
+    let mut gone = false;
+    for _ in 0..100 {
+        if stream.info().await.unwrap().state.consumer_count == 0 {
+            gone = true;
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(gone, "the server never deleted the idle consumer");
+    // The next publish finds the consumer old and creates it again: both tasks are served.
+    let second = s
+        .submit(SessionLane::Query, "read", json!({"n": 2}))
+        .await
+        .unwrap();
+    let worker = WorkerClient::connect_with(nats.clone(), WorkerClientOptions::pool())
+        .await
+        .unwrap();
+    let mut done = 0;
+    while done < 2 {
+        let tasks = worker
+            .claim_external_tasks(2, Duration::from_secs(10))
+            .await
+            .unwrap();
+        assert!(!tasks.is_empty(), "no task reached the worker");
+        for t in tasks {
+            worker
+                .complete_external_task(&t.task_id, ExternalTaskResult::ok(json!({})))
+                .await
+                .unwrap();
+            done += 1;
+        }
+    }
+    assert!(first.await.unwrap().success);
+    assert!(second.await.unwrap().success);
+    s.close().await;
+}

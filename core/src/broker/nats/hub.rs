@@ -12,7 +12,7 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use async_nats::jetstream::{self, consumer, stream};
 use futures_util::StreamExt;
@@ -111,7 +111,7 @@ fn registry() -> &'static Mutex<HashMap<String, Weak<HubSlot>>> {
 }
 
 /// A consumer's creation, shared by the sessions that need it (stream name, consumer name).
-type CreatedOnce = Arc<tokio::sync::OnceCell<()>>;
+type CreatedOnce = Arc<tokio::sync::OnceCell<Instant>>;
 
 /// The registry key: sessions with the same servers, credentials and names share a hub. (Kept
 /// in memory only; the credentials themselves are part of it, as a different token is a
@@ -365,10 +365,25 @@ impl Hub {
         max_attempts: u32,
     ) -> Result<()> {
         let key = (tenant.to_owned(), name.to_owned());
-        let cell = self.consumers.lock().entry(key).or_default().clone();
-        cell.get_or_try_init(|| self.create_consumer(tenant, name, filter, max_attempts))
-            .await
-            .map(|_| ())
+        // The server deletes a consumer nobody pulled from for `inactive_threshold`: one created
+        // a while ago is created again (idempotent when it still exists), so a long-lived
+        // process never publishes for a consumer that is gone.
+        let refresh = self.config.inactive_threshold / 3;
+        let cell = {
+            let mut consumers = self.consumers.lock();
+            let cell = consumers.entry(key).or_default();
+            if cell.get().is_some_and(|created| created.elapsed() >= refresh) {
+                *cell = Arc::default();
+            }
+            cell.clone()
+        };
+        cell.get_or_try_init(|| async {
+            self.create_consumer(tenant, name, filter, max_attempts)
+                .await
+                .map(|()| Instant::now())
+        })
+        .await
+        .map(|_| ())
     }
 
     async fn create_consumer(
