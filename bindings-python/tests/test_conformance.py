@@ -33,9 +33,10 @@ def kit_binary() -> str:
     raise RuntimeError("no a3s-code binary: build it (cargo build -p a3s-code-cli) or set A3S_CODE_BIN")
 
 
-def start_kit(url: str, *worker: str) -> "subprocess.Popen[str]":
+def start_kit(url: str, logs: pathlib.Path, *worker: str) -> "subprocess.Popen[str]":
+    # The workers' output goes to pytest's temporary folder (a failing kit run keeps it).
     return subprocess.Popen(
-        [kit_binary(), "conformance", "--json", "--nats", url, "--", *worker],
+        [kit_binary(), "conformance", "--json", "--nats", url, "--logs", str(logs), "--", *worker],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -56,8 +57,8 @@ def failed_mandatory(data: Dict[str, Any]) -> Set[str]:
     return {r["rule"] for r in data["rules"] if r["mandatory"] and r["status"] != "passed"}
 
 
-def test_the_foreign_worker_conforms(nats_url: str) -> None:  # noqa: F811
-    data = report(start_kit(nats_url, sys.executable, str(FOREIGN)))
+def test_the_foreign_worker_conforms(nats_url: str, tmp_path: pathlib.Path) -> None:  # noqa: F811
+    data = report(start_kit(nats_url, tmp_path, sys.executable, str(FOREIGN)))
     rules: List[Dict[str, Any]] = data["rules"]
     assert failed_mandatory(data) == set(), json.dumps(rules, indent=2)
     assert data["conforming"] is True
@@ -74,9 +75,12 @@ BROKEN_RULES = {
 }
 
 
-def test_each_broken_worker_fails_exactly_its_rule(nats_url: str) -> None:  # noqa: F811
+def test_each_broken_worker_fails_exactly_its_rule(nats_url: str, tmp_path: pathlib.Path) -> None:  # noqa: F811
     # The four runs at once (each kit uses prefixes of its own): about one run's time.
-    kits = {fault: start_kit(nats_url, sys.executable, str(BROKEN), fault) for fault in BROKEN_RULES}
+    kits = {
+        fault: start_kit(nats_url, tmp_path / fault, sys.executable, str(BROKEN), fault)
+        for fault in BROKEN_RULES
+    }
     for fault, kit in kits.items():
         data = report(kit)
         assert kit.returncode == 1, (fault, data)
