@@ -20,23 +20,33 @@ function noAddonError(cause) {
   const platform = platformName()
   const pkg = `@a3s-lab/code-${platform}`
   const prebuilt = Object.keys(require('../package.json').optionalDependencies ?? {})
-  let installed = false
+  const fromSource =
+    'build from source (Rust needed): `npm ci && npm run build` in a clone, then `npm install /path/to/clone` in your project'
+  let message
   try {
     require.resolve(`${pkg}/package.json`)
-    installed = true
+    // Installed, yet it did not load: say why (a missing glibc symbol, a broken download...).
+    let detail = cause?.message
+    try {
+      require(pkg)
+    } catch (e) {
+      detail = e.message
+    }
+    message = `@a3s-lab/code: the native addon of ${pkg} does not load on this machine: ${detail}`
   } catch {
-    // not installed: the usual case on a platform without a prebuilt package
+    if (prebuilt.includes(pkg)) {
+      message =
+        `@a3s-lab/code: the prebuilt native addon for ${platform}, ${pkg}, is not installed: install it ` +
+        `again without omitting optional dependencies (npm install --include=optional), or ${fromSource}`
+    } else if (prebuilt.length > 0) {
+      const names = prebuilt.map((name) => name.replace('@a3s-lab/code-', '')).join(', ')
+      message = `@a3s-lab/code: no prebuilt native addon for ${platform} (there are: ${names}); ${fromSource}`
+    } else {
+      message =
+        `@a3s-lab/code: no native addon for ${platform}, and this copy names no prebuilt ones (a packed ` +
+        `clone?): install the release tarballs (./scripts/package.sh builds them into dist/), or ${fromSource}`
+    }
   }
-  const fromSource = 'build it from source in a clone of the repository (Rust needed): `npm ci && npm run build`'
-  const message = installed
-    ? `@a3s-lab/code: the native addon of ${pkg} failed to load on ${platform}: ${cause?.cause?.message ?? cause?.message}`
-    : prebuilt.includes(pkg)
-      ? `@a3s-lab/code: the prebuilt native addon for ${platform} (${pkg}) is not installed: ` +
-        'reinstall without omitting optional dependencies (npm install --include=optional), or ' +
-        fromSource
-      : `@a3s-lab/code: no prebuilt native addon for ${platform} (prebuilt: ${
-          prebuilt.map((name) => name.replace('@a3s-lab/code-', '')).join(', ') || 'none in this copy'
-        }); ${fromSource}`
   const error = new Error(message)
   error.code = 'ERR_A3S_NATIVE_ADDON'
   error.cause = cause

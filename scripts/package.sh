@@ -116,7 +116,7 @@ export CARGO_ZIGBUILD_ZIG_COMMAND_ARGS='-m ziglang'
 exec "$venv/bin/maturin" zig $tool -- -g -fno-sanitize=all -target x86_64-linux-gnu.2.17 "\$@"
 EOF
     chmod +x "$zig/$tool.tmp"
-    # Rewritten only when it changed: cc-rs's build scripts rerun when the compiler file does.
+    # Replaced only when it changed, and whole: a build may be using it.
     if cmp -s "$zig/$tool.tmp" "$zig/$tool"; then rm "$zig/$tool.tmp"; else mv "$zig/$tool.tmp" "$zig/$tool"; fi
   done
   cat <<EOF

@@ -9,7 +9,7 @@
 #    machine without Rust (no cargo or rustc on PATH, checked) and without the registry
 #    (--offline): into examples/spec/typescript (the spec's sample) and bindings-node/__test__
 #    (the test suite), each with a fresh node_modules. The addon that loads must be the platform
-#    tarball's.
+#    tarball's. Without it (--omit=optional), the error names the platform.
 # 4. tsc: the spec's TypeScript sample type-checks as written (--strict, catch variables `any`)
 #    and compiles; the API's type-level tests type-check; all against the installed package.
 # 5. node --test bindings-node/__test__/: the tests import `@a3s-lab/code`, which resolves to the
@@ -89,6 +89,18 @@ console.log(`loaded ${path.relative(process.cwd(), expected)} (the platform tarb
 EOF
   )
 done
+
+step "Node: without its platform package, the package's error names the platform"
+bare="$(mktemp -d)"
+trap 'rm -rf "$bare"' EXIT
+echo '{ "name": "bare", "private": true }' >"$bare/package.json"
+(cd "$bare" && npm install --no-save --offline --omit=optional --silent "$main_tgz" && node -e "
+  try { require('@a3s-lab/code') } catch (e) {
+    if (e.code !== 'ERR_A3S_NATIVE_ADDON' || !/linux-x64-gnu/.test(e.message)) throw e
+    console.log(e.message)
+    process.exit(0)
+  }
+  throw new Error('it loaded without an addon')")
 
 step "Node: tsc (spec sample as written, API types), against the installed package"
 "$tsc" -p examples/spec/typescript --noEmit --strict --useUnknownInCatchVariables false

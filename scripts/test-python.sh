@@ -97,16 +97,23 @@ sdist_venv="$CARGO_TARGET_DIR/sdist-venv"
 fresh_venv "$sdist_venv"
 built="$(mktemp -d)"
 trap 'rm -rf "$built"' EXIT
+mkdir "$built/src" "$built/wheel"
+tar -xzf "$sdist" -C "$built/src"
+# Cargo fingerprints a workspace's crates by paths relative to it, so it would take the crates
+# package.sh compiled from this clone as up to date: files newer than those make it compile the
+# sdist's own.
+find "$built/src" -type f -exec touch {} +
 (
   # The release builds' linker and C compiler (zig, glibc 2.17) and target, so the dependencies
   # built by package.sh are reused; pip's isolated build takes maturin from PyPI.
   eval "$(./scripts/package.sh toolchain-env)"
   export MATURIN_PEP517_ARGS="--target x86_64-unknown-linux-gnu"
   SECONDS=0
-  "$sdist_venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-deps -w "$built" "$sdist"
-  echo "(built $(basename "$built"/*.whl) in ${SECONDS}s)"
+  "$sdist_venv/bin/python" -m pip wheel --quiet --disable-pip-version-check --no-cache-dir --no-deps \
+    -w "$built/wheel" "$built"/src/*/
+  echo "(built $(basename "$built"/wheel/*.whl) in ${SECONDS}s)"
 )
-"$sdist_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index "$built"/*.whl
+"$sdist_venv/bin/python" -m pip install --quiet --disable-pip-version-check --no-index "$built"/wheel/*.whl
 (cd "$built" && "$sdist_venv/bin/python" - "$version" <<'EOF'
 import asyncio, os, sys, a3s_code
 assert "site-packages" in a3s_code.__file__ and a3s_code.__version__ == sys.argv[1]
