@@ -35,6 +35,10 @@ const calls = {
   tool: ['ls', {}],
   submit: [SessionLane.Execute, 'ls', {}],
   cancel: ['unknown'],
+  retryDeadLetter: ['unknown'],
+  deleteDeadLetter: ['unknown'],
+  pauseLane: [SessionLane.Execute],
+  resumeLane: [SessionLane.Execute],
   send: ['hello'], // no model configured: rejects with InvalidConfig
   stream: ['hello'],
   history: [],

@@ -129,6 +129,10 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
         "tool": ("ls", {}),
         "submit": (SessionLane.EXECUTE, "ls", {}),
         "cancel": ("nope",),
+        "retry_dead_letter": ("nope",),
+        "delete_dead_letter": ("nope",),
+        "pause_lane": (SessionLane.EXECUTE,),
+        "resume_lane": (SessionLane.EXECUTE,),
         "send": ("hello",),  # no model configured: raises InvalidConfigError when awaited
         "close": (),
     }
