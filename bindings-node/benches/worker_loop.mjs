@@ -10,7 +10,7 @@
 // TASKS`, the same loop in Rust (core/benches/worker_loop.rs). Each round runs both; the best
 // rate of each and their ratio are printed last (target: Node >= 30% of Rust).
 //
-// Build the addon in release first (`npm install` does).
+// Build the addon in release first (`npm run build` does).
 import { createRequire } from 'node:module'
 import { spawnSync } from 'node:child_process'
 import { fileURLToPath } from 'node:url'

@@ -4,6 +4,7 @@
 // checks what came back.
 //
 // Run from examples/spec (the samples load agent.hcl and read paths relative to `.`):
+//   (at the repository root: npm ci && npm run build, or install dist/'s tarballs)
 //   npm install && npx tsc -p typescript && node typescript/dist/spec_sample.js
 
 // ----- Step 1: Configure Session ------------------------------------------------------------------
