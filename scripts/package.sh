@@ -4,6 +4,8 @@
 #   ./scripts/package.sh [python] [node] [cli]   build these (default: all three)
 #   ./scripts/package.sh check-version            the versions agree with Cargo.toml's
 #   ./scripts/package.sh set-version X.Y.Z        write X.Y.Z wherever a version lives
+#   ./scripts/package.sh no-rust-path             print $PATH without the directories holding
+#                                                 cargo or rustc (the tests' "machine without Rust")
 #   ./scripts/package.sh toolchain-env            print the exports of the release builds' C
 #                                                 toolchain (eval it to build the same way)
 #
@@ -214,8 +216,20 @@ build_cli() {
   ls -l "$dist/$name.tar.gz"
 }
 
+# $PATH without the directories that hold cargo or rustc.
+no_rust_path() {
+  local dir out=""
+  local -a dirs
+  IFS=: read -ra dirs <<<"$PATH"
+  for dir in "${dirs[@]}"; do
+    [ -n "$dir" ] && [ ! -e "$dir/cargo" ] && [ ! -e "$dir/rustc" ] && out="${out:+$out:}$dir"
+  done
+  printf '%s\n' "$out"
+}
+
 case "${1:-}" in
   check-version) check_version; exit ;;
+  no-rust-path) no_rust_path; exit ;;
   set-version) [ $# -eq 2 ] || die "usage: $0 set-version X.Y.Z"; set_version "$2"; exit ;;
   toolchain-env) toolchain; exit ;;
 esac

@@ -35,11 +35,7 @@ git diff --exit-code -- bindings-node/index.js bindings-node/index.d.ts
 step "Node: npm ci (the dev tools: TypeScript, @types/node, the napi CLI)"
 npm ci
 
-no_rust_path=""
-IFS=: read -ra path_dirs <<<"$PATH"
-for dir in "${path_dirs[@]}"; do
-  [ -n "$dir" ] && [ ! -e "$dir/cargo" ] && [ ! -e "$dir/rustc" ] && no_rust_path="${no_rust_path:+$no_rust_path:}$dir"
-done
+no_rust_path="$(./scripts/package.sh no-rust-path)"
 export PATH="$no_rust_path"
 unset CARGO RUSTC RUSTUP_TOOLCHAIN
 if command -v cargo >/dev/null 2>&1 || command -v rustc >/dev/null 2>&1; then

@@ -58,11 +58,7 @@ EOF
 "$py" -m pip install --quiet --disable-pip-version-check "${test_deps[@]}"
 
 # Everything below runs as on a machine without Rust.
-no_rust_path=""
-IFS=: read -ra path_dirs <<<"$PATH"
-for dir in "${path_dirs[@]}"; do
-  [ -n "$dir" ] && [ ! -e "$dir/cargo" ] && [ ! -e "$dir/rustc" ] && no_rust_path="${no_rust_path:+$no_rust_path:}$dir"
-done
+no_rust_path="$(./scripts/package.sh no-rust-path)"
 (
   export PATH="$no_rust_path"
   unset CARGO RUSTC RUSTUP_TOOLCHAIN PIP_FIND_LINKS
