@@ -482,8 +482,9 @@ async fn query_session(
     Ok(session)
 }
 
-/// A queue config whose Query lane is External with `concurrency` slots: the benchmarks'.
-fn query_config(concurrency: usize, max_pending: usize, timeout_ms: u64) -> SessionQueueConfig {
+/// A queue config whose Query lane is External with `concurrency` slots: the benchmarks' and
+/// the conformance kit's.
+pub(crate) fn query_config(concurrency: usize, max_pending: usize, timeout_ms: u64) -> SessionQueueConfig {
     SessionQueueConfig {
         query_max_concurrency: concurrency,
         max_pending,

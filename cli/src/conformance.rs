@@ -30,7 +30,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use a3s_code_core::broker::NatsConfig;
-use a3s_code_core::queue::{LaneHandlerConfig, SessionLane, SubmitOptions, TaskHandlerMode};
+use a3s_code_core::queue::{SessionLane, SubmitOptions};
 use a3s_code_core::worker::{WorkerClient, WorkerClientOptions};
 use a3s_code_core::{Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionQueueConfig};
 use anyhow::Context;
@@ -277,18 +277,9 @@ impl Kit {
             .with_prefix(&prefix)
             .with_lease(LEASE);
         let cfg = SessionQueueConfig {
-            query_max_concurrency: 32,
             retry_policy: retry,
             enable_dlq: true,
-            lane_handlers: [(
-                SessionLane::Query,
-                LaneHandlerConfig {
-                    mode: TaskHandlerMode::External,
-                    timeout_ms: 60_000,
-                },
-            )]
-            .into(),
-            ..Default::default()
+            ..crate::bench::query_config(32, SessionQueueConfig::default().max_pending, 60_000)
         };
         let session = Agent::from_config(AgentConfig::default()).session(
             workspace.path(),
@@ -367,7 +358,7 @@ impl Run {
     }
 
     /// Submits a Query task and waits for its outcome (bounded).
-    async fn call(&self, command: &str, payload: Value) -> anyhow::Result<(String, Outcome2)> {
+    async fn call(&self, command: &str, payload: Value) -> anyhow::Result<(String, TaskEnd)> {
         self.call_with(command, payload, SubmitOptions::new(), RESULT_WAIT)
             .await
     }
@@ -378,18 +369,18 @@ impl Run {
         payload: Value,
         options: SubmitOptions,
         wait: Duration,
-    ) -> anyhow::Result<(String, Outcome2)> {
+    ) -> anyhow::Result<(String, TaskEnd)> {
         let handle = self
             .session
             .submit_with(SessionLane::Query, command, payload, options)
             .await?;
         let id = handle.task_id().to_owned();
         let outcome = match tokio::time::timeout(wait, handle.result()).await {
-            Ok(Ok(r)) => Outcome2::Done(r),
-            Ok(Err(e)) => Outcome2::Error(e.code().to_owned(), e.to_string()),
+            Ok(Ok(r)) => TaskEnd::Done(r),
+            Ok(Err(e)) => TaskEnd::Error(e.code().to_owned(), e.to_string()),
             Err(_) => {
                 let _ = self.session.cancel(&id).await;
-                Outcome2::Lost
+                TaskEnd::Lost
             }
         };
         Ok((id, outcome))
@@ -433,18 +424,18 @@ impl Drop for Run {
 
 /// How a submitted task ended.
 #[derive(Debug)]
-enum Outcome2 {
+enum TaskEnd {
     Done(ExternalTaskResult),
     Error(String, String),
     Lost,
 }
 
-impl Outcome2 {
+impl TaskEnd {
     fn describe(&self) -> String {
         match self {
-            Outcome2::Done(r) => serde_json::to_string(r).unwrap_or_default(),
-            Outcome2::Error(code, msg) => format!("{code}: {msg}"),
-            Outcome2::Lost => "no outcome in time".to_owned(),
+            TaskEnd::Done(r) => serde_json::to_string(r).unwrap_or_default(),
+            TaskEnd::Error(code, msg) => format!("{code}: {msg}"),
+            TaskEnd::Lost => "no outcome in time".to_owned(),
         }
     }
 }
@@ -600,9 +591,9 @@ async fn until(limit: Duration, mut check: impl FnMut() -> bool) -> bool {
 }
 
 /// Whether a failed outcome says the worker does not serve the command (or bash is off).
-fn unserved(outcome: &Outcome2) -> bool {
+fn unserved(outcome: &TaskEnd) -> bool {
     match outcome {
-        Outcome2::Done(r) if !r.success => {
+        TaskEnd::Done(r) if !r.success => {
             let code = r.result.get("error_code").and_then(Value::as_str);
             let msg = r.error.as_deref().unwrap_or_default();
             code == Some("UnknownTool") || msg.contains("disabled")
@@ -628,7 +619,7 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
     for i in 0..5 {
         let t0 = Instant::now();
         let (id, out) = run.call("read", json!({"path": "a.txt"})).await?;
-        if let Outcome2::Lost = out {
+        if let TaskEnd::Lost = out {
             anyhow::bail!(
                 "a read was not answered within {} s{}",
                 RESULT_WAIT.as_secs(),
@@ -682,7 +673,7 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
     .await;
     let lost = burst
         .iter()
-        .filter(|r| matches!(r, Ok((_, Outcome2::Lost)) | Err(_)))
+        .filter(|r| matches!(r, Ok((_, TaskEnd::Lost)) | Err(_)))
         .count();
     tokio::time::sleep(Duration::from_millis(500)).await;
     let doubled = run.watch.doubled();
@@ -713,8 +704,8 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
 }
 
 /// One case per tool, with today's semantics (docs/protocol.md §7).
-async fn tools(kit: &Kit, run: &Run, read: Option<Outcome2>) -> anyhow::Result<()> {
-    let check = |rule: &'static str, out: &Outcome2, ok: bool| {
+async fn tools(kit: &Kit, run: &Run, read: Option<TaskEnd>) -> anyhow::Result<()> {
+    let check = |rule: &'static str, out: &TaskEnd, ok: bool| {
         if unserved(out) {
             kit.not_applicable(rule, "the worker does not serve this tool (UnknownTool)");
         } else if ok {
@@ -730,14 +721,14 @@ async fn tools(kit: &Kit, run: &Run, read: Option<Outcome2>) -> anyhow::Result<(
     let (_, window) = run
         .call("read", json!({"path": "a.txt", "offset": 2, "limit": 1}))
         .await?;
-    let whole = matches!(&read, Outcome2::Done(r) if r.success && r.result["content"] == "one\ntwo\nthree\n");
-    let part = matches!(&window, Outcome2::Done(r) if r.success && r.result == json!({"content": "two\n", "total_lines": 3, "start_line": 2, "end_line": 2, "truncated": true}));
+    let whole = matches!(&read, TaskEnd::Done(r) if r.success && r.result["content"] == "one\ntwo\nthree\n");
+    let part = matches!(&window, TaskEnd::Done(r) if r.success && r.result == json!({"content": "two\n", "total_lines": 3, "start_line": 2, "end_line": 2, "truncated": true}));
     check("tool-read", if whole { &window } else { &read }, whole && part);
 
     let (_, out) = run
         .call("write", json!({"path": "new/c.txt", "content": "héllo\n"}))
         .await?;
-    let ok = matches!(&out, Outcome2::Done(r) if r.success && r.result["bytes_written"] == 7)
+    let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result["bytes_written"] == 7)
         && std::fs::read_to_string(run.root().join("new/c.txt")).ok().as_deref() == Some("héllo\n");
     check("tool-write", &out, ok);
 
@@ -747,14 +738,14 @@ async fn tools(kit: &Kit, run: &Run, read: Option<Outcome2>) -> anyhow::Result<(
             json!({"path": "b.txt", "old_string": "needle", "new_string": "pin"}),
         )
         .await?;
-    let ok = matches!(&out, Outcome2::Done(r) if r.success && r.result["replacements"] == 1)
+    let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result["replacements"] == 1)
         && std::fs::read_to_string(run.root().join("b.txt")).ok().as_deref() == Some("a pin here\n");
     check("tool-edit", &out, ok);
     std::fs::write(run.root().join("b.txt"), "a needle here\n")?;
 
     let (_, out) = run.call("ls", json!({})).await?;
     let names: Vec<String> = match &out {
-        Outcome2::Done(r) if r.success => r.result["entries"]
+        TaskEnd::Done(r) if r.success => r.result["entries"]
             .as_array()
             .map(|e| e.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
             .unwrap_or_default(),
@@ -764,11 +755,11 @@ async fn tools(kit: &Kit, run: &Run, read: Option<Outcome2>) -> anyhow::Result<(
     check("tool-ls", &out, ok);
 
     let (_, out) = run.call("glob", json!({"pattern": "*.txt"})).await?;
-    let ok = matches!(&out, Outcome2::Done(r) if r.success && r.result == json!({"paths": ["a.txt", "b.txt", "new/c.txt"], "truncated": false}));
+    let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result == json!({"paths": ["a.txt", "b.txt", "new/c.txt"], "truncated": false}));
     check("tool-glob", &out, ok);
 
     let (_, out) = run.call("grep", json!({"pattern": "needle"})).await?;
-    let ok = matches!(&out, Outcome2::Done(r) if r.success && r.result == json!({"matches": [{"path": "b.txt", "line": 1, "text": "a needle here"}], "truncated": false}));
+    let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result == json!({"matches": [{"path": "b.txt", "line": 1, "text": "a needle here"}], "truncated": false}));
     check("tool-grep", &out, ok);
     Ok(())
 }
@@ -795,7 +786,7 @@ async fn malformed(kit: &Kit, run: &mut Run) -> anyhow::Result<()> {
     let (_, out) = run.call("read", json!({"path": "a.txt"})).await?;
     let alive = run.alive();
     match (&out, alive) {
-        (Outcome2::Done(r), true) if r.success => kit.pass("malformed-input"),
+        (TaskEnd::Done(r), true) if r.success => kit.pass("malformed-input"),
         (_, false) => kit.fail("malformed-input", format!("the worker exited{}", run.log_hint())),
         _ => kit.fail(
             "malformed-input",
@@ -853,7 +844,7 @@ async fn large(kit: &Kit, run: &Run) -> anyhow::Result<()> {
         std::fs::write(run.root().join("big.txt"), &content)?;
     } else {
         let on_disk = std::fs::read_to_string(run.root().join("big.txt")).unwrap_or_default();
-        if !matches!(&wrote, Outcome2::Done(r) if r.success) || on_disk != content {
+        if !matches!(&wrote, TaskEnd::Done(r) if r.success) || on_disk != content {
             kit.fail(
                 "large-values",
                 format!(
@@ -870,7 +861,7 @@ async fn large(kit: &Kit, run: &Run) -> anyhow::Result<()> {
         return Ok(());
     }
     match &read {
-        Outcome2::Done(r) if r.success && r.result["content"].as_str() == Some(content.as_str()) => {
+        TaskEnd::Done(r) if r.success && r.result["content"].as_str() == Some(content.as_str()) => {
             kit.pass("large-values")
         }
         other => kit.fail(
@@ -895,7 +886,7 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     kit.start_worker(&mut run, &session, &[("A3S_ALLOW_BASH", "1")])?;
 
     let (_, out) = run.call("bash", json!({"command": "echo hi; exit 3"})).await?;
-    if let Outcome2::Lost = out {
+    if let TaskEnd::Lost = out {
         anyhow::bail!("a bash task got no outcome{}", run.log_hint());
     }
     if unserved(&out) {
@@ -905,7 +896,7 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
         kit.not_applicable("cancel", why);
         return Ok(());
     }
-    let ok = matches!(&out, Outcome2::Done(r) if !r.success && r.result["exit_code"] == 3 && r.result["stdout"] == "hi\n");
+    let ok = matches!(&out, TaskEnd::Done(r) if !r.success && r.result["exit_code"] == 3 && r.result["stdout"] == "hi\n");
     if ok {
         kit.pass("tool-bash");
     } else {
@@ -926,7 +917,7 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
         .count();
     let results = run.watch.results_for(&id);
     match &out {
-        Outcome2::Done(r) if r.success && r.result["stdout"] == "done\n" => {
+        TaskEnd::Done(r) if r.success && r.result["stdout"] == "done\n" => {
             if renewals == 0 {
                 kit.fail("lease-renewal", "no +WPI was sent during a 3 s task with a 1 s lease");
             } else if distinct_attempts(&results) > 1 {
@@ -1103,7 +1094,7 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
     let session = run.session.id().to_owned();
     kit.start_worker(&mut run, &session, &[("A3S_LABELS", "region=eu")])?;
     let (_, plain) = run.call("read", json!({"path": "a.txt"})).await?;
-    if !matches!(&plain, Outcome2::Done(r) if r.success) {
+    if !matches!(&plain, TaskEnd::Done(r) if r.success) {
         kit.fail("labels", format!("an unlabelled read: {}", plain.describe()));
         return Ok(());
     }
@@ -1115,7 +1106,7 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
             Duration::from_secs(10),
         )
         .await?;
-    if !matches!(&eu, Outcome2::Done(r) if r.success) {
+    if !matches!(&eu, TaskEnd::Done(r) if r.success) {
         kit.not_applicable(
             "labels",
             format!("a task requiring region=eu was not served ({}): labels not supported", eu.describe()),
@@ -1131,7 +1122,7 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
         )
         .await?;
     match us {
-        Outcome2::Lost => kit.pass("labels"),
+        TaskEnd::Lost => kit.pass("labels"),
         other => kit.fail(
             "labels",
             format!("a task requiring region=us was taken by a region=eu worker: {}", other.describe()),
@@ -1154,8 +1145,8 @@ async fn pool_mode(kit: &Kit) -> anyhow::Result<()> {
         )
         .await?;
     match &out {
-        Outcome2::Done(r) if r.success => kit.pass("pool-mode"),
-        Outcome2::Lost => kit.not_applicable(
+        TaskEnd::Done(r) if r.success => kit.pass("pool-mode"),
+        TaskEnd::Lost => kit.not_applicable(
             "pool-mode",
             "nothing was served within 10 s with SESSION_ID='*': pool mode not supported",
         ),
