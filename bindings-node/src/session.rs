@@ -245,7 +245,10 @@ impl JsAgentSession {
     ///
     /// Rejects with `TaskNotFound` (no dead letter has this id), `QueueFull` (the letter stays)
     /// or `ShutDown`.
-    #[napi(ts_args_type = "taskId: string", ts_return_type = "Promise<TaskHandle>")]
+    #[napi(
+        ts_args_type = "taskId: string",
+        ts_return_type = "Promise<TaskHandle>"
+    )]
     #[allow(unsafe_code)] // `this` is the live JS object of this call
     pub fn retry_dead_letter(
         &self,
@@ -269,7 +272,10 @@ impl JsAgentSession {
     #[napi(ts_return_type = "Promise<void>")]
     pub fn delete_dead_letter(&self, env: &Env, task_id: String) -> napi::Result<Promise<()>> {
         let session = self.inner.clone();
-        promise(env, async move { session.delete_dead_letter(&task_id).await })
+        promise(
+            env,
+            async move { session.delete_dead_letter(&task_id).await },
+        )
     }
 
     /// Pauses a lane: nothing new is dispatched from it; tasks holding a slot finish, the

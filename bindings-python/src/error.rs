@@ -62,6 +62,8 @@ error_classes! {
     "ModelFailed" => ModelFailedError: "The model provider refused or failed a request (bad key, unknown model, retries exhausted; `ModelError` is its old name).",
     "BrokerUnavailable" => BrokerUnavailableError: "The message broker cannot be reached or refused an operation.",
     "UnsupportedProtocol" => UnsupportedProtocolError: "A wire message uses a protocol version this build does not speak.",
+    "SessionNotFound" => SessionNotFoundError: "No process hosts the session (the admin API's answer about a closed or unknown session).",
+    "PermissionDenied" => PermissionDeniedError: "The credential may not do this (an action asked with viewer rights).",
     "ShutDown" => ShutDownError: "The session (or worker) is closed.",
     "Io" => A3sIoError: "An I/O error outside any tool.",
     aliases {

@@ -241,7 +241,11 @@ impl PyAgentSession {
     /// payload), takes the letter out of the DLQ, and resolves to the new task's `TaskHandle`.
     /// Raises `TaskNotFoundError` (no dead letter has this id), `QueueFullError` (the letter
     /// stays) or `ShutDownError`.
-    fn retry_dead_letter<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
+    fn retry_dead_letter<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let session = self.inner.clone();
         runtime::awaitable(py, async move {
             let handle = session
@@ -254,10 +258,17 @@ impl PyAgentSession {
 
     /// Deletes one dead letter. Raises `TaskNotFoundError` (no dead letter has this id) or
     /// `ShutDownError`.
-    fn delete_dead_letter<'py>(&self, py: Python<'py>, task_id: String) -> PyResult<Bound<'py, PyAny>> {
+    fn delete_dead_letter<'py>(
+        &self,
+        py: Python<'py>,
+        task_id: String,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let session = self.inner.clone();
         runtime::awaitable(py, async move {
-            Ok(session.delete_dead_letter(&task_id).await.map_err(CoreError)?)
+            Ok(session
+                .delete_dead_letter(&task_id)
+                .await
+                .map_err(CoreError)?)
         })
     }
 
@@ -272,7 +283,11 @@ impl PyAgentSession {
     }
 
     /// Resumes a paused lane: its free slots fill from the backlog at once. Idempotent.
-    fn resume_lane<'py>(&self, py: Python<'py>, lane: PySessionLane) -> PyResult<Bound<'py, PyAny>> {
+    fn resume_lane<'py>(
+        &self,
+        py: Python<'py>,
+        lane: PySessionLane,
+    ) -> PyResult<Bound<'py, PyAny>> {
         let session = self.inner.clone();
         runtime::awaitable(py, async move {
             Ok(session.resume_lane(lane.into()).await.map_err(CoreError)?)

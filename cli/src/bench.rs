@@ -484,7 +484,11 @@ async fn query_session(
 
 /// A queue config whose Query lane is External with `concurrency` slots: the benchmarks' and
 /// the conformance kit's.
-pub(crate) fn query_config(concurrency: usize, max_pending: usize, timeout_ms: u64) -> SessionQueueConfig {
+pub(crate) fn query_config(
+    concurrency: usize,
+    max_pending: usize,
+    timeout_ms: u64,
+) -> SessionQueueConfig {
     SessionQueueConfig {
         query_max_concurrency: concurrency,
         max_pending,

@@ -84,15 +84,47 @@ struct Outcome {
 
 /// The rules, in report order: id, mandatory, what it checks.
 const RULES: &[(&str, bool, &str)] = &[
-    ("one-result-per-delivery", true, "at most one result per delivery of a task"),
-    ("result-stored-before-ack", true, "a task is acknowledged only after its result is stored"),
-    ("attempt-numbers", true, "a result carries the delivery count of the delivery it answers"),
-    ("lease-renewal", true, "a task running longer than the lease keeps it (+WPI) and is not redelivered"),
-    ("exhausted", true, "a delivery past max_attempts is reported exhausted, not run, then terminated"),
-    ("late-task-skipped", true, "a task delivered after its deadline is not run"),
-    ("malformed-input", true, "garbage on the task subject leaves the worker serving"),
+    (
+        "one-result-per-delivery",
+        true,
+        "at most one result per delivery of a task",
+    ),
+    (
+        "result-stored-before-ack",
+        true,
+        "a task is acknowledged only after its result is stored",
+    ),
+    (
+        "attempt-numbers",
+        true,
+        "a result carries the delivery count of the delivery it answers",
+    ),
+    (
+        "lease-renewal",
+        true,
+        "a task running longer than the lease keeps it (+WPI) and is not redelivered",
+    ),
+    (
+        "exhausted",
+        true,
+        "a delivery past max_attempts is reported exhausted, not run, then terminated",
+    ),
+    (
+        "late-task-skipped",
+        true,
+        "a task delivered after its deadline is not run",
+    ),
+    (
+        "malformed-input",
+        true,
+        "garbage on the task subject leaves the worker serving",
+    ),
     ("cancel", true, "a cancel stops the running task"),
-    ("large-values", true, "payloads and results too large for a message travel by reference"),
+    (
+        "large-values",
+        true,
+        "payloads and results too large for a message travel by reference",
+    ),
     ("tool-read", false, "read"),
     ("tool-write", false, "write"),
     ("tool-edit", false, "edit"),
@@ -100,8 +132,16 @@ const RULES: &[(&str, bool, &str)] = &[
     ("tool-glob", false, "glob"),
     ("tool-grep", false, "grep"),
     ("tool-bash", false, "bash"),
-    ("labels", false, "a labelled worker takes tasks that require its labels, and only those"),
-    ("pool-mode", false, "a pool worker (SESSION_ID='*') serves a session of its tenant"),
+    (
+        "labels",
+        false,
+        "a labelled worker takes tasks that require its labels, and only those",
+    ),
+    (
+        "pool-mode",
+        false,
+        "a pool worker (SESSION_ID='*') serves a session of its tenant",
+    ),
 ];
 
 pub(crate) async fn run(args: ConformanceArgs) -> anyhow::Result<()> {
@@ -118,7 +158,9 @@ pub(crate) async fn run(args: ConformanceArgs) -> anyhow::Result<()> {
             (dir.clone(), None)
         }
         None => {
-            let dir = tempfile::Builder::new().prefix("a3s-conformance-").tempdir()?;
+            let dir = tempfile::Builder::new()
+                .prefix("a3s-conformance-")
+                .tempdir()?;
             (dir.path().to_owned(), Some(dir))
         }
     };
@@ -210,7 +252,10 @@ impl Kit {
             .is_some_and(|r| r.1);
         let mut outcomes = self.outcomes.lock();
         // A failure sticks: a later pass of the same rule does not hide it.
-        if outcomes.get(rule).is_some_and(|o| o.status == Status::Failed) {
+        if outcomes
+            .get(rule)
+            .is_some_and(|o| o.status == Status::Failed)
+        {
             return;
         }
         outcomes.insert(
@@ -240,7 +285,10 @@ impl Kit {
         let decided: Vec<&str> = self.outcomes.lock().keys().copied().collect();
         for (rule, mandatory, _) in RULES {
             if !decided.contains(rule) && *mandatory {
-                self.fail(rule, format!("the scenario deciding it could not run: {why}"));
+                self.fail(
+                    rule,
+                    format!("the scenario deciding it could not run: {why}"),
+                );
             }
         }
     }
@@ -272,7 +320,9 @@ impl Kit {
             *runs
         };
         let prefix = format!("cf{}{n}", &uuid::Uuid::new_v4().simple().to_string()[..8]);
-        let workspace = tempfile::Builder::new().prefix("a3s-conformance-ws-").tempdir()?;
+        let workspace = tempfile::Builder::new()
+            .prefix("a3s-conformance-ws-")
+            .tempdir()?;
         let nats = NatsConfig::new(&self.url)
             .with_prefix(&prefix)
             .with_lease(LEASE);
@@ -306,7 +356,12 @@ impl Kit {
     }
 
     /// Starts the worker under test for `run`, with `extra` environment variables.
-    fn start_worker(&self, run: &mut Run, session: &str, extra: &[(&str, &str)]) -> anyhow::Result<()> {
+    fn start_worker(
+        &self,
+        run: &mut Run,
+        session: &str,
+        extra: &[(&str, &str)],
+    ) -> anyhow::Result<()> {
         let index = run.workers.len();
         let log_path = self.logs.join(format!("run{}-worker{index}.log", run.n));
         let log = std::fs::File::create(&log_path)?;
@@ -496,7 +551,14 @@ impl Watch {
                         let task_id = item["task_id"].as_str().unwrap_or_default().to_owned();
                         let attempt = item["attempt"].as_u64().unwrap_or(0);
                         let kind = item["kind"].as_str().unwrap_or("result").to_owned();
-                        sink.lock().push((now, Seen::Result { task_id, attempt, kind }));
+                        sink.lock().push((
+                            now,
+                            Seen::Result {
+                                task_id,
+                                attempt,
+                                kind,
+                            },
+                        ));
                     }
                 } else if let Some(rest) = subject.strip_prefix("$JS.ACK.") {
                     let tokens: Vec<&str> = rest.split('.').collect();
@@ -606,7 +668,9 @@ fn unserved(outcome: &TaskEnd) -> bool {
 
 /// One worker, no bash: results and acks, the tools, garbage, late tasks, large values.
 async fn basic(kit: &Kit) -> anyhow::Result<()> {
-    let mut run = kit.setup(a3s_code_core::lane::RetryPolicy::default()).await?;
+    let mut run = kit
+        .setup(a3s_code_core::lane::RetryPolicy::default())
+        .await?;
     std::fs::write(run.root().join("a.txt"), "one\ntwo\nthree\n")?;
     std::fs::write(run.root().join("b.txt"), "a needle here\n")?;
     let session = run.session.id().to_owned();
@@ -667,10 +731,9 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
     }
 
     // A burst: 20 reads at once, each answered once.
-    let burst = futures_util::future::join_all(
-        (0..20).map(|_| run.call("read", json!({"path": "a.txt"}))),
-    )
-    .await;
+    let burst =
+        futures_util::future::join_all((0..20).map(|_| run.call("read", json!({"path": "a.txt"}))))
+            .await;
     let lost = burst
         .iter()
         .filter(|r| matches!(r, Ok((_, TaskEnd::Lost)) | Err(_)))
@@ -723,13 +786,20 @@ async fn tools(kit: &Kit, run: &Run, read: Option<TaskEnd>) -> anyhow::Result<()
         .await?;
     let whole = matches!(&read, TaskEnd::Done(r) if r.success && r.result["content"] == "one\ntwo\nthree\n");
     let part = matches!(&window, TaskEnd::Done(r) if r.success && r.result == json!({"content": "two\n", "total_lines": 3, "start_line": 2, "end_line": 2, "truncated": true}));
-    check("tool-read", if whole { &window } else { &read }, whole && part);
+    check(
+        "tool-read",
+        if whole { &window } else { &read },
+        whole && part,
+    );
 
     let (_, out) = run
         .call("write", json!({"path": "new/c.txt", "content": "héllo\n"}))
         .await?;
     let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result["bytes_written"] == 7)
-        && std::fs::read_to_string(run.root().join("new/c.txt")).ok().as_deref() == Some("héllo\n");
+        && std::fs::read_to_string(run.root().join("new/c.txt"))
+            .ok()
+            .as_deref()
+            == Some("héllo\n");
     check("tool-write", &out, ok);
 
     let (_, out) = run
@@ -739,7 +809,10 @@ async fn tools(kit: &Kit, run: &Run, read: Option<TaskEnd>) -> anyhow::Result<()
         )
         .await?;
     let ok = matches!(&out, TaskEnd::Done(r) if r.success && r.result["replacements"] == 1)
-        && std::fs::read_to_string(run.root().join("b.txt")).ok().as_deref() == Some("a pin here\n");
+        && std::fs::read_to_string(run.root().join("b.txt"))
+            .ok()
+            .as_deref()
+            == Some("a pin here\n");
     check("tool-edit", &out, ok);
     std::fs::write(run.root().join("b.txt"), "a needle here\n")?;
 
@@ -747,11 +820,16 @@ async fn tools(kit: &Kit, run: &Run, read: Option<TaskEnd>) -> anyhow::Result<()
     let names: Vec<String> = match &out {
         TaskEnd::Done(r) if r.success => r.result["entries"]
             .as_array()
-            .map(|e| e.iter().filter_map(|x| x["name"].as_str().map(str::to_owned)).collect())
+            .map(|e| {
+                e.iter()
+                    .filter_map(|x| x["name"].as_str().map(str::to_owned))
+                    .collect()
+            })
             .unwrap_or_default(),
         _ => Vec::new(),
     };
-    let ok = names.iter().take(3).map(String::as_str).collect::<Vec<_>>() == ["a.txt", "b.txt", "new"];
+    let ok =
+        names.iter().take(3).map(String::as_str).collect::<Vec<_>>() == ["a.txt", "b.txt", "new"];
     check("tool-ls", &out, ok);
 
     let (_, out) = run.call("glob", json!({"pattern": "*.txt"})).await?;
@@ -767,7 +845,10 @@ async fn tools(kit: &Kit, run: &Run, read: Option<TaskEnd>) -> anyhow::Result<()
 /// Garbage on the session's task subject, then a real task.
 async fn malformed(kit: &Kit, run: &mut Run) -> anyhow::Result<()> {
     let Some((subject, _)) = run.watch.last_task() else {
-        kit.fail("malformed-input", "the kit saw no task envelope to learn the subject from");
+        kit.fail(
+            "malformed-input",
+            "the kit saw no task envelope to learn the subject from",
+        );
         return Ok(());
     };
     let js = async_nats::jetstream::new(run.watch.client.clone());
@@ -787,7 +868,10 @@ async fn malformed(kit: &Kit, run: &mut Run) -> anyhow::Result<()> {
     let alive = run.alive();
     match (&out, alive) {
         (TaskEnd::Done(r), true) if r.success => kit.pass("malformed-input"),
-        (_, false) => kit.fail("malformed-input", format!("the worker exited{}", run.log_hint())),
+        (_, false) => kit.fail(
+            "malformed-input",
+            format!("the worker exited{}", run.log_hint()),
+        ),
         _ => kit.fail(
             "malformed-input",
             format!("a read after the garbage: {}", out.describe()),
@@ -824,7 +908,10 @@ async fn late(kit: &Kit, run: &Run) -> anyhow::Result<()> {
         .any(|(_, kind)| kind == "result")
         && ran;
     if ran || succeeded {
-        kit.fail("late-task-skipped", "a task delivered past its deadline ran (late.txt was written)");
+        kit.fail(
+            "late-task-skipped",
+            "a task delivered past its deadline ran (late.txt was written)",
+        );
     } else {
         kit.pass("late-task-skipped");
     }
@@ -866,7 +953,10 @@ async fn large(kit: &Kit, run: &Run) -> anyhow::Result<()> {
         }
         other => kit.fail(
             "large-values",
-            format!("a {size}-byte read result (by reference): {}", truncate(&other.describe())),
+            format!(
+                "a {size}-byte read result (by reference): {}",
+                truncate(&other.describe())
+            ),
         ),
     }
     Ok(())
@@ -881,11 +971,15 @@ fn truncate(s: &str) -> String {
 
 /// Tasks longer than the lease (bash): renewal, cancel, the bash tool itself.
 async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
-    let mut run = kit.setup(a3s_code_core::lane::RetryPolicy::default()).await?;
+    let mut run = kit
+        .setup(a3s_code_core::lane::RetryPolicy::default())
+        .await?;
     let session = run.session.id().to_owned();
     kit.start_worker(&mut run, &session, &[("A3S_ALLOW_BASH", "1")])?;
 
-    let (_, out) = run.call("bash", json!({"command": "echo hi; exit 3"})).await?;
+    let (_, out) = run
+        .call("bash", json!({"command": "echo hi; exit 3"}))
+        .await?;
     if let TaskEnd::Lost = out {
         anyhow::bail!("a bash task got no outcome{}", run.log_hint());
     }
@@ -900,7 +994,10 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     if ok {
         kit.pass("tool-bash");
     } else {
-        kit.fail("tool-bash", format!("unexpected outcome {}", out.describe()));
+        kit.fail(
+            "tool-bash",
+            format!("unexpected outcome {}", out.describe()),
+        );
     }
 
     // Three leases long.
@@ -908,7 +1005,10 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     let (id, out) = run
         .call("bash", json!({"command": "sleep 3; echo done"}))
         .await?;
-    until(Duration::from_secs(2), || !run.watch.results_for(&id).is_empty()).await;
+    until(Duration::from_secs(2), || {
+        !run.watch.results_for(&id).is_empty()
+    })
+    .await;
     let renewals = run
         .watch
         .since(t0)
@@ -919,7 +1019,10 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     match &out {
         TaskEnd::Done(r) if r.success && r.result["stdout"] == "done\n" => {
             if renewals == 0 {
-                kit.fail("lease-renewal", "no +WPI was sent during a 3 s task with a 1 s lease");
+                kit.fail(
+                    "lease-renewal",
+                    "no +WPI was sent during a 3 s task with a 1 s lease",
+                );
             } else if distinct_attempts(&results) > 1 {
                 kit.fail(
                     "lease-renewal",
@@ -950,7 +1053,10 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     })
     .await
     {
-        kit.fail("cancel", format!("the command did not start within 10 s{}", run.log_hint()));
+        kit.fail(
+            "cancel",
+            format!("the command did not start within 10 s{}", run.log_hint()),
+        );
         return Ok(());
     }
     let pid = std::fs::read_to_string(&pid_file)?.trim().to_owned();
@@ -959,7 +1065,10 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
     if gone && !run.root().join("done").exists() {
         kit.pass("cancel");
     } else {
-        kit.fail("cancel", format!("process {pid} still ran 5 s after the cancel"));
+        kit.fail(
+            "cancel",
+            format!("process {pid} still ran 5 s after the cancel"),
+        );
     }
     Ok(())
 }
@@ -1002,7 +1111,9 @@ async fn doomed_claim(run: &Run) -> anyhow::Result<()> {
 
 /// The second delivery of a task must be answered with attempt 2.
 async fn attempts(kit: &Kit) -> anyhow::Result<()> {
-    let mut run = kit.setup(a3s_code_core::lane::RetryPolicy::fixed(2, 0)).await?;
+    let mut run = kit
+        .setup(a3s_code_core::lane::RetryPolicy::fixed(2, 0))
+        .await?;
     std::fs::write(run.root().join("a.txt"), "x\n")?;
     let handle = run
         .session
@@ -1014,7 +1125,10 @@ async fn attempts(kit: &Kit) -> anyhow::Result<()> {
     kit.start_worker(&mut run, &session, &[])?;
     let out = tokio::time::timeout(RESULT_WAIT, handle.result()).await;
     // The session may hear of the result a moment before the kit's watcher does.
-    until(Duration::from_secs(2), || !run.watch.results_for(&id).is_empty()).await;
+    until(Duration::from_secs(2), || {
+        !run.watch.results_for(&id).is_empty()
+    })
+    .await;
     // Answering twice is another rule's failure: each distinct answer counts once here.
     let mut results = run.watch.results_for(&id);
     results.dedup();
@@ -1089,13 +1203,18 @@ async fn exhausted(kit: &Kit) -> anyhow::Result<()> {
 
 /// Labels: a worker with `region=eu` takes `region=eu` tasks and not `region=us` ones.
 async fn labels(kit: &Kit) -> anyhow::Result<()> {
-    let mut run = kit.setup(a3s_code_core::lane::RetryPolicy::default()).await?;
+    let mut run = kit
+        .setup(a3s_code_core::lane::RetryPolicy::default())
+        .await?;
     std::fs::write(run.root().join("a.txt"), "x\n")?;
     let session = run.session.id().to_owned();
     kit.start_worker(&mut run, &session, &[("A3S_LABELS", "region=eu")])?;
     let (_, plain) = run.call("read", json!({"path": "a.txt"})).await?;
     if !matches!(&plain, TaskEnd::Done(r) if r.success) {
-        kit.fail("labels", format!("an unlabelled read: {}", plain.describe()));
+        kit.fail(
+            "labels",
+            format!("an unlabelled read: {}", plain.describe()),
+        );
         return Ok(());
     }
     let (_, eu) = run
@@ -1109,7 +1228,10 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
     if !matches!(&eu, TaskEnd::Done(r) if r.success) {
         kit.not_applicable(
             "labels",
-            format!("a task requiring region=eu was not served ({}): labels not supported", eu.describe()),
+            format!(
+                "a task requiring region=eu was not served ({}): labels not supported",
+                eu.describe()
+            ),
         );
         return Ok(());
     }
@@ -1125,7 +1247,10 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
         TaskEnd::Lost => kit.pass("labels"),
         other => kit.fail(
             "labels",
-            format!("a task requiring region=us was taken by a region=eu worker: {}", other.describe()),
+            format!(
+                "a task requiring region=us was taken by a region=eu worker: {}",
+                other.describe()
+            ),
         ),
     }
     Ok(())
@@ -1133,7 +1258,9 @@ async fn labels(kit: &Kit) -> anyhow::Result<()> {
 
 /// Pool mode: `SESSION_ID='*'` serves the session through its tenant's pool.
 async fn pool_mode(kit: &Kit) -> anyhow::Result<()> {
-    let mut run = kit.setup(a3s_code_core::lane::RetryPolicy::default()).await?;
+    let mut run = kit
+        .setup(a3s_code_core::lane::RetryPolicy::default())
+        .await?;
     std::fs::write(run.root().join("a.txt"), "x\n")?;
     kit.start_worker(&mut run, "*", &[("A3S_TENANT", "default")])?;
     let (_, out) = run
@@ -1150,7 +1277,10 @@ async fn pool_mode(kit: &Kit) -> anyhow::Result<()> {
             "pool-mode",
             "nothing was served within 10 s with SESSION_ID='*': pool mode not supported",
         ),
-        other => kit.fail("pool-mode", format!("a read in pool mode: {}", other.describe())),
+        other => kit.fail(
+            "pool-mode",
+            format!("a read in pool mode: {}", other.describe()),
+        ),
     }
     Ok(())
 }

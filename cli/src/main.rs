@@ -5,6 +5,7 @@ use clap::{Parser, Subcommand};
 mod auth;
 mod bench;
 mod conformance;
+mod dashboard;
 mod demo;
 #[cfg(feature = "otel")]
 mod otel;
@@ -43,6 +44,9 @@ enum Command {
     /// Check a worker of any language against docs/protocol.md's rules:
     /// `a3s-code conformance -- <command that starts the worker>`.
     Conformance(conformance::ConformanceArgs),
+    /// A web page to see and steer the sessions of a NATS deployment: lanes, tasks, dead
+    /// letters, workers (`--listen`, `--read-only`, `--token NAME=SECRET`).
+    Dashboard(dashboard::DashboardArgs),
 }
 
 fn main() -> anyhow::Result<()> {
@@ -92,6 +96,7 @@ fn main() -> anyhow::Result<()> {
             Command::Stats(args) => stats::run(args).await,
             Command::Auth(args) => auth::run(args),
             Command::Conformance(args) => conformance::run(args).await,
+            Command::Dashboard(args) => dashboard::run(args).await,
         }
     });
     #[cfg(feature = "otel")]

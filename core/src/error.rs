@@ -124,7 +124,9 @@ pub enum Error {
     /// A file is larger than a tool may hold in memory ([`Workspace::with_max_file_bytes`]).
     ///
     /// [`Workspace::with_max_file_bytes`]: crate::tools::Workspace::with_max_file_bytes
-    #[error("{tool}: {path}: more than {limit} bytes to hold in memory (the workspace's max_file_bytes)")]
+    #[error(
+        "{tool}: {path}: more than {limit} bytes to hold in memory (the workspace's max_file_bytes)"
+    )]
     FileTooLarge {
         /// The tool.
         tool: String,
@@ -162,6 +164,21 @@ pub enum Error {
         status: Option<u16>,
         /// What went wrong, with the provider's own message when it gave one.
         message: String,
+    },
+
+    /// No process hosts this session (it closed, or never existed): the admin API's answer
+    /// to requests about it. Its dead letters may still be readable from the stream.
+    #[error("session {session_id} not found (no process hosts it)")]
+    SessionNotFound {
+        /// The session.
+        session_id: String,
+    },
+
+    /// The credential may not do this (a viewer asking for an action, a read-only dashboard).
+    #[error("permission denied: {reason}")]
+    PermissionDenied {
+        /// What was refused.
+        reason: String,
     },
 
     /// The session (or worker) is closed.
@@ -205,6 +222,8 @@ impl Error {
             Error::BrokerUnavailable { .. } => "BrokerUnavailable",
             Error::UnsupportedProtocol { .. } => "UnsupportedProtocol",
             Error::ModelFailed { .. } => "ModelFailed",
+            Error::SessionNotFound { .. } => "SessionNotFound",
+            Error::PermissionDenied { .. } => "PermissionDenied",
             Error::ShutDown => "ShutDown",
             Error::Io(_) => "Io",
         }
@@ -229,6 +248,8 @@ impl Error {
         "BrokerUnavailable",
         "UnsupportedProtocol",
         "ModelFailed",
+        "SessionNotFound",
+        "PermissionDenied",
         "ShutDown",
         "Io",
     ];

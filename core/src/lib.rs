@@ -52,6 +52,7 @@
 //! ```
 #![deny(missing_docs, rustdoc::broken_intra_doc_links)]
 
+pub mod admin;
 pub mod agent;
 pub mod broker;
 pub mod error;

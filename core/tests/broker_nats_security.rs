@@ -404,7 +404,10 @@ async fn a_worker_that_dies_holding_a_task_exhausts_it_into_the_dlq_stream() {
     assert!(err.to_string().contains("after 2 attempt(s)"), "{err}");
     let letters = s.dead_letters().await;
     assert_eq!(letters.len(), 1);
-    assert_eq!(letters[0].attempts, 2, "the dead letter counts the attempts made");
+    assert_eq!(
+        letters[0].attempts, 2,
+        "the dead letter counts the attempts made"
+    );
     // The dead letter is browsable in the DLQ stream.
     let client = async_nats::connect(&url).await.unwrap();
     let js = async_nats::jetstream::new(client);

@@ -206,7 +206,12 @@ async fn worker_slots_needed_rise_with_backlog_and_in_flight_and_fall_to_zero() 
 
     let mut handles = Vec::new();
     for _ in 0..3 {
-        handles.push(session.submit(SessionLane::Execute, "bash", json!({})).await.unwrap());
+        handles.push(
+            session
+                .submit(SessionLane::Execute, "bash", json!({}))
+                .await
+                .unwrap(),
+        );
     }
     let eu = SubmitOptions::new().with_label("region", "eu");
     handles.push(
@@ -240,7 +245,11 @@ async fn worker_slots_needed_rise_with_backlog_and_in_flight_and_fall_to_zero() 
     }
     let (_, after) = http_get(&format!("{base}/metrics")).await;
     assert_eq!(needed(&after, ""), Some(0.0), "{after}");
-    assert_eq!(needed(&after, "region=eu"), None, "an empty label set leaves: {after}");
+    assert_eq!(
+        needed(&after, "region=eu"),
+        None,
+        "an empty label set leaves: {after}"
+    );
     session.close().await;
 }
 

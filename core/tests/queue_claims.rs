@@ -210,13 +210,33 @@ async fn calls_after_close_answer_shut_down() {
     assert_eq!(h.await.unwrap_err().code(), "ShutDown");
     let ok = ExternalTaskResult::ok(json!({}));
     let code = |r: a3s_code_core::Result<()>| r.unwrap_err().code();
-    assert_eq!(code(session.complete_external_task(&task.task_id, ok.clone()).await), "ShutDown");
-    assert_eq!(code(session.complete_external_task("not-an-id", ok.clone()).await), "ShutDown");
+    assert_eq!(
+        code(
+            session
+                .complete_external_task(&task.task_id, ok.clone())
+                .await
+        ),
+        "ShutDown"
+    );
+    assert_eq!(
+        code(
+            session
+                .complete_external_task("not-an-id", ok.clone())
+                .await
+        ),
+        "ShutDown"
+    );
     let batch = session
         .complete_external_tasks(vec![(task.task_id.clone(), ok)])
         .await;
-    assert_eq!(batch.into_iter().map(code).collect::<Vec<_>>(), ["ShutDown"]);
-    assert_eq!(code(session.abandon_external_task(&task.task_id, "lost").await), "ShutDown");
+    assert_eq!(
+        batch.into_iter().map(code).collect::<Vec<_>>(),
+        ["ShutDown"]
+    );
+    assert_eq!(
+        code(session.abandon_external_task(&task.task_id, "lost").await),
+        "ShutDown"
+    );
     assert_eq!(
         session
             .submit(SessionLane::Query, "read", json!({}))

@@ -119,7 +119,11 @@ async fn control_cannot_be_paused_and_a_closed_session_refuses() {
     session.resume_lane(SessionLane::Control).await.unwrap(); // never paused: fine
     session.close().await;
     assert_eq!(
-        session.pause_lane(SessionLane::Query).await.unwrap_err().code(),
+        session
+            .pause_lane(SessionLane::Query)
+            .await
+            .unwrap_err()
+            .code(),
         "ShutDown"
     );
 }
@@ -157,9 +161,15 @@ async fn a_dead_letter_is_retried_as_a_new_task_or_deleted() {
         .await
         .unwrap();
     assert_eq!(t[0].task_id, retry.task_id());
-    assert_eq!((t[0].command_type.as_str(), &t[0].payload), ("read", &json!({"path": "a"})));
+    assert_eq!(
+        (t[0].command_type.as_str(), &t[0].payload),
+        ("read", &json!({"path": "a"}))
+    );
     session
-        .complete_external_task(&t[0].task_id, ExternalTaskResult::ok(json!({"content": "x"})))
+        .complete_external_task(
+            &t[0].task_id,
+            ExternalTaskResult::ok(json!({"content": "x"})),
+        )
         .await
         .unwrap();
     assert!(retry.await.unwrap().success);
@@ -168,7 +178,10 @@ async fn a_dead_letter_is_retried_as_a_new_task_or_deleted() {
     session.delete_dead_letter(&second).await.unwrap();
     assert!(session.dead_letters().await.is_empty());
     for id in [first.as_str(), second.as_str(), "nope"] {
-        assert_eq!(session.delete_dead_letter(id).await.unwrap_err().code(), "TaskNotFound");
+        assert_eq!(
+            session.delete_dead_letter(id).await.unwrap_err().code(),
+            "TaskNotFound"
+        );
         assert_eq!(
             session.retry_dead_letter(id).await.unwrap_err().code(),
             "TaskNotFound"

@@ -19,7 +19,10 @@ fn reading_a_line_of_a_1_gib_file_stays_small() {
             .unwrap();
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr);
-        assert!(out.status.success(), "{case}: child failed:\n{stdout}\n{stderr}");
+        assert!(
+            out.status.success(),
+            "{case}: child failed:\n{stdout}\n{stderr}"
+        );
         let peak: u64 = stdout
             .lines()
             .find_map(|l| l.strip_prefix("peak_kb="))
@@ -43,7 +46,9 @@ fn read_child() {
         // 8 KiB of lines first, so the binary check (a NUL in the first 8 KiB) passes and
         // the read goes on through the zeros: one ~1 GiB line, counted but never held.
         use std::io::Write;
-        (&file).write_all("line\n".repeat(8 * 1024 / 5 + 1).as_bytes()).unwrap();
+        (&file)
+            .write_all("line\n".repeat(8 * 1024 / 5 + 1).as_bytes())
+            .unwrap();
     }
     file.set_len(1 << 30).unwrap();
     let ws = Workspace::new(dir.path()).unwrap();

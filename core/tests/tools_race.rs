@@ -42,7 +42,11 @@ fn race_tree() -> Race {
     std::fs::write(root.join("d/sub/g"), "inside needle\n").unwrap();
     std::fs::write(outside.join("f"), format!("{SECRET} needle\n")).unwrap();
     std::fs::write(outside.join("sub/g"), format!("{SECRET} needle\n")).unwrap();
-    std::fs::write(outside.join("only_outside.txt"), format!("{SECRET} needle\n")).unwrap();
+    std::fs::write(
+        outside.join("only_outside.txt"),
+        format!("{SECRET} needle\n"),
+    )
+    .unwrap();
     std::os::unix::fs::symlink(&outside, root.join("link")).unwrap();
     Race {
         _parent: parent,
@@ -111,9 +115,18 @@ fn run_race() -> u64 {
             ("grep", json!({"pattern": "needle", "path": "d/f"})),
             ("glob", json!({"pattern": "*", "path": "d"})),
             ("ls", json!({"path": "d"})),
-            ("write", json!({"path": format!("d/new{round}"), "content": "x"})),
-            ("write", json!({"path": format!("d/dir{round}/x"), "content": "x"})),
-            ("write", json!({"path": "d/f", "content": "inside needle\n"})),
+            (
+                "write",
+                json!({"path": format!("d/new{round}"), "content": "x"}),
+            ),
+            (
+                "write",
+                json!({"path": format!("d/dir{round}/x"), "content": "x"}),
+            ),
+            (
+                "write",
+                json!({"path": "d/f", "content": "inside needle\n"}),
+            ),
             (
                 "edit",
                 json!({"path": "d/sub/g", "old_string": "inside", "new_string": "inside"}),
@@ -144,7 +157,11 @@ fn run_race() -> u64 {
         started.elapsed(),
         leaks.len()
     );
-    assert!(leaks.is_empty(), "outside content returned:\n{}", leaks.join("\n"));
+    assert!(
+        leaks.is_empty(),
+        "outside content returned:\n{}",
+        leaks.join("\n")
+    );
     assert_eq!(before, after, "the outside tree changed");
     assert!(swaps > 100, "the swapper barely ran ({swaps} swaps)");
     succeeded
@@ -168,11 +185,11 @@ fn race_on_the_fallback_path() {
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
     let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "child failed:\n{stdout}\n{stderr}");
     assert!(
-        out.status.success(),
-        "child failed:\n{stdout}\n{stderr}"
+        stdout.contains("1 passed"),
+        "the child ran no test:\n{stdout}\n{stderr}"
     );
-    assert!(stdout.contains("1 passed"), "the child ran no test:\n{stdout}\n{stderr}");
     eprintln!("{stderr}");
 }
 
@@ -192,7 +209,13 @@ fn fallback_child() {
 fn openat2_works() -> bool {
     use rustix::fs::{Mode, OFlags, ResolveFlags, openat2};
     !matches!(
-        openat2(CWD, ".", OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty(), ResolveFlags::BENEATH),
+        openat2(
+            CWD,
+            ".",
+            OFlags::RDONLY | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::BENEATH
+        ),
         Err(rustix::io::Errno::NOSYS)
     )
 }

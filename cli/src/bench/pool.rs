@@ -50,7 +50,6 @@ pub(crate) struct PoolBench {
     min_ratio: Option<f64>,
 }
 
-
 /// The server's memory (`/varz` `mem`, bytes).
 async fn server_mem(monitor: u16) -> anyhow::Result<u64> {
     let http = crate::stats::http_client()?;

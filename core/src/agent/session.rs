@@ -227,6 +227,7 @@ struct SessionInner {
 
 impl Drop for SessionInner {
     fn drop(&mut self) {
+        crate::admin::unregister(&self.scheduler);
         // The broker (if any) finishes its clean-up in the background.
         drop(self.scheduler.close());
     }
@@ -271,6 +272,8 @@ impl AgentSession {
         // The agent loop: the model-call handler of the Generate lane.
         let conversation = Conversation::new(Arc::clone(&agent));
         scheduler.register_handler(GENERATE_COMMAND.into(), conversation.generate_handler());
+        #[cfg(not(feature = "nats"))]
+        crate::admin::register(&scheduler, crate::broker::wire::DEFAULT_TENANT);
         #[cfg(feature = "nats")]
         let broker = match nats_config(options.nats, &agent) {
             Some(cfg) => {
@@ -278,6 +281,7 @@ impl AgentSession {
                     Some(t) => t,
                     None => agent.distribution.tenant()?,
                 };
+                crate::admin::register(&scheduler, tenant.name());
                 let broker = crate::broker::nats::session::NatsBroker::start(
                     cfg,
                     tenant,
@@ -287,7 +291,10 @@ impl AgentSession {
                 scheduler.attach_dispatcher(broker.clone());
                 Some(broker)
             }
-            None => None,
+            None => {
+                crate::admin::register(&scheduler, crate::broker::wire::DEFAULT_TENANT);
+                None
+            }
         };
         let inner = Arc::new_cyclic(|weak: &std::sync::Weak<SessionInner>| SessionInner {
             scheduler,
@@ -611,19 +618,7 @@ impl AgentSession {
     /// [`Error::TaskNotFound`] when no dead letter has this id, [`Error::QueueFull`] (the letter
     /// stays), [`Error::ShutDown`] after `close()`.
     pub async fn retry_dead_letter(&self, task_id: &str) -> Result<TaskHandle> {
-        let letter = self.inner.scheduler.take_dead_letter(task_id)?;
-        let lane = letter.lane;
-        let command = letter.command_type.clone();
-        match self.submit(lane, &command, letter.payload.clone()).await {
-            Ok(handle) => {
-                tracing::info!(task_id, retry = handle.task_id(), "dead letter submitted again");
-                Ok(handle)
-            }
-            Err(err) => {
-                self.inner.scheduler.restore_dead_letter(letter);
-                Err(err)
-            }
-        }
+        self.inner.scheduler.retry_dead_letter(task_id)
     }
 
     /// Deletes one dead letter.
@@ -633,12 +628,38 @@ impl AgentSession {
     /// [`Error::TaskNotFound`] when no dead letter has this id, [`Error::ShutDown`] after
     /// `close()`.
     pub async fn delete_dead_letter(&self, task_id: &str) -> Result<()> {
-        self.inner.scheduler.take_dead_letter(task_id).map(drop)
+        self.inner.scheduler.delete_dead_letter(task_id)
     }
 
     /// Removes and returns every dead letter (purges the DLQ).
     pub async fn drain_dead_letters(&self) -> Vec<DeadLetter> {
-        self.inner.scheduler.drain_dead_letters()
+        self.inner.scheduler.purge_dead_letters()
+    }
+
+    /// The session's tasks in one state, a page at a time: pending (in dispatch order), in
+    /// flight (oldest first, with the worker holding each when it sent a "taken" notice), or
+    /// recently finished (newest first; the session keeps `finished_history` of them).
+    ///
+    /// # Errors
+    ///
+    /// [`Error::InvalidConfig`] for a page size outside 1 to
+    /// [`MAX_PAGE`](crate::admin::MAX_PAGE) or a cursor of another listing.
+    ///
+    /// # Examples
+    ///
+    /// ```
+    /// # #[tokio::main(flavor = "current_thread")]
+    /// # async fn main() -> a3s_code_core::Result<()> {
+    /// use a3s_code_core::admin::{TaskQuery, TaskState};
+    /// use a3s_code_core::{Agent, AgentConfig};
+    /// let session = Agent::from_config(AgentConfig::default()).session(".", None)?;
+    /// session.tool("ls", serde_json::json!({"path": "."})).await?;
+    /// let page = session.tasks(&TaskQuery::new(TaskState::Finished)).await?;
+    /// assert_eq!(page.tasks[0].command_type, "ls");
+    /// # Ok(()) }
+    /// ```
+    pub async fn tasks(&self, query: &crate::admin::TaskQuery) -> Result<crate::admin::TaskPage> {
+        self.inner.scheduler.tasks(query)
     }
 
     /// Subscribes to the queue's events (lifecycle, retries, dead letters, alerts).
@@ -654,6 +675,7 @@ impl AgentSession {
     /// Closes the session: queued and running tasks fail with [`Error::ShutDown`], internal
     /// handlers are aborted, waiting workers return. Idempotent.
     pub async fn close(&self) {
+        crate::admin::unregister(&self.inner.scheduler);
         self.inner.scheduler.close().await;
     }
 

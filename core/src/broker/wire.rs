@@ -221,6 +221,38 @@ impl Names {
     pub fn result_object(&self, session: &str, task_id: &str, attempt: u32) -> String {
         format!("{session}/{task_id}/result/{attempt}")
     }
+
+    /// Core NATS: a worker tells a session which of its tasks it took ([`TakenNotice`]).
+    pub fn taken_subject(&self, tenant: &str, hub: &str, session: &str) -> String {
+        format!("{}.taken.{tenant}.{hub}.{session}", self.prefix)
+    }
+
+    /// What a hub subscribes to for its sessions' taken notices.
+    pub fn hub_taken_filter(&self, hub: &str) -> String {
+        format!("{}.taken.*.{hub}.*", self.prefix)
+    }
+
+    /// Core NATS request: read requests about a tenant's sessions hosted by one hub
+    /// ([`AdminRequest`]); viewers may publish here.
+    pub fn view_subject(&self, tenant: &str, hub: &str) -> String {
+        format!("{}.view.{tenant}.{hub}", self.prefix)
+    }
+
+    /// Core NATS request: actions on a tenant's sessions hosted by one hub; admins only.
+    pub fn admin_subject(&self, tenant: &str, hub: &str) -> String {
+        format!("{}.admin.{tenant}.{hub}", self.prefix)
+    }
+
+    /// Core NATS: a roll call; every hub hosting sessions of `tenant` ([`FLEET`]: of any tenant)
+    /// answers with its [`Announcement`]s on the reply subject.
+    pub fn hello_subject(&self, tenant: &str) -> String {
+        format!("{}.hello.{tenant}", self.prefix)
+    }
+
+    /// Core NATS: a hub's periodic [`Announcement`] for one tenant (`*` to listen).
+    pub fn announce_subject(&self, tenant: &str, hub: &str) -> String {
+        format!("{}.announce.{tenant}.{hub}", self.prefix)
+    }
 }
 
 /// The tenant of sessions that name none.
@@ -504,6 +536,146 @@ macro_rules! envelopes {
         }
     )*};
 }
+/// A worker took tasks of one session (core NATS on [`Names::taken_subject`], a SHOULD): the
+/// admin API shows who holds each in-flight task. One notice per session and batch of claims.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TakenNotice {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The worker.
+    pub worker_id: String,
+    /// The tasks it took, with the attempt of each (the delivery count).
+    pub tasks: Vec<Taken>,
+}
+
+/// One task of a [`TakenNotice`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Taken {
+    /// The task.
+    pub task_id: String,
+    /// The attempt it took.
+    pub attempt: u32,
+}
+
+/// A process hosting sessions of a tenant, as it announces itself on
+/// [`Names::announce_subject`] every `interval_s` and answers a roll call
+/// ([`Names::hello_subject`]): one announcement per process and tenant, however many sessions.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Announcement {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The process's hub id (the token of its result, view and admin subjects).
+    pub hub: String,
+    /// The tenant.
+    pub tenant: String,
+    /// Sessions of that tenant it hosts now (0 in its last announcement).
+    pub sessions: usize,
+    /// Worker slots they need now, per lane and required label set: backlog plus tasks out
+    /// at workers, External lanes only (the sum of their `a3s_lane_worker_slots_needed`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub demand: Vec<Demand>,
+    /// The host it runs on.
+    pub host: String,
+    /// Its process id.
+    pub pid: u32,
+    /// Its software version.
+    pub version: String,
+    /// Seconds between two announcements: it is gone after three missed ones.
+    pub interval_s: u64,
+}
+
+/// Worker slots needed for one lane and label set.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Demand {
+    /// The lane.
+    pub lane: SessionLane,
+    /// Required labels, `k=v,k=v` sorted; empty for none.
+    #[serde(default)]
+    pub labels: String,
+    /// Slots needed.
+    pub slots: usize,
+}
+
+/// A request of the admin API, on [`Names::view_subject`] (reads) or
+/// [`Names::admin_subject`] (`act`), answered with an [`AdminReply`].
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminRequest {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// What it asks.
+    #[serde(flatten)]
+    pub op: AdminOp,
+}
+
+/// What an [`AdminRequest`] asks (`"op"`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "snake_case")]
+pub enum AdminOp {
+    /// A page of the hub's sessions of the subject's tenant, by session id.
+    Sessions {
+        /// The last session id of the previous page.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        after: Option<String>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// A session's lanes and figures.
+    Session {
+        /// The session.
+        session_id: String,
+    },
+    /// A page of a session's tasks.
+    Tasks {
+        /// The session.
+        session_id: String,
+        /// Which.
+        query: crate::queue::inspect::TaskQuery,
+    },
+    /// A page of a session's dead letters.
+    DeadLetters {
+        /// The session.
+        session_id: String,
+        /// Where the previous page ended.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        cursor: Option<String>,
+        /// At most this many.
+        limit: usize,
+    },
+    /// An action (on the admin subject only).
+    Act {
+        /// The session.
+        session_id: String,
+        /// The action.
+        action: crate::queue::inspect::Action,
+        /// Who asks (a user or token name), logged by the session.
+        #[serde(default)]
+        actor: String,
+    },
+}
+
+/// The answer to an [`AdminRequest`]: `{"v": 2, "ok": <value>}` or
+/// `{"v": 2, "error": {"code": ..., "message": ...}}`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AdminReply {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// The answer (its shape depends on the op).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ok: Option<Value>,
+    /// The refusal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<AdminError>,
+}
+
+/// Why an [`AdminRequest`] was refused: a stable code of `tests/fixtures/v1/errors.json`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct AdminError {
+    /// The code (`SessionNotFound`, `TaskNotFound`, `InvalidConfig`, ...).
+    pub code: String,
+    /// The message.
+    pub message: String,
+}
+
 envelopes!(
     TaskEnvelope,
     ResultEnvelope,
@@ -513,7 +685,11 @@ envelopes!(
     OutputChunk,
     AttachRequest,
     AttachReply,
-    Presence
+    Presence,
+    TakenNotice,
+    Announcement,
+    AdminRequest,
+    AdminReply
 );
 
 /// A worker of one session asks to be attached (core NATS request on

@@ -26,6 +26,10 @@ pub(crate) trait Dispatcher: Send + Sync {
     fn max_payload_bytes(&self) -> Option<usize>;
     /// A task was dead-lettered.
     fn dead_letter(&self, letter: &DeadLetter);
+    /// Dead letters left the DLQ (deleted, or retried): their mirrored copies go too.
+    fn dead_letters_removed(&self, task_ids: Vec<String>);
+    /// Every dead letter of the session was purged.
+    fn dead_letters_purged(&self);
     /// A lifecycle event of a Hybrid lane, for external monitoring.
     fn hybrid_event(&self, lane: SessionLane, event: &QueueEvent);
     /// The session closed: withdraw its tasks, delete its consumers, stop. The future resolves

@@ -2,13 +2,13 @@
 
 use std::collections::VecDeque;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 use super::SessionLane;
 
 /// A task that timed out, ran out of retries or was otherwise failed by the queue.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DeadLetter {
     /// The task's id.
     pub task_id: String,
@@ -66,6 +66,16 @@ impl DeadLetterQueue {
 
     pub(crate) fn snapshot(&self) -> Vec<DeadLetter> {
         self.entries.iter().cloned().collect()
+    }
+
+    /// Up to `limit` letters from position `from` (oldest first).
+    pub(crate) fn page(&self, from: usize, limit: usize) -> Vec<DeadLetter> {
+        self.entries
+            .iter()
+            .skip(from)
+            .take(limit)
+            .cloned()
+            .collect()
     }
 
     pub(crate) fn len(&self) -> usize {

@@ -108,6 +108,15 @@ pub enum QueueEvent {
         /// The text.
         chunk: String,
     },
+    /// A dead letter was submitted again as a new task (the admin API's retry).
+    Resubmitted {
+        /// The new task.
+        task_id: String,
+        /// The dead letter it retries.
+        retry_of: String,
+        /// Its lane.
+        lane: SessionLane,
+    },
 }
 
 impl QueueEvent {
@@ -120,7 +129,8 @@ impl QueueEvent {
             | QueueEvent::Failed { task_id, .. }
             | QueueEvent::Retrying { task_id, .. }
             | QueueEvent::DeadLettered { task_id, .. }
-            | QueueEvent::Output { task_id, .. } => Some(task_id),
+            | QueueEvent::Output { task_id, .. }
+            | QueueEvent::Resubmitted { task_id, .. } => Some(task_id),
             QueueEvent::Alert { .. } => None,
         }
     }

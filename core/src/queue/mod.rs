@@ -12,6 +12,7 @@ use crate::error::{Error, Result};
 pub(crate) mod dispatch;
 mod dlq;
 mod events;
+pub(crate) mod inspect;
 pub(crate) mod metrics;
 pub(crate) mod scheduler;
 
@@ -130,6 +131,9 @@ pub struct SessionQueueConfig {
     pub retry_policy: RetryPolicy,
     /// Per-lane handler mode and timeout; lanes not listed are Internal with `default_timeout_ms`.
     pub lane_handlers: HashMap<SessionLane, LaneHandlerConfig>,
+    /// How many finished tasks the session keeps for the admin API (its tasks "finished"
+    /// view and the dashboard); 0 keeps none (default 64).
+    pub finished_history: usize,
 }
 
 impl Default for SessionQueueConfig {
@@ -149,6 +153,7 @@ impl Default for SessionQueueConfig {
             default_timeout_ms: 60_000,
             retry_policy: RetryPolicy::default(),
             lane_handlers: HashMap::new(),
+            finished_history: inspect::DEFAULT_FINISHED_HISTORY,
         }
     }
 }
@@ -172,6 +177,7 @@ impl SessionQueueConfig {
         "default_timeout_ms",
         "retry_policy",
         "lane_handlers",
+        "finished_history",
     ];
 
     /// The concurrency limit of a lane.

@@ -45,6 +45,8 @@ use crate::error::{Error, Result};
 use crate::lane::BUILTIN_TOOLS;
 use crate::task::{ExternalTask, ExternalTaskResult, epoch_ms};
 
+mod views;
+
 /// Runs tasks of Internal and Hybrid lanes in this process.
 ///
 /// Implemented for every `Fn(ExternalTask) -> impl Future<Output = ExternalTaskResult>`, so a
@@ -231,6 +233,8 @@ struct Entry {
     /// The task's span (`a3s.task`), from its slot to its outcome; disabled unless a
     /// subscriber wants `a3s::task` at DEBUG.
     span: tracing::Span,
+    /// The worker that took its current attempt and that attempt (from a "taken" notice).
+    worker: Option<(Box<str>, u32)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
@@ -315,6 +319,10 @@ struct State {
     subscribers: Arc<AtomicUsize>,
     handlers: HashMap<String, Arc<dyn TaskHandler>>,
     closed: bool,
+    /// Recently finished tasks for the admin API, bounded by `finished_history`.
+    history: views::History,
+    /// Tasks submitted to retry a dead letter: the letter's id.
+    retry_of: FxHashMap<u64, Box<str>>,
 }
 
 impl State {
@@ -391,6 +399,8 @@ impl Scheduler {
             subscribers: Arc::new(AtomicUsize::new(0)),
             handlers: HashMap::new(),
             closed: false,
+            history: views::History::new(config.finished_history),
+            retry_of: FxHashMap::default(),
         };
         Arc::new(Self {
             session_id,
@@ -407,6 +417,20 @@ impl Scheduler {
 
     pub(crate) fn session_id(&self) -> &str {
         &self.session_id
+    }
+
+    /// When the session opened, in milliseconds since the Unix epoch.
+    pub(crate) fn opened_at(&self) -> u64 {
+        self.base.1
+    }
+
+    /// Dead letters in the DLQ.
+    pub(crate) fn dead_letter_count(&self) -> usize {
+        self.state
+            .lock()
+            .dlq
+            .as_ref()
+            .map_or(0, DeadLetterQueue::len)
     }
 
     pub(crate) fn config(&self) -> &SessionQueueConfig {
@@ -560,6 +584,18 @@ impl Scheduler {
         payload: Value,
         options: Option<SubmitOptions>,
     ) -> Result<TaskHandle> {
+        self.submit_as(lane, command_type, payload, options, None)
+    }
+
+    /// [`submit`](Self::submit), recording the dead letter the task retries.
+    fn submit_as(
+        self: &Arc<Self>,
+        lane: SessionLane,
+        command_type: &str,
+        payload: Value,
+        options: Option<SubmitOptions>,
+        retry_of: Option<Box<str>>,
+    ) -> Result<TaskHandle> {
         if let Some(o) = &options {
             o.validate()?;
         }
@@ -600,6 +636,9 @@ impl Scheduler {
         }
         let seq = st.next_seq;
         st.next_seq += 1;
+        if let Some(r) = retry_of {
+            st.retry_of.insert(seq, r);
+        }
         let task_id = InlineId::new(self.tag, seq);
         st.emit(|| QueueEvent::Submitted {
             task_id: task_id.as_str().to_owned(),
@@ -721,6 +760,7 @@ impl Scheduler {
             phase: Phase::Idle,
             labels,
             span,
+            worker: None,
         };
         st.live.insert(task.seq, entry);
         self.arm_timer(st, deadline, task.seq, TimerKind::Deadline);
@@ -1158,6 +1198,7 @@ impl Scheduler {
             }
         };
         st.remembered.insert(seq, remembered);
+        self.record_finished(st, seq, &e, &outcome);
         if !e.span.is_disabled() {
             trace_outcome(&e, &outcome);
             crate::trace::task_ended(&self.session_id, || self.task_id(seq));
@@ -1209,6 +1250,7 @@ impl Scheduler {
             if let Some(pos) = backlog.iter().position(|q| q.seq == seq) {
                 let mut q = backlog.remove(pos).expect("position is in range");
                 st.remembered.insert(seq, Outcome::Cancelled);
+                self.record_unstarted(&mut st, lane, &q, task_id);
                 if let Some(m) = &mut st.metrics {
                     m.cancelled(lane);
                 }
@@ -1346,7 +1388,11 @@ impl Scheduler {
             }
             demand.entry((lane.index(), String::new())).or_default();
             for q in &l.backlog {
-                let labels = q.options.as_ref().map(|o| key(&o.labels)).unwrap_or_default();
+                let labels = q
+                    .options
+                    .as_ref()
+                    .map(|o| key(&o.labels))
+                    .unwrap_or_default();
                 *demand.entry((lane.index(), labels)).or_default() += 1;
             }
         }

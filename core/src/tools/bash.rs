@@ -342,7 +342,11 @@ fn sweep(marker: &[u8]) {
         };
         let mut found = false;
         for entry in entries.flatten() {
-            let Some(raw) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            let Some(raw) = entry
+                .file_name()
+                .to_str()
+                .and_then(|n| n.parse::<i32>().ok())
+            else {
                 continue;
             };
             if u32::try_from(raw) == Ok(me) {
@@ -529,8 +533,14 @@ mod tests {
 
     /// Whether process `pid` is still running (a zombie counts as ended).
     fn alive(pid: &str) -> bool {
-        std::fs::read_to_string(format!("/proc/{pid}/stat"))
-            .is_ok_and(|stat| !stat.rsplit(')').next().unwrap_or("").trim_start().starts_with('Z'))
+        std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+            !stat
+                .rsplit(')')
+                .next()
+                .unwrap_or("")
+                .trim_start()
+                .starts_with('Z')
+        })
     }
 
     /// Waits (bounded) until `pid` has ended.
@@ -595,7 +605,11 @@ mod tests {
         )
         .await
         .unwrap();
-        assert!(started.elapsed() < Duration::from_secs(10), "{:?}", started.elapsed());
+        assert!(
+            started.elapsed() < Duration::from_secs(10),
+            "{:?}",
+            started.elapsed()
+        );
         assert_eq!(out["exit_code"], 0);
         assert_eq!(out["timed_out"], false);
         let stdout = out["stdout"].as_str().unwrap();
@@ -608,9 +622,7 @@ mod tests {
     #[tokio::test]
     async fn timeout_and_cancel_end_detached_descendants() {
         let (d, ws) = ws();
-        let command = |file: &str| {
-            json!({"command": format!("setsid sh -c 'echo $$ > {file}; exec sleep 60' >/dev/null 2>&1 & sleep 60")})
-        };
+        let command = |file: &str| json!({"command": format!("setsid sh -c 'echo $$ > {file}; exec sleep 60' >/dev/null 2>&1 & sleep 60")});
         // Timeout.
         let mut args = command("t.pid");
         args["timeout_ms"] = json!(1500);
@@ -634,12 +646,18 @@ mod tests {
     #[tokio::test]
     async fn processes_the_call_did_not_start_are_left_alone() {
         let (_d, ws) = ws();
-        let mut other = std::process::Command::new("sleep").arg("30").spawn().unwrap();
+        let mut other = std::process::Command::new("sleep")
+            .arg("30")
+            .spawn()
+            .unwrap();
         let out = call(&ws, json!({"command": "true"}), &ToolContext::new())
             .await
             .unwrap();
         assert_eq!(out["exit_code"], 0);
-        assert!(other.try_wait().unwrap().is_none(), "an unrelated child was touched");
+        assert!(
+            other.try_wait().unwrap().is_none(),
+            "an unrelated child was touched"
+        );
         other.kill().unwrap();
         other.wait().unwrap();
     }

@@ -124,7 +124,11 @@ enum Line {
 
 /// Reads one line from `reader`, appending it to `keep` (while `keep` stays within `cap` bytes)
 /// or only skipping over it when `keep` is `None`. Memory is the reader's buffer plus `keep`.
-fn next_line<R: BufRead>(reader: &mut R, mut keep: Option<&mut Vec<u8>>, cap: u64) -> std::io::Result<Line> {
+fn next_line<R: BufRead>(
+    reader: &mut R,
+    mut keep: Option<&mut Vec<u8>>,
+    cap: u64,
+) -> std::io::Result<Line> {
     let mut any = false;
     loop {
         let buf = reader.fill_buf()?;

@@ -131,7 +131,9 @@ impl Walk {
             if !self.hidden && name.as_encoded_bytes().starts_with(b".") {
                 continue;
             }
-            let Ok(kind) = entry.file_type() else { continue };
+            let Ok(kind) = entry.file_type() else {
+                continue;
+            };
             let child = rel.join(&name);
             if kind.is_dir() {
                 if !is_ignored(rules.as_ref(), &child, true) {

@@ -244,7 +244,9 @@ impl Workspace {
     /// without blocking on it (the open is non-blocking and the type is checked on the handle).
     pub(crate) fn open_file(&self, tool: &str, rel: &Path, shown: &str) -> Result<std::fs::File> {
         let mut options = OpenOptions::new();
-        options.read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        options
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
         let file = self
             .dir
             .open_with(Self::at(rel), &options)
@@ -261,7 +263,12 @@ impl Workspace {
     }
 
     /// The metadata of what `rel` names (symbolic links followed, inside the workspace only).
-    pub(crate) fn metadata(&self, tool: &str, rel: &Path, shown: &str) -> Result<cap_std::fs::Metadata> {
+    pub(crate) fn metadata(
+        &self,
+        tool: &str,
+        rel: &Path,
+        shown: &str,
+    ) -> Result<cap_std::fs::Metadata> {
         self.dir
             .metadata(Self::at(rel))
             .map_err(|e| self.fs_error(tool, shown, &e))
@@ -402,7 +409,9 @@ impl Workspace {
     /// Reads an ignore file in `dir` (at most 1 MiB; missing or unreadable reads as empty).
     pub(crate) fn read_small(dir: &Dir, name: &Path) -> String {
         let mut options = OpenOptions::new();
-        options.read(true).custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
+        options
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY);
         let Ok(file) = dir.open_with(name, &options) else {
             return String::new();
         };
@@ -615,11 +624,18 @@ mod tests {
         symlink("../..", root.join("real/up")).unwrap();
 
         let read = |p: &str| ws.open_file("read", Path::new(p), p);
-        for p in ["file_out", "dir_out/secret", "real/up/x", "dir_in_absolute/f"] {
+        for p in [
+            "file_out",
+            "dir_out/secret",
+            "real/up/x",
+            "dir_in_absolute/f",
+        ] {
             let err = read(p).unwrap_err();
             assert_eq!(err.code(), "PathEscapesWorkspace", "{p}: {err}");
         }
-        let err = ws.open_dir("ls", Path::new("dir_out"), "dir_out").unwrap_err();
+        let err = ws
+            .open_dir("ls", Path::new("dir_out"), "dir_out")
+            .unwrap_err();
         assert_eq!(err.code(), "PathEscapesWorkspace");
         let mut text = String::new();
         read("dir_in/f").unwrap().read_to_string(&mut text).unwrap();
@@ -627,16 +643,27 @@ mod tests {
         assert_eq!(read("loop").unwrap_err().code(), "ToolFailed");
 
         let write = |p: &str| ws.replace_file("write", Path::new(p), p, b"w");
-        for p in ["file_out", "dir_out/new/deeper", "dangling_out", "real/up/x"] {
+        for p in [
+            "file_out",
+            "dir_out/new/deeper",
+            "dangling_out",
+            "real/up/x",
+        ] {
             let err = write(p).unwrap_err();
             assert_eq!(err.code(), "PathEscapesWorkspace", "{p}: {err}");
         }
         assert!(!outside.path().join("new").exists());
         assert!(!outside.path().join("missing").exists());
-        assert_eq!(std::fs::read_to_string(outside.path().join("secret")).unwrap(), "s");
+        assert_eq!(
+            std::fs::read_to_string(outside.path().join("secret")).unwrap(),
+            "s"
+        );
         assert!(write("dangling_in").unwrap());
         assert_eq!(std::fs::read_to_string(root.join("real/new")).unwrap(), "w");
-        assert!(root.join("dangling_in").is_symlink(), "the link itself stays");
+        assert!(
+            root.join("dangling_in").is_symlink(),
+            "the link itself stays"
+        );
     }
 
     #[cfg(unix)]
@@ -653,7 +680,10 @@ mod tests {
             eprintln!("skipped: no hard links across these directories");
             return;
         }
-        assert!(ws.replace_file("write", Path::new("link"), "link", b"new").unwrap());
+        assert!(
+            ws.replace_file("write", Path::new("link"), "link", b"new")
+                .unwrap()
+        );
         assert_eq!(std::fs::read_to_string(&target).unwrap(), "outside");
         assert_eq!(std::fs::read_to_string(&link).unwrap(), "new");
         let meta = std::fs::metadata(&link).unwrap();
@@ -663,7 +693,10 @@ mod tests {
         let names: Vec<_> = std::fs::read_dir(ws.root()).unwrap().collect();
         assert_eq!(names.len(), 1);
         // Unchanged content is not rewritten.
-        assert!(!ws.replace_file("write", Path::new("link"), "link", b"new").unwrap());
+        assert!(
+            !ws.replace_file("write", Path::new("link"), "link", b"new")
+                .unwrap()
+        );
     }
 
     #[test]
@@ -673,7 +706,10 @@ mod tests {
         std::fs::write(ws.root().join("small"), "abcd").unwrap();
         std::fs::write(ws.root().join("big"), "abcde").unwrap();
         std::fs::write(ws.root().join("bin"), b"a\0").unwrap();
-        assert_eq!(ws.read_whole("edit", Path::new("small"), "small").unwrap(), "abcd");
+        assert_eq!(
+            ws.read_whole("edit", Path::new("small"), "small").unwrap(),
+            "abcd"
+        );
         let err = ws.read_whole("edit", Path::new("big"), "big").unwrap_err();
         assert_eq!(err.code(), "FileTooLarge");
         assert!(err.to_string().contains("4 bytes"), "{err}");

@@ -549,9 +549,9 @@ impl Exporter for WorkerExporter {
     }
 
     fn ready(&self) -> BoxFuture<'_, bool> {
-        Box::pin(async move {
-            self.source.health().connected && self.state() != WorkerState::Draining
-        })
+        Box::pin(
+            async move { self.source.health().connected && self.state() != WorkerState::Draining },
+        )
     }
 }
 

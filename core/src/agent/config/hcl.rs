@@ -602,7 +602,10 @@ impl Parser<'_> {
                         dist.nats_url = self.opt_string(attr, "distribution.nats_url")?;
                         if let Some(urls) = &dist.nats_url {
                             crate::broker::check_server_urls(urls).map_err(|e| {
-                                self.err(self.value_line(attr), format!("distribution.nats_url: {e}"))
+                                self.err(
+                                    self.value_line(attr),
+                                    format!("distribution.nats_url: {e}"),
+                                )
                             })?;
                         }
                     }
@@ -730,6 +733,7 @@ impl Parser<'_> {
                             q.latency_alert_threshold_ms = self.int(attr, field)?
                         }
                         "default_timeout_ms" => q.default_timeout_ms = self.int(attr, field)?,
+                        "finished_history" => q.finished_history = self.int(attr, field)?,
                         "lane_handlers" | "retry_policy" => {
                             return Err(self.not_a_block(attr, field));
                         }

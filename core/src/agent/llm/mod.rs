@@ -754,7 +754,9 @@ providers {
             "{err}"
         );
         // Without the file, the conventional name is suggested.
-        let cfg = config("providers {\n  name = \"my-openai\"\n  base_url = \"http://127.0.0.1:1/v1\"\n}\n");
+        let cfg = config(
+            "providers {\n  name = \"my-openai\"\n  base_url = \"http://127.0.0.1:1/v1\"\n}\n",
+        );
         assert!(ModelEndpoint::resolve(&cfg, Some("my-openai/m")).is_ok());
         let cfg = config("providers {\n  name = \"openai\"\n}\n");
         let err = ModelEndpoint::resolve(&cfg, Some("openai/m")).unwrap_err();

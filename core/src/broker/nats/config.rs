@@ -3,6 +3,7 @@
 use std::collections::HashMap;
 use std::fmt;
 use std::path::PathBuf;
+use std::sync::Arc;
 use std::time::Duration;
 
 use crate::broker::wire::{DeliveryMode, Names};
@@ -366,6 +367,16 @@ impl NatsConfig {
     pub(crate) async fn connect_watched(
         &self,
     ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>)> {
+        self.connect_observed(None).await
+    }
+
+    /// [`connect_watched`](Self::connect_watched), also keeping the server's permission
+    /// violations (its `-ERR 'Permissions Violation ...'`, which fail no call) in `violations`
+    /// (the latest 16).
+    pub(crate) async fn connect_observed(
+        &self,
+        violations: Option<Arc<parking_lot::Mutex<std::collections::VecDeque<String>>>>,
+    ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>)> {
         self.validate()?;
         let (connected_tx, connected_rx) = tokio::sync::watch::channel(0u64);
         let mut opts = match &self.auth {
@@ -402,8 +413,21 @@ impl NatsConfig {
             .request_timeout(Some(Duration::from_secs(10)))
             .max_reconnects(None)
             .event_callback(move |event| {
-                if matches!(event, async_nats::Event::Connected) {
-                    connected_tx.send_modify(|n| *n += 1);
+                match &event {
+                    async_nats::Event::Connected => connected_tx.send_modify(|n| *n += 1),
+                    async_nats::Event::ServerError(err) => {
+                        let text = err.to_string();
+                        if let Some(v) = &violations
+                            && text.to_ascii_lowercase().contains("permissions violation")
+                        {
+                            let mut v = v.lock();
+                            if v.len() == 16 {
+                                v.pop_front();
+                            }
+                            v.push_back(text);
+                        }
+                    }
+                    _ => {}
                 }
                 std::future::ready(())
             });

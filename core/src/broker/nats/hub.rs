@@ -29,6 +29,7 @@ use crate::broker::wire::{
 };
 use crate::error::{Error, Result};
 use crate::lane::SessionLane;
+use crate::queue::inspect::Target;
 use crate::queue::scheduler::Scheduler;
 
 /// How long a pull request for results stays open.
@@ -255,12 +256,15 @@ impl Hub {
             background: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&hub);
-        *hub.background.lock() = vec![
+        let admin = super::admin::start(&hub).await?;
+        let mut background = vec![
             tokio::spawn(consume_results(weak.clone())),
             tokio::spawn(consume_output(weak.clone(), output)),
             tokio::spawn(serve_attach(weak.clone(), attach)),
             tokio::spawn(ring_doorbells(weak)),
         ];
+        background.extend(admin.into_iter().map(tokio::spawn));
+        *hub.background.lock() = background;
         tracing::debug!(hub = hub.id, "NATS hub connected");
         Ok(hub)
     }
@@ -284,6 +288,27 @@ impl Hub {
 
     fn link(&self, session_id: &str) -> Option<Arc<SessionLink>> {
         self.sessions.lock().get(session_id).cloned()
+    }
+
+    /// One of this hub's open sessions, for the admin API.
+    pub(crate) fn target(&self, session_id: &str) -> Option<Target> {
+        let link = self.link(session_id)?;
+        self.to_target(&link)
+    }
+
+    /// Every open session of this hub, for the admin API.
+    pub(crate) fn targets(&self) -> Vec<Target> {
+        let links: Vec<Arc<SessionLink>> = self.sessions.lock().values().cloned().collect();
+        links.iter().filter_map(|l| self.to_target(l)).collect()
+    }
+
+    fn to_target(&self, link: &SessionLink) -> Option<Target> {
+        let scheduler = link.scheduler.upgrade().filter(|s| !s.is_closed())?;
+        Some(Target {
+            scheduler,
+            tenant: link.tenant.clone(),
+            hub: Some(self.id.clone()),
+        })
     }
 
     /// Records a session's tenant declaration; a different earlier one is replaced (the latest
@@ -372,7 +397,10 @@ impl Hub {
         let cell = {
             let mut consumers = self.consumers.lock();
             let cell = consumers.entry(key).or_default();
-            if cell.get().is_some_and(|created| created.elapsed() >= refresh) {
+            if cell
+                .get()
+                .is_some_and(|created| created.elapsed() >= refresh)
+            {
                 *cell = Arc::default();
             }
             cell.clone()

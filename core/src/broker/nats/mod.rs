@@ -4,6 +4,7 @@
 //! ([`objects`]). The message formats are [`crate::broker::wire`]; `docs/protocol.md` is the
 //! normative description.
 
+pub(crate) mod admin;
 pub(crate) mod config;
 pub(crate) mod hub;
 pub(crate) mod objects;

@@ -46,9 +46,22 @@ pub(crate) enum BrokerStatus {
 
 enum Cmd {
     Publish(ExternalTask, Option<BTreeMap<String, String>>),
-    Ended { task_id: String, how: Ended },
-    DeadLetter(Vec<u8>),
-    Event { lane: SessionLane, payload: Vec<u8> },
+    Ended {
+        task_id: String,
+        how: Ended,
+    },
+    DeadLetter {
+        task_id: String,
+        bytes: Vec<u8>,
+    },
+    /// Dead letters left the session's DLQ: delete their copies from the stream.
+    LettersRemoved(Vec<String>),
+    /// The session's DLQ was purged.
+    LettersPurged,
+    Event {
+        lane: SessionLane,
+        payload: Vec<u8>,
+    },
     Close(oneshot::Sender<()>),
 }
 
@@ -125,9 +138,18 @@ impl Dispatcher for NatsBroker {
     }
 
     fn dead_letter(&self, letter: &DeadLetter) {
-        let _ = self.tx.send(Cmd::DeadLetter(
-            serde_json::to_vec(letter).expect("dead letters serialize"),
-        ));
+        let _ = self.tx.send(Cmd::DeadLetter {
+            task_id: letter.task_id.clone(),
+            bytes: serde_json::to_vec(letter).expect("dead letters serialize"),
+        });
+    }
+
+    fn dead_letters_removed(&self, task_ids: Vec<String>) {
+        let _ = self.tx.send(Cmd::LettersRemoved(task_ids));
+    }
+
+    fn dead_letters_purged(&self) {
+        let _ = self.tx.send(Cmd::LettersPurged);
     }
 
     fn hybrid_event(&self, lane: SessionLane, event: &QueueEvent) {
@@ -188,6 +210,19 @@ struct State {
     routes: HashMap<String, BTreeMap<String, String>>,
     /// To fail a task whose payload cannot be published at all.
     scheduler: Weak<Scheduler>,
+    /// Where each dead letter's copy is in the dead-letter stream.
+    letters: Arc<parking_lot::Mutex<HashMap<String, Letter>>>,
+}
+
+/// A dead letter's copy in the dead-letter stream.
+#[derive(Clone, Copy)]
+enum Letter {
+    /// Being stored.
+    Storing,
+    /// Stored at this stream sequence.
+    Stored(u64),
+    /// It left the DLQ while being stored: delete the copy once stored.
+    Removed,
 }
 
 impl State {
@@ -242,6 +277,7 @@ async fn run(
         own_consumers: HashSet::new(),
         routes: HashMap::new(),
         scheduler: scheduler.clone(),
+        letters: Default::default(),
     };
     let (attach_tx, mut attach_rx) = mpsc::unbounded_channel::<Attach>();
     // Connect (or join this process's hub) and set up, retrying until it works or the session
@@ -453,18 +489,40 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                 }
             }
         }
-        Cmd::DeadLetter(bytes) => {
+        Cmd::DeadLetter { task_id, bytes } => {
             // Stored in the background until the server acknowledges it (a few tries): the
-            // session's own dead-letter queue already holds the letter, this is the browsable copy.
+            // session's own dead-letter queue already holds the letter (and is authoritative),
+            // this is the copy that stays browsable after the session is gone.
             let js = conn.hub.js.clone();
             let subject = conn.hub.names.dlq_subject(st.tenant.name(), &st.session_id);
             let bytes = bytes::Bytes::from(bytes);
+            let letters = st.letters.clone();
+            let stream = conn.hub.names.dlq_stream();
+            letters.lock().insert(task_id.clone(), Letter::Storing);
             tokio::spawn(async move {
                 let mut delay = Duration::from_millis(250);
                 for attempt in 1..=DLQ_TRIES {
                     let stored = match js.publish(subject.clone(), bytes.clone()).await {
                         Ok(ack) => match tokio::time::timeout(Duration::from_secs(5), ack).await {
-                            Ok(Ok(_)) => return,
+                            Ok(Ok(ack)) => {
+                                let removed = {
+                                    let mut letters = letters.lock();
+                                    match letters.get(&task_id) {
+                                        Some(Letter::Removed) => {
+                                            letters.remove(&task_id);
+                                            true
+                                        }
+                                        _ => {
+                                            letters.insert(task_id, Letter::Stored(ack.sequence));
+                                            false
+                                        }
+                                    }
+                                };
+                                if removed {
+                                    delete_letter(&js, &stream, ack.sequence).await;
+                                }
+                                return;
+                            }
                             Ok(Err(e)) => e.to_string(),
                             Err(_) => "no acknowledgement within 5 s".to_owned(),
                         },
@@ -480,6 +538,49 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
                 }
             });
         }
+        Cmd::LettersRemoved(task_ids) => {
+            for task_id in task_ids {
+                let seq = {
+                    let mut letters = st.letters.lock();
+                    match letters.get(&task_id).copied() {
+                        Some(Letter::Stored(seq)) => {
+                            letters.remove(&task_id);
+                            Some(seq)
+                        }
+                        Some(Letter::Storing) => {
+                            letters.insert(task_id, Letter::Removed);
+                            None
+                        }
+                        _ => None,
+                    }
+                };
+                if let Some(seq) = seq {
+                    delete_letter(&conn.hub.js, &conn.hub.names.dlq_stream(), seq).await;
+                }
+            }
+        }
+        Cmd::LettersPurged => {
+            {
+                let mut letters = st.letters.lock();
+                for l in letters.values_mut() {
+                    *l = Letter::Removed;
+                }
+                letters.retain(|_, l| !matches!(l, Letter::Stored(_)));
+            }
+            let subject = conn.hub.names.dlq_subject(st.tenant.name(), &st.session_id);
+            let purged = match conn.hub.js.get_stream(conn.hub.names.dlq_stream()).await {
+                Ok(stream) => stream
+                    .purge()
+                    .filter(subject)
+                    .await
+                    .map(drop)
+                    .map_err(|e| e.to_string()),
+                Err(e) => Err(e.to_string()),
+            };
+            if let Err(error) = purged {
+                tracing::warn!(error, "could not purge the session's dead letters in NATS");
+            }
+        }
         Cmd::Event { lane, payload } => {
             let subject = conn
                 .hub
@@ -488,6 +589,21 @@ async fn handle(st: &mut State, conn: &Conn, cmd: Cmd, acks: &mut FuturesUnorder
             let _ = conn.hub.client.publish(subject, payload.into()).await;
         }
         Cmd::Close(_) => unreachable!("handled by the loop"),
+    }
+}
+
+/// Deletes a dead letter's copy from the dead-letter stream (already gone is fine).
+async fn delete_letter(js: &async_nats::jetstream::Context, stream: &str, seq: u64) {
+    let deleted = match js.get_stream(stream).await {
+        Ok(s) => s
+            .delete_message(seq)
+            .await
+            .map(drop)
+            .map_err(|e| e.to_string()),
+        Err(e) => Err(e.to_string()),
+    };
+    if let Err(error) = deleted {
+        tracing::debug!(error, seq, "could not delete a dead letter's copy in NATS");
     }
 }
 
