@@ -47,6 +47,11 @@ pub(crate) struct DemoArgs {
     /// it runs and, after it, until ctrl-c: watch it with `a3s-code stats --metrics ADDR`.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Serve the dashboard (a web page of this process's sessions: lanes, tasks, dead letters,
+    /// pause / resume, cancel) on this address, e.g. 127.0.0.1:8080, while the demo runs and,
+    /// after it, until ctrl-c.
+    #[arg(long, value_name = "ADDR")]
+    dashboard: Option<std::net::SocketAddr>,
     /// Show the live stats view (lanes, backlog, in-flight, rates, p50/p99, workers) while it
     /// runs.
     #[arg(long)]
@@ -87,6 +92,24 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     if let Some(addr) = session.metrics_addr() {
         println!("metrics: http://{addr}/metrics  (watch: a3s-code stats --metrics {addr})");
     }
+    let dashboard = match args.dashboard {
+        Some(addr) => {
+            let options = crate::dashboard::Options {
+                source: "this process".to_owned(),
+                ..Default::default()
+            };
+            let dashboard =
+                crate::dashboard::serve(a3s_code_core::admin::AdminClient::local(), addr, options)
+                    .await?;
+            println!(
+                "dashboard: http://{}/#/session/{}",
+                dashboard.local_addr(),
+                session.id()
+            );
+            Some(dashboard)
+        }
+        None => None,
+    };
     println!();
 
     let workers: Vec<Worker> = (0..args.workers.max(1))
@@ -241,10 +264,21 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         print_metrics(&m);
     }
     println!("\ndone in {:.2?}", started.elapsed());
-    if let Some(addr) = session.metrics_addr() {
-        println!("still serving http://{addr}/metrics (ctrl-c to quit)");
+    let serving: Vec<String> = session
+        .metrics_addr()
+        .map(|addr| format!("http://{addr}/metrics"))
+        .into_iter()
+        .chain(
+            dashboard
+                .as_ref()
+                .map(|d| format!("the dashboard http://{}/", d.local_addr())),
+        )
+        .collect();
+    if !serving.is_empty() {
+        println!("still serving {} (ctrl-c to quit)", serving.join(" and "));
         let _ = tokio::signal::ctrl_c().await;
     }
+    drop(dashboard);
     session.close().await;
     Ok(())
 }
