@@ -137,33 +137,43 @@ impl Remote {
             },
             None => unavailable("listing sessions", format!("process {hub} is gone")),
         };
-        let reply = match tokio::time::timeout(
-            REQUEST_TIMEOUT,
-            self.client.request(subject.clone(), body.into()),
-        )
-        .await
-        {
-            Ok(Ok(msg)) => msg,
-            Ok(Err(e)) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
-                return Err(gone());
-            }
-            Ok(Err(e)) if e.kind() != async_nats::RequestErrorKind::TimedOut => {
-                return Err(unavailable("admin request", e));
-            }
-            _ => {
-                // The server drops a request the credential may not publish, and says so
-                // on the side.
-                if self.violations.lock().iter().any(|v| v.contains(&subject)) {
-                    return Err(Error::PermissionDenied {
-                        reason: format!(
-                            "this credential may not publish to {subject} (a viewer cannot act)"
-                        ),
-                    });
+        let denied = || {
+            self.violations
+                .lock()
+                .iter()
+                .any(|v| v.contains(&format!("\"{subject}\"")))
+        };
+        if denied() {
+            // Refused before: the credential has not changed since.
+            return Err(permission_denied(&subject));
+        }
+        let request = self.client.request(subject.clone(), body.into());
+        tokio::pin!(request);
+        let deadline = tokio::time::sleep(REQUEST_TIMEOUT);
+        tokio::pin!(deadline);
+        // The server drops a request the credential may not publish and says so on the side:
+        // watch for that while waiting.
+        let mut watch = tokio::time::interval(Duration::from_millis(20));
+        let reply = loop {
+            tokio::select! {
+                r = &mut request => match r {
+                    Ok(msg) => break msg,
+                    Err(e) if e.kind() == async_nats::RequestErrorKind::NoResponders => {
+                        return Err(gone());
+                    }
+                    Err(e) => return Err(unavailable("admin request", e)),
+                },
+                _ = watch.tick() => {
+                    if denied() {
+                        return Err(permission_denied(&subject));
+                    }
                 }
-                return Err(unavailable(
-                    "admin request",
-                    format!("no answer from process {hub} within {REQUEST_TIMEOUT:?}"),
-                ));
+                _ = &mut deadline => {
+                    return Err(unavailable(
+                        "admin request",
+                        format!("no answer from process {hub} within {REQUEST_TIMEOUT:?}"),
+                    ));
+                }
             }
         };
         let reply: AdminReply = wire::decode(&reply.payload)?;
@@ -470,6 +480,12 @@ impl Remote {
                 slots,
             })
             .collect())
+    }
+}
+
+fn permission_denied(subject: &str) -> Error {
+    Error::PermissionDenied {
+        reason: format!("this credential may not publish to {subject} (a viewer cannot act)"),
     }
 }
 

@@ -7,8 +7,12 @@
 //! - `worker` without a tenant is the shared fleet: every tenant's tasks and objects, but no
 //!   results, no task publishing, no stream management.
 //! - `session`: what a process hosting sessions needs (a trusted service credential).
-//! - `viewer` reads sessions' queues, tasks and dead letters; `admin` is a viewer that may also
-//!   act (delete dead letters); `monitor` reads presence and stream figures only.
+//! - `viewer` reads sessions' lanes, tasks and dead letters through the admin API (its view
+//!   subjects); `admin` is a viewer that may also act (its admin subjects: cancel, pause,
+//!   resume, retry / delete / purge dead letters); `monitor` reads presence, announcements and
+//!   stream figures only (autoscaling signals). Confined to a tenant, each sees only that
+//!   tenant's sessions and workers, and cannot read the shared dead-letter stream (whose
+//!   subjects it could not be limited to its own).
 
 use std::fmt::Write as _;
 
@@ -25,9 +29,9 @@ pub enum Role {
     Worker,
     /// A process hosting sessions.
     Session,
-    /// Reads queues, tasks and dead letters; takes no actions.
+    /// Reads sessions' lanes, tasks and dead letters; takes no actions.
     Viewer,
-    /// A viewer that may also act on dead letters.
+    /// A viewer that may also act (cancel, pause, resume, dead-letter actions).
     Admin,
     /// Reads presence and stream figures only (autoscaling signals).
     Monitor,
@@ -138,6 +142,7 @@ impl Permissions {
                 out.publish_allow.extend([
                     format!("{p}.result.{t}.>"),
                     format!("{p}.output.{t}.>"),
+                    format!("{p}.taken.{t}.>"),
                     format!("{p}.presence.{}.*", tenant.unwrap_or(FLEET)),
                     format!("{p}.attach.{}.*", tenant.unwrap_or("*")),
                 ]);
@@ -183,25 +188,34 @@ impl Permissions {
                     format!("{p}.ready.>"),
                     format!("{p}.cancel.>"),
                     format!("{p}.event.>"),
+                    format!("{p}.announce.>"),
                     "_INBOX.>".to_owned(),
                     format!("{WORKER_INBOXES}.>"),
+                    // Answers to viewers, admins and monitors (the admin API).
+                    "_INBOX_viewer.>".to_owned(),
+                    "_INBOX_admin.>".to_owned(),
+                    "_INBOX_monitor.>".to_owned(),
                 ]);
                 out.subscribe_allow.extend([
                     "_INBOX.>".to_owned(),
                     format!("{p}.output.>"),
                     format!("{p}.attach.>"),
                     format!("{p}.presence.>"),
+                    format!("{p}.taken.>"),
+                    format!("{p}.view.>"),
+                    format!("{p}.admin.>"),
+                    format!("{p}.hello.>"),
                 ]);
             }
             Role::Viewer | Role::Admin | Role::Monitor => {
-                out.inbox_prefix = format!(
-                    "_INBOX_{}",
-                    match role {
-                        Role::Monitor => "monitor",
-                        Role::Admin => "admin",
-                        _ => "viewer",
-                    }
-                );
+                // Its own token under `_INBOX_<role>`, as for workers: no credential reads
+                // another tenant's answers.
+                let role_name = match role {
+                    Role::Monitor => "monitor",
+                    Role::Admin => "admin",
+                    _ => "viewer",
+                };
+                out.inbox_prefix = format!("_INBOX_{role_name}.{}", tenant.unwrap_or(FLEET));
                 let tasks = tenant.map_or_else(|| "*".to_owned(), |t| n.tasks_stream(t));
                 out.publish_allow.extend([
                     "$JS.API.INFO".to_owned(),
@@ -209,22 +223,29 @@ impl Permissions {
                     format!("$JS.API.CONSUMER.INFO.{tasks}.*"),
                     format!("$JS.API.CONSUMER.LIST.{tasks}"),
                     format!("$JS.API.CONSUMER.NAMES.{tasks}"),
+                    // Roll calls: `hello.<tenant>`, or any (`hello._` for every tenant).
+                    format!("{p}.hello.{t}"),
                 ]);
                 if role != Role::Monitor {
-                    let dlq = n.dlq_stream();
-                    out.publish_allow.extend([
-                        format!("$JS.API.STREAM.INFO.{dlq}"),
-                        format!("$JS.API.STREAM.MSG.GET.{dlq}"),
-                        format!("$JS.API.DIRECT.GET.{dlq}.>"),
-                    ]);
+                    out.publish_allow.push(format!("{p}.view.{t}.*"));
+                    if tenant.is_none() {
+                        // Dead letters of sessions that are gone. The stream is shared and a
+                        // read names its subject in the request body, so only a credential of
+                        // every tenant may read it.
+                        let dlq = n.dlq_stream();
+                        out.publish_allow.extend([
+                            format!("$JS.API.STREAM.INFO.{dlq}"),
+                            format!("$JS.API.STREAM.MSG.GET.{dlq}"),
+                        ]);
+                    }
                     if role == Role::Admin {
-                        out.publish_allow
-                            .push(format!("$JS.API.STREAM.MSG.DELETE.{dlq}"));
+                        out.publish_allow.push(format!("{p}.admin.{t}.*"));
                     }
                 }
                 out.subscribe_allow.extend([
                     format!("{}.>", out.inbox_prefix),
-                    format!("{p}.presence.{}.*", tenant.unwrap_or("*")),
+                    format!("{p}.presence.{t}.*"),
+                    format!("{p}.announce.{t}.*"),
                 ]);
             }
         }

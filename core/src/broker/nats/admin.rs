@@ -169,12 +169,7 @@ fn announcements(hub: &Hub, tenant: Option<&str>) -> Vec<Announcement> {
         .collect()
 }
 
-fn announcement(
-    hub: &Hub,
-    tenant: String,
-    sessions: usize,
-    demand: DemandSum,
-) -> Announcement {
+fn announcement(hub: &Hub, tenant: String, sessions: usize, demand: DemandSum) -> Announcement {
     Announcement {
         v: PROTOCOL_VERSION,
         hub: hub.id.clone(),

@@ -568,6 +568,7 @@ impl WorkerClient {
                 }
             };
             if !tasks.is_empty() {
+                self.announce_taken(&tasks).await;
                 return Ok(tasks);
             }
             let now = Instant::now();
@@ -587,6 +588,43 @@ impl WorkerClient {
                     }
                 }
             }
+        }
+    }
+
+    /// Tells each session which of its tasks this worker took (one core NATS message per
+    /// session and batch: the admin API shows who holds what; a SHOULD of the protocol).
+    async fn announce_taken(&self, tasks: &[ExternalTask]) {
+        let mut by_session: BTreeMap<String, Vec<wire::Taken>> = BTreeMap::new();
+        {
+            let claims = self.inner.claims.lock();
+            for task in tasks {
+                if let Some(c) = claims.get(&task.task_id) {
+                    let t = &c.target;
+                    by_session
+                        .entry(
+                            self.inner
+                                .names
+                                .taken_subject(&t.tenant, &t.hub, &t.session),
+                        )
+                        .or_default()
+                        .push(wire::Taken {
+                            task_id: task.task_id.clone(),
+                            attempt: c.attempt,
+                        });
+                }
+            }
+        }
+        for (subject, tasks) in by_session {
+            let notice = wire::TakenNotice {
+                v: PROTOCOL_VERSION,
+                worker_id: self.inner.options.worker_id.clone(),
+                tasks,
+            };
+            let _ = self
+                .inner
+                .client
+                .publish(subject, wire::encode(&notice).into())
+                .await;
         }
     }
 
