@@ -499,8 +499,8 @@ function sessionPage(sessionId, query) {
           stat('in flight', inFlight),
           stat('dead letters', view.dead_letters, null, view.dead_letters ? 'bad' : ''),
           stat('finished kept', view.finished_kept));
-        lanes.replaceChildren(lanesTable(sessionId, view, data.history, canAct),
-          view.metrics ? null : h('p', { class: 'muted note' }, 'This session records no metrics: rates and latencies stay 0.'));
+        lanes.replaceChildren(lanesTable(sessionId, view, data.history, canAct));
+        if (!view.metrics) lanes.append(h('p', { class: 'muted note' }, 'This session records no metrics: rates and latencies stay 0.'));
       }
 
       const count = {
