@@ -74,6 +74,19 @@ step "Python: ./scripts/test-python.sh (dist/'s wheel without Rust, spec sample,
 step "Node: ./scripts/test-node.sh (dist/'s tarballs without Rust or registry, tsc, node --test)"
 ./scripts/test-node.sh
 
+step "Dashboard in a browser: tests/browser (chromium driven by playwright-core: a session on NATS, workers, a3s-code dashboard)"
+cargo build --locked -p a3s-code-cli --example dashboard_host
+browser_shots="$(mktemp -d)"
+(
+  cd tests/browser
+  npm ci --no-audit --no-fund --silent
+  A3S_CODE_BIN="$CARGO_TARGET_DIR/release/a3s-code" \
+    A3S_DASHBOARD_HOST_BIN="$CARGO_TARGET_DIR/debug/examples/dashboard_host" \
+    NATS_SERVER_BIN="${NATS_SERVER_BIN:-$(command -v nats-server || echo /usr/sbin/nats-server)}" \
+    A3S_SCREENSHOTS="$browser_shots" node --test dashboard.test.mjs
+)
+echo "screenshots: $browser_shots"
+
 step "Deployment: ./scripts/test-deploy.sh (manifests validated strictly, the systemd unit, the worker image built and run against NATS)"
 ./scripts/test-deploy.sh
 
