@@ -32,6 +32,7 @@ const calls = {
   queueStats: [],
   queueMetrics: [],
   deadLetters: [],
+  tasks: [{ state: 'finished' }],
   tool: ['ls', {}],
   submit: [SessionLane.Execute, 'ls', {}],
   cancel: ['unknown'],

@@ -233,6 +233,9 @@ pub struct SessionQueueConfig {
     /// Per-lane handler mode and timeout, keyed by lane (`{ query: { mode: 'external' } }`).
     #[napi(ts_type = "Partial<Record<SessionLane, LaneHandlerConfig>>")]
     pub lane_handlers: Option<IndexMap<String, LaneHandlerConfig>>,
+    /// How many finished tasks the session keeps for `tasks({ state: 'finished' })` and the
+    /// dashboard (default 64; 0 keeps none).
+    pub finished_history: Option<i64>,
 }
 
 impl SessionQueueConfig {
@@ -266,6 +269,11 @@ impl SessionQueueConfig {
             ),
             (self.max_pending, "maxPending", &mut c.max_pending),
             (self.dlq_max_size, "dlqMaxSize", &mut c.dlq_max_size),
+            (
+                self.finished_history,
+                "finishedHistory",
+                &mut c.finished_history,
+            ),
             (
                 self.queue_depth_alert_threshold,
                 "queueDepthAlertThreshold",
@@ -330,6 +338,7 @@ impl From<&core::SessionQueueConfig> for SessionQueueConfig {
             latency_alert_threshold_ms: Some(number(c.latency_alert_threshold_ms)),
             default_timeout_ms: Some(number(c.default_timeout_ms)),
             retry_policy: Some(c.retry_policy.into()),
+            finished_history: Some(number(c.finished_history)),
             lane_handlers: Some(
                 q::SessionLane::ALL
                     .iter()
@@ -630,6 +639,12 @@ pub enum QueueEvent {
         stream: String,
         chunk: String,
     },
+    /// A dead letter was submitted again as a new task (`retryDeadLetter`).
+    Resubmitted {
+        task_id: String,
+        retry_of: String,
+        lane: SessionLane,
+    },
     /// An event this version of the binding does not know (from a newer core).
     Unknown { description: String },
 }
@@ -729,6 +744,15 @@ impl From<q::QueueEvent> for QueueEvent {
                 stream,
                 chunk,
             },
+            E::Resubmitted {
+                task_id,
+                retry_of,
+                lane,
+            } => QueueEvent::Resubmitted {
+                task_id,
+                retry_of,
+                lane: lane.into(),
+            },
             other => QueueEvent::Unknown {
                 description: format!("{other:?}"),
             },
@@ -798,5 +822,114 @@ impl AsyncGenerator for JsEventStream {
     ) -> impl Future<Output = napi::Result<Option<Self::Yield>>> + Send + 'static {
         let next = self.recv();
         async move { Ok(next.await) }
+    }
+}
+
+/// Which of a session's tasks to list (`session.tasks(query)`).
+#[napi(object)]
+#[derive(Debug)]
+pub struct TaskQuery {
+    /// `pending` (waiting for a slot), `in_flight` (holding one) or `finished` (recently ended).
+    #[napi(ts_type = "'pending' | 'in_flight' | 'finished'")]
+    pub state: String,
+    /// Where the previous page ended (its `next`).
+    pub cursor: Option<String>,
+    /// At most this many tasks, 1 to 1000 (default 50).
+    pub limit: Option<u32>,
+    /// Only tasks whose id starts with this.
+    pub search: Option<String>,
+}
+
+impl TaskQuery {
+    pub(crate) fn into_core(self) -> core::Result<core::admin::TaskQuery> {
+        let state = serde_json::from_value(Value::String(self.state.clone())).map_err(|_| {
+            core::Error::InvalidConfig {
+                reason: format!(
+                    "unknown task state {:?} (expected pending, in_flight or finished)",
+                    self.state
+                ),
+            }
+        })?;
+        Ok(core::admin::TaskQuery {
+            state,
+            cursor: self.cursor,
+            limit: self.limit.map_or(50, |l| l as usize),
+            search: self.search,
+        })
+    }
+}
+
+/// One task as `session.tasks()` shows it.
+#[napi(object)]
+#[derive(Debug)]
+pub struct TaskView {
+    pub task_id: String,
+    pub lane: SessionLane,
+    pub command_type: String,
+    /// `pending`, `in_flight` or `finished`.
+    pub state: String,
+    /// Milliseconds since the Unix epoch.
+    pub submitted_at: i64,
+    pub started_at: Option<i64>,
+    pub finished_at: Option<i64>,
+    pub attempt: u32,
+    pub mode: Option<TaskHandlerMode>,
+    /// The worker holding it (from its "taken" notice) or the one that ran it.
+    pub worker_id: Option<String>,
+    /// `completed`, `failed`, `timed_out` or `cancelled` (finished tasks).
+    pub outcome: Option<String>,
+    pub error_code: Option<String>,
+    pub error: Option<String>,
+    /// The dead letter this task retries.
+    pub retry_of: Option<String>,
+    #[napi(ts_type = "Record<string, string>")]
+    pub labels: Value,
+    /// Pending and in-flight tasks only.
+    #[napi(ts_type = "Record<string, any> | undefined")]
+    pub payload: Option<Value>,
+}
+
+/// A page of tasks: `next` is absent on the last page.
+#[napi(object)]
+#[derive(Debug)]
+pub struct TaskPage {
+    pub tasks: Vec<TaskView>,
+    pub next: Option<String>,
+}
+
+fn snake<T: serde::Serialize>(v: T) -> String {
+    match serde_json::to_value(v) {
+        Ok(Value::String(s)) => s,
+        _ => String::new(),
+    }
+}
+
+impl From<core::admin::TaskPage> for TaskPage {
+    fn from(p: core::admin::TaskPage) -> Self {
+        Self {
+            tasks: p
+                .tasks
+                .into_iter()
+                .map(|t| TaskView {
+                    task_id: t.task_id,
+                    lane: t.lane.into(),
+                    command_type: t.command_type,
+                    state: snake(t.state),
+                    submitted_at: number(t.submitted_at),
+                    started_at: t.started_at.map(number),
+                    finished_at: t.finished_at.map(number),
+                    attempt: t.attempt,
+                    mode: t.mode.map(Into::into),
+                    worker_id: t.worker_id,
+                    outcome: t.outcome.map(snake),
+                    error_code: t.error_code,
+                    error: t.error,
+                    retry_of: t.retry_of,
+                    labels: serde_json::to_value(t.labels).unwrap_or_default(),
+                    payload: t.payload,
+                })
+                .collect(),
+            next: p.next,
+        }
     }
 }

@@ -10,7 +10,7 @@ use napi_derive::napi;
 use crate::error::{count, non_negative};
 use crate::queue::{
     DeadLetter, JsEventStream, LaneHandlerConfig, QueueMetrics, QueueStats, SessionLane,
-    SessionQueueConfig,
+    SessionQueueConfig, TaskPage, TaskQuery,
 };
 use crate::remote::NatsConfig;
 use crate::runtime::{Promise, promise};
@@ -330,6 +330,21 @@ impl JsAgentSession {
                 .into_iter()
                 .map(Into::into)
                 .collect())
+        })
+    }
+
+    /// A page of the session's tasks in one state: pending (dispatch order), in flight (oldest
+    /// first, with the worker holding each when it sent a "taken" notice) or finished (newest
+    /// first; the session keeps `finishedHistory` of them). Continue with `cursor: page.next`.
+    ///
+    /// Rejects with `InvalidConfig` for an unknown state, a bad cursor or a limit outside
+    /// 1..1000.
+    #[napi]
+    pub fn tasks(&self, env: &Env, query: TaskQuery) -> napi::Result<Promise<TaskPage>> {
+        let session = self.inner.clone();
+        promise(env, async move {
+            let query = query.into_core()?;
+            Ok(session.tasks(&query).await?.into())
         })
     }
 

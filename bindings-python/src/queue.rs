@@ -249,6 +249,7 @@ impl PySessionQueueConfig {
         default_timeout_ms = None,
         retry_policy = None,
         lane_handlers = None,
+        finished_history = None,
     ))]
     #[allow(clippy::too_many_arguments)]
     fn new(
@@ -266,13 +267,15 @@ impl PySessionQueueConfig {
         default_timeout_ms: Option<u64>,
         retry_policy: Option<PyRetryPolicy>,
         lane_handlers: Option<&Bound<'_, PyDict>>,
+        finished_history: Option<usize>,
     ) -> PyResult<Self> {
         let retry_policy = retry_policy.map(|p| p.inner);
         let lane_handlers = lane_handlers.map(lane_handler_map).transpose()?;
         let inner = from_given!(SessionQueueConfig; control_max_concurrency, query_max_concurrency,
             execute_max_concurrency, generate_max_concurrency, max_pending, enable_metrics,
             enable_dlq, dlq_max_size, enable_alerts, queue_depth_alert_threshold,
-            latency_alert_threshold_ms, default_timeout_ms, retry_policy, lane_handlers)?;
+            latency_alert_threshold_ms, default_timeout_ms, retry_policy, lane_handlers,
+            finished_history)?;
         Ok(Self { inner })
     }
 
@@ -295,6 +298,10 @@ impl PySessionQueueConfig {
     #[getter]
     fn max_pending(&self) -> usize {
         self.inner.max_pending
+    }
+    #[getter]
+    fn finished_history(&self) -> usize {
+        self.inner.finished_history
     }
     #[getter]
     fn enable_metrics(&self) -> bool {
@@ -367,7 +374,7 @@ impl PySessionQueueConfig {
             })
             .collect();
         format!(
-            "SessionQueueConfig(control_max_concurrency={}, query_max_concurrency={}, execute_max_concurrency={}, generate_max_concurrency={}, max_pending={}, enable_metrics={}, enable_dlq={}, dlq_max_size={}, enable_alerts={}, queue_depth_alert_threshold={}, latency_alert_threshold_ms={}, default_timeout_ms={}, retry_policy={}, lane_handlers={{{}}})",
+            "SessionQueueConfig(control_max_concurrency={}, query_max_concurrency={}, execute_max_concurrency={}, generate_max_concurrency={}, max_pending={}, enable_metrics={}, enable_dlq={}, dlq_max_size={}, enable_alerts={}, queue_depth_alert_threshold={}, latency_alert_threshold_ms={}, default_timeout_ms={}, retry_policy={}, lane_handlers={{{}}}, finished_history={})",
             c.control_max_concurrency,
             c.query_max_concurrency,
             c.execute_max_concurrency,
@@ -384,7 +391,8 @@ impl PySessionQueueConfig {
                 inner: c.retry_policy
             }
             .__repr__(),
-            handlers.join(", ")
+            handlers.join(", "),
+            c.finished_history
         )
     }
 }

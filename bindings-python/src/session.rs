@@ -204,6 +204,40 @@ impl PyAgentSession {
         runtime::awaitable(py, async move { Ok(session.dead_letters().await) })
     }
 
+    /// A page of the session's tasks in one state (`"pending"`, `"in_flight"` or
+    /// `"finished"`): `{"tasks": [...], "next": cursor}` (no `next` on the last page). Pass
+    /// `cursor` to continue, `search` to keep ids starting with it. Raises `InvalidConfigError`
+    /// for an unknown state, a bad cursor or a limit outside 1..1000.
+    #[pyo3(signature = (state, cursor=None, limit=50, search=None))]
+    fn tasks<'py>(
+        &self,
+        py: Python<'py>,
+        state: String,
+        cursor: Option<String>,
+        limit: usize,
+        search: Option<String>,
+    ) -> PyResult<Bound<'py, PyAny>> {
+        let state: a3s_code_core::admin::TaskState =
+            serde_json::from_value(serde_json::Value::String(state.clone())).map_err(|_| {
+                CoreError(a3s_code_core::Error::InvalidConfig {
+                    reason: format!(
+                        "unknown task state {state:?} (expected pending, in_flight or finished)"
+                    ),
+                })
+            })?;
+        let query = a3s_code_core::admin::TaskQuery {
+            state,
+            cursor,
+            limit,
+            search,
+        };
+        let session = self.inner.clone();
+        runtime::awaitable(py, async move {
+            let page = session.tasks(&query).await.map_err(CoreError)?;
+            Ok(Json(serde_json::to_value(page).map_err(json_error)?))
+        })
+    }
+
     /// Runs a built-in tool through its lane and waits for its result (`success` False included).
     fn tool<'py>(
         &self,

@@ -126,6 +126,7 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
         "queue_stats": (),
         "queue_metrics": (),
         "dead_letters": (),
+        "tasks": ("finished",),
         "tool": ("ls", {}),
         "submit": (SessionLane.EXECUTE, "ls", {}),
         "cancel": ("nope",),

@@ -416,6 +416,18 @@ async def test_a_dead_letter_is_retried_as_a_new_task_or_deleted(make_session: S
     assert (task.task_id, task.payload) == (retry.task_id, {"path": "a"})
     await session.complete_external_task(task.task_id, OK)
     assert (await retry.result()).success
+    finished = await session.tasks("finished")
+    assert finished["tasks"][0]["task_id"] == retry.task_id
+    assert finished["tasks"][0]["retry_of"] == ids[0]
+    assert finished["tasks"][0]["outcome"] == "completed"
+    assert [t["outcome"] for t in finished["tasks"][1:]] == ["timed_out", "timed_out"]
+    page = await session.tasks("finished", limit=1)
+    assert len(page["tasks"]) == 1
+    rest = await session.tasks("finished", cursor=page["next"], limit=50)
+    assert [t["task_id"] for t in rest["tasks"]] == [ids[1], ids[0]] and "next" not in rest
+    assert (await session.tasks("pending"))["tasks"] == []
+    with pytest.raises(InvalidConfigError):
+        await session.tasks("running")
     await session.delete_dead_letter(ids[1])
     assert await session.dead_letters() == []
     with pytest.raises(TaskNotFoundError):

@@ -142,6 +142,11 @@ const RULES: &[(&str, bool, &str)] = &[
         false,
         "a pool worker (SESSION_ID='*') serves a session of its tenant",
     ),
+    (
+        "taken-notice",
+        false,
+        "a worker tells the session which tasks it took (who holds each, for the admin API)",
+    ),
 ];
 
 pub(crate) async fn run(args: ConformanceArgs) -> anyhow::Result<()> {
@@ -510,6 +515,11 @@ enum Seen {
         subject: String,
         payload: Value,
     },
+    Taken {
+        task_id: String,
+        attempt: u64,
+        worker_id: String,
+    },
 }
 
 struct Watch {
@@ -523,6 +533,7 @@ impl Watch {
         let client = async_nats::connect(url).await?;
         let tasks_stream = format!("{}_TASKS_", prefix.to_uppercase().replace('-', "_"));
         let (results, tasks) = (format!("{prefix}.result."), format!("{prefix}.task."));
+        let taken = format!("{prefix}.taken.");
         // One subscription for everything, so what it records is in the order the server sent
         // it: a worker's acknowledgement and its result published right after land in that
         // order (one connection's messages are delivered in order), which separate
@@ -573,6 +584,19 @@ impl Watch {
                         let kind = body.split_whitespace().next().unwrap_or("+ACK");
                         let kind = if kind.is_empty() { "+ACK" } else { kind }.to_owned();
                         sink.lock().push((now, Seen::Ack { kind }));
+                    }
+                } else if subject.starts_with(&taken) {
+                    let v: Value = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
+                    let worker_id = v["worker_id"].as_str().unwrap_or_default().to_owned();
+                    for t in v["tasks"].as_array().into_iter().flatten() {
+                        sink.lock().push((
+                            now,
+                            Seen::Taken {
+                                task_id: t["task_id"].as_str().unwrap_or_default().to_owned(),
+                                attempt: t["attempt"].as_u64().unwrap_or(0),
+                                worker_id: worker_id.clone(),
+                            },
+                        ));
                     }
                 } else if subject.starts_with(&tasks) {
                     let payload = serde_json::from_slice(&m.payload).unwrap_or(Value::Null);
@@ -675,14 +699,17 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
     std::fs::write(run.root().join("b.txt"), "a needle here\n")?;
     let session = run.session.id().to_owned();
     kit.start_worker(&mut run, &session, &[])?;
+    let start = Instant::now();
 
     // Sequential reads: each one's acknowledgement must follow its result.
     let mut order_ok = true;
     let mut order_why = String::new();
     let mut served_read = None;
+    let mut sequential = Vec::new();
     for i in 0..5 {
         let t0 = Instant::now();
         let (id, out) = run.call("read", json!({"path": "a.txt"})).await?;
+        sequential.push(id.clone());
         if let TaskEnd::Lost = out {
             anyhow::bail!(
                 "a read was not answered within {} s{}",
@@ -757,6 +784,37 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
         );
     } else {
         kit.pass("one-result-per-delivery");
+    }
+
+    // Taken notices (a SHOULD): each of the sequential reads named, with attempt 1 and the
+    // worker's id (§13.4).
+    let taken = |id: &str| {
+        run.watch.since(start).into_iter().find_map(|s| match s {
+            Seen::Taken {
+                task_id,
+                attempt,
+                worker_id,
+            } if task_id == id => Some((attempt, worker_id)),
+            _ => None,
+        })
+    };
+    let named: Vec<_> = sequential.iter().map(|id| (id, taken(id))).collect();
+    match named.iter().find(|(_, t)| t.is_none()) {
+        Some((id, _)) if named.iter().all(|(_, t)| t.is_none()) => kit.fail(
+            "taken-notice",
+            format!("no taken notice on {}.taken.> (e.g. for task {id})", run.prefix),
+        ),
+        Some((id, _)) => kit.fail("taken-notice", format!("task {id} was never named taken")),
+        None => match named.iter().find(|(_, t)| {
+            t.as_ref()
+                .is_some_and(|(attempt, worker)| *attempt != 1 || worker.is_empty())
+        }) {
+            Some((id, t)) => kit.fail(
+                "taken-notice",
+                format!("task {id} was named taken with (attempt, worker_id) {t:?}, expected attempt 1 and the worker's id"),
+            ),
+            None => kit.pass("taken-notice"),
+        },
     }
 
     tools(kit, &run, served_read).await?;

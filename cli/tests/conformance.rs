@@ -31,5 +31,5 @@ fn a3s_code_worker_conforms() {
     assert!(not_passed.is_empty(), "{not_passed:#?}");
     assert_eq!(report["conforming"], true);
     assert!(out.status.success());
-    assert_eq!(report["rules"].as_array().unwrap().len(), 18);
+    assert_eq!(report["rules"].as_array().unwrap().len(), 19);
 }

@@ -112,6 +112,30 @@ fn wire_envelopes_decode_and_encode_canonically() {
     round_trip::<AttachRequest>("attach_request.json");
     round_trip::<AttachReply>("attach_reply.json");
     round_trip::<Presence>("presence.json");
+    // The admin API (§13).
+    let taken: wire::TakenNotice = round_trip("taken.json");
+    assert_eq!(taken.tasks[1].attempt, 2);
+    let a: wire::Announcement = round_trip("announcement.json");
+    assert_eq!(a.demand.iter().map(|d| d.slots).sum::<usize>(), 9);
+    let req: wire::AdminRequest = round_trip("admin_request_tasks.json");
+    assert!(matches!(req.op, wire::AdminOp::Tasks { ref query, .. }
+        if query.state == a3s_code_core::admin::TaskState::InFlight));
+    let act: wire::AdminRequest = round_trip("admin_request_act.json");
+    assert!(matches!(
+        act.op,
+        wire::AdminOp::Act {
+            action: a3s_code_core::admin::Action::Pause { .. },
+            ..
+        }
+    ));
+    let ok: wire::AdminReply = round_trip("admin_reply_ok.json");
+    let page: a3s_code_core::admin::TaskPage = serde_json::from_value(ok.ok.unwrap()).unwrap();
+    assert_eq!(
+        page.tasks[0].worker_id.as_deref(),
+        Some("worker-3f2a9c1b7d4e")
+    );
+    let err: wire::AdminReply = round_trip("admin_reply_error.json");
+    assert_eq!(err.error.unwrap().code, "SessionNotFound");
     // A version-1 message is refused by a version-2 party with its reason.
     let bad = serde_json::to_vec(&fixture("wire/bad_version.json")).unwrap();
     assert_eq!(

@@ -340,6 +340,14 @@ class Worker:
                 await msg.term()  # late: not run, no result (protocol.md §5.3)
             return
 
+        # Who holds the task, for the session's admin API (a SHOULD, protocol.md §13.4; core
+        # NATS, best effort).
+        taken = {"v": PROTOCOL, "worker_id": self.worker_id, "tasks": [{"task_id": task_id, "attempt": attempt}]}
+        try:
+            await self.nc.publish(f"{self.prefix}.taken.{tenant}.{hub}.{session_id}", json.dumps(taken).encode())
+        except Exception as e:  # noqa: BLE001 - best effort, like presence
+            log(f"publishing a taken notice failed ({e!r})")
+
         async def renew_lease() -> None:
             while True:
                 await asyncio.sleep(self.lease / 3)
