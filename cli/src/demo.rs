@@ -11,7 +11,9 @@ use a3s_code_core::queue::{
 };
 use a3s_code_core::tools::Workspace;
 use a3s_code_core::worker::{Worker, WorkerConfig, builtin_handler};
-use a3s_code_core::{Agent, AgentConfig, AgentSession, SessionOptions, SessionQueueConfig};
+use a3s_code_core::{
+    Agent, AgentConfig, AgentSession, ExternalTaskResult, SessionOptions, SessionQueueConfig,
+};
 use anyhow::{Context, bail};
 use futures_util::{StreamExt, stream};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
@@ -48,8 +50,8 @@ pub(crate) struct DemoArgs {
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
     /// Serve the dashboard (a web page of this process's sessions: lanes, tasks, dead letters,
-    /// pause / resume, cancel) on this address, e.g. 127.0.0.1:8080, while the demo runs and,
-    /// after it, until ctrl-c.
+    /// pause / resume, cancel) on this address, e.g. 127.0.0.1:8080; after the first search the
+    /// demo keeps searching again, so there is a live session to watch, until ctrl-c.
     #[arg(long, value_name = "ADDR")]
     dashboard: Option<std::net::SocketAddr>,
     /// Show the live stats view (lanes, backlog, in-flight, rates, p50/p99, workers) while it
@@ -173,21 +175,7 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
     );
     let mut hits: BTreeMap<String, Vec<(u64, String)>> = BTreeMap::new();
     let mut failures = 0usize;
-    let mut results = stream::iter(files.iter().cloned())
-        .map(|path| {
-            let session = session.clone();
-            let pattern = args.pattern.clone();
-            async move {
-                let out = session
-                    .tool(
-                        "grep",
-                        json!({ "pattern": pattern, "path": path, "max_results": 50 }),
-                    )
-                    .await;
-                (path, out)
-            }
-        })
-        .buffer_unordered(args.query_concurrency * 2);
+    let mut results = grep_each(&session, &files, &args.pattern, args.query_concurrency);
     while let Some((path, out)) = results.next().await {
         bar.inc(1);
         match out {
@@ -239,6 +227,25 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!("\n{failures} files could not be searched (binary or unreadable)");
     }
 
+    if dashboard.is_some() {
+        println!(
+            "\nthe dashboard shows a live session: the search runs again and again until ctrl-c \
+             (pause the Query lane there and watch its backlog grow)"
+        );
+        let again = async {
+            loop {
+                grep_each(&session, &files, &args.pattern, args.query_concurrency)
+                    .for_each(|_| async {})
+                    .await;
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+        };
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            () = again => {}
+        }
+    }
+
     if let Some((bar, task)) = live {
         task.abort();
         bar.finish_and_clear();
@@ -264,23 +271,33 @@ pub(crate) async fn run(args: DemoArgs) -> anyhow::Result<()> {
         print_metrics(&m);
     }
     println!("\ndone in {:.2?}", started.elapsed());
-    let serving: Vec<String> = session
-        .metrics_addr()
-        .map(|addr| format!("http://{addr}/metrics"))
-        .into_iter()
-        .chain(
-            dashboard
-                .as_ref()
-                .map(|d| format!("the dashboard http://{}/", d.local_addr())),
-        )
-        .collect();
-    if !serving.is_empty() {
-        println!("still serving {} (ctrl-c to quit)", serving.join(" and "));
+    if let Some(addr) = session.metrics_addr().filter(|_| dashboard.is_none()) {
+        println!("still serving http://{addr}/metrics (ctrl-c to quit)");
         let _ = tokio::signal::ctrl_c().await;
     }
     drop(dashboard);
     session.close().await;
     Ok(())
+}
+
+/// One `grep` task per file, fanned out to the workers; the results as they come.
+fn grep_each<'a>(
+    session: &'a AgentSession,
+    files: &'a [String],
+    pattern: &'a str,
+    concurrency: usize,
+) -> impl futures_util::Stream<Item = (String, a3s_code_core::Result<ExternalTaskResult>)> + 'a {
+    stream::iter(files.iter().cloned())
+        .map(move |path| async move {
+            let out = session
+                .tool(
+                    "grep",
+                    json!({ "pattern": pattern, "path": path, "max_results": 50 }),
+                )
+                .await;
+            (path, out)
+        })
+        .buffer_unordered(concurrency * 2)
 }
 
 /// The stats view of this process's session and workers, with rates against `previous`.

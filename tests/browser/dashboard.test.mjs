@@ -160,6 +160,7 @@ after(async () => {
 async function shot(page, name) {
   if (!SHOTS) return;
   mkdirSync(SHOTS, { recursive: true });
+  await page.evaluate(() => document.querySelectorAll('.toast').forEach((t) => t.remove()));
   await page.screenshot({ path: path.join(SHOTS, `dashboard-${name}.png`) });
 }
 

@@ -674,7 +674,8 @@ async fn processes(State(app): State<Arc<App>>) -> ApiResult {
 // ----- the live view -------------------------------------------------------------------------
 
 /// What a page shows, pushed every [`PUSH_EVERY`]: `view=sessions` (`tenant`, `cursor`),
-/// `view=session` (`id`, `state`, `cursor`, `search`, `letters_cursor`) or `view=workers`.
+/// `view=session` (`id`; its tasks of one `state` with `cursor` and `search`, or with
+/// `letters=true` its dead letters from `letters_cursor`) or `view=workers`.
 #[derive(Deserialize)]
 struct StreamQuery {
     view: String,
@@ -683,6 +684,8 @@ struct StreamQuery {
     state: Option<TaskState>,
     cursor: Option<String>,
     search: Option<String>,
+    #[serde(default)]
+    letters: bool,
     letters_cursor: Option<String>,
 }
 
@@ -694,7 +697,7 @@ impl App {
                 let session = self.session(id).await;
                 let gone = session.as_ref().is_err_and(|e| e.code == "SessionNotFound");
                 let tasks = match &session {
-                    Ok(_) => {
+                    Ok(_) if !q.letters => {
                         let tq = TasksQuery {
                             state: q.state,
                             search: q.search.clone(),
@@ -703,19 +706,19 @@ impl App {
                         };
                         or_error(self.tasks(id, &tq).await)
                     }
-                    Err(_) => Value::Null,
+                    _ => Value::Null,
                 };
                 // A session that is gone may still have letters in the stream.
-                let letters = match (&session, gone && self.options.tenant.is_none()) {
-                    (Ok(_), _) | (Err(_), true) => {
+                let letters =
+                    if (session.is_ok() && q.letters) || (gone && self.options.tenant.is_none()) {
                         let page = Page {
                             cursor: q.letters_cursor.clone(),
                             limit: None,
                         };
                         or_error(self.dead_letters(id, &page).await)
-                    }
-                    _ => Value::Null,
-                };
+                    } else {
+                        Value::Null
+                    };
                 let tenant = session.as_ref().ok().map(|s| s.tenant.clone());
                 let workers: Vec<_> = self
                     .workers()

@@ -63,6 +63,19 @@ async fn send(req: reqwest::RequestBuilder) -> (u16, Value) {
     )
 }
 
+/// The lanes the session's JSON shows paused.
+async fn paused(c: &Client, session: &str) -> Vec<String> {
+    let (status, view) = send(c.http.get(format!("{}/api/sessions/{session}", c.base))).await;
+    assert_eq!(status, 200, "{view}");
+    view["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|l| l["paused"] == true)
+        .map(|l| l["lane"].as_str().unwrap().to_owned())
+        .collect()
+}
+
 fn code(body: &Value) -> &str {
     body["error"]["code"].as_str().unwrap_or_default()
 }
@@ -74,19 +87,7 @@ async fn actions_apply_to_sessions_of_this_process() {
     let pause = json!({ "action": "pause", "lane": "execute" });
     let (status, _) = send(action(&c, session.id(), &pause)).await;
     assert_eq!(status, 200);
-    let (status, view) = send(
-        c.http
-            .get(format!("{}/api/sessions/{}", c.base, session.id())),
-    )
-    .await;
-    assert_eq!(status, 200);
-    let execute = view["lanes"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .find(|l| l["lane"] == "execute")
-        .unwrap();
-    assert_eq!(execute["paused"], true, "{view}");
+    assert_eq!(paused(&c, session.id()).await, ["execute"]);
 
     let control = json!({ "action": "pause", "lane": "control" });
     let (status, body) = send(action(&c, session.id(), &control)).await;
@@ -137,19 +138,7 @@ async fn read_only_refuses_every_action() {
         (&info["read_only"], &info["can_act"]),
         (&json!(true), &json!(false))
     );
-    let (_, view) = send(
-        c.http
-            .get(format!("{}/api/sessions/{}", c.base, session.id())),
-    )
-    .await;
-    assert!(
-        view["lanes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["paused"] == false),
-        "{view}"
-    );
+    assert_eq!(paused(&c, session.id()).await, Vec::<String>::new());
     session.close().await;
 }
 
@@ -205,18 +194,10 @@ async fn cross_site_requests_are_refused() {
     let (status, body) = send(rebound).await;
     assert_eq!((status, code(&body)), (403, "Forbidden"), "{body}");
 
-    let (_, view) = send(
-        c.http
-            .get(format!("{}/api/sessions/{}", c.base, session.id())),
-    )
-    .await;
-    assert!(
-        view["lanes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .all(|l| l["paused"] == false),
-        "nothing was paused: {view}"
+    assert_eq!(
+        paused(&c, session.id()).await,
+        Vec::<String>::new(),
+        "nothing was paused"
     );
     session.close().await;
 }

@@ -4,8 +4,8 @@
 
 const LANES = ['control', 'query', 'execute', 'generate'];
 const STATES = [
-  ['pending', 'Pending'],
   ['in_flight', 'In flight'],
+  ['pending', 'Pending'],
   ['finished', 'Finished'],
   ['dead', 'Dead letters'],
 ];
@@ -416,7 +416,7 @@ function taskRows(sessionId, tasks, state, canAct) {
       h('td', { title: new Date(t.submitted_at).toLocaleString() }, since(t.submitted_at)),
       h('td', { class: 'num' }, ran ? duration(ran) : '—'),
       h('td', { class: 'num' }, t.attempt),
-      h('td', { class: 'mono muted' }, t.worker_id ? short(t.worker_id, 16) : (t.state === 'in_flight' && t.mode === 'external' ? 'worker unknown' : '—')),
+      h('td', { class: 'mono muted' }, t.worker_id ? short(t.worker_id, 16) : (t.state === 'in_flight' && t.mode === 'external' ? (info.mode === 'nats' ? 'worker unknown' : 'a worker of this process') : '—')),
       h('td', { class: 'mono', 'data-field': 'retry_of' }, t.retry_of ? h('span', { title: t.retry_of }, '↻ ', short(t.retry_of, 10)) : ''),
       h('td', { class: 'error-text', title: t.error || '' }, t.error_code ? `${t.error_code}: ${short(t.error || '', 60)}` : ''),
       payloadCell(t.payload),
@@ -454,7 +454,7 @@ function letterRows(sessionId, letters, canAct) {
 }
 
 function sessionPage(sessionId, query) {
-  const tab = query.get('tab') || 'pending';
+  const tab = query.get('tab') || 'in_flight';
   const cursor = query.get('cursor') || '';
   const search = query.get('search') || '';
   const setQuery = (changes) => go(['session', sessionId], { tab, search, ...changes });
@@ -476,7 +476,7 @@ function sessionPage(sessionId, query) {
 
   return {
     params: tab === 'dead'
-      ? { view: 'session', id: sessionId, state: 'pending', letters_cursor: cursor }
+      ? { view: 'session', id: sessionId, letters: true, letters_cursor: cursor }
       : { view: 'session', id: sessionId, state: tab, cursor, search },
     render(data) {
       const canAct = !!data.can_act;
@@ -515,7 +515,7 @@ function sessionPage(sessionId, query) {
         dataset: { tab: key },
       }, label, count[key] === null ? '' : h('span', { class: 'count' }, count[key]))));
 
-      if (tab === 'dead') renderLetters(data.letters, canAct && !err);
+      if (tab === 'dead' || err) renderLetters(data.letters, canAct && !err);
       else renderTasks(data.tasks, canAct);
       renderWorkers(data.workers || []);
     },
