@@ -138,7 +138,7 @@ pub(crate) async fn serve(
 pub(crate) async fn run(args: DashboardArgs) -> anyhow::Result<()> {
     let config = args.nats.config("a3s-code dashboard")?;
     let url = args.nats.url().to_owned();
-    let admin = AdminClient::connect(config)
+    let admin = AdminClient::connect_tenant(config, args.tenant.as_deref())
         .await
         .with_context(|| format!("connecting to {url}"))?;
     let options = Options {
