@@ -45,7 +45,7 @@ REPO = ROOT.parent
 MANIFESTS = ROOT / "kubernetes"
 SCHEMAS = MANIFESTS / "schemas"
 SYSTEMD_UNIT = ROOT / "systemd" / "a3s-code-worker@.service"
-GAUGE = "a3s_lane_worker_slots_needed"
+GAUGE = "a3s_fleet_worker_slots_needed"
 
 Doc = dict[str, Any]
 
@@ -223,9 +223,15 @@ def pod_specs(docs: list[tuple[Path, Doc]]) -> Iterator[tuple[str, Doc, Doc]]:
             yield f"{doc['kind']} {doc['metadata']['name']}", doc, doc["spec"]["template"]
 
 
-def worker_help(binary: str) -> tuple[set, set]:
-    text = subprocess.run([binary, "worker", "--help"], check=True, capture_output=True, text=True).stdout
+def worker_help(binary: str, command: str = "worker") -> tuple[set, set]:
+    text = subprocess.run([binary, command, "--help"], check=True, capture_output=True, text=True).stdout
     return set(re.findall(r"\[env: ([A-Z0-9_]+)", text)), set(re.findall(r"--([a-z][a-z-]*)", text))
+
+
+def subcommand(container: Doc) -> str:
+    """The `a3s-code` command a container runs: the image's `worker`, or its `command`'s."""
+    command = container.get("command") or []
+    return command[1] if len(command) > 1 and command[0] == "/a3s-code" else "worker"
 
 
 def workspace_version() -> str:
@@ -278,6 +284,7 @@ def fit(docs: list[tuple[Path, Doc]], binary: Optional[str]) -> list[str]:
     for name, _, pod in pods:
         spec = pod["spec"]
         grace = spec.get("terminationGracePeriodSeconds")
+        # Workers drain tasks for up to the longest lane timeout; so does everything else here.
         if not stop or grace != int(stop.group(1)):
             problems.append(f"{name}: terminationGracePeriodSeconds {grace} is not the systemd unit's "
                             f"TimeoutStopSec {stop.group(1) if stop else None} (both: longest lane timeout + 15 s)")
@@ -292,7 +299,8 @@ def fit(docs: list[tuple[Path, Doc]], binary: Optional[str]) -> list[str]:
                 if port is not None and port not in ports:
                     problems.append(f"{name}: {probe} names port {port!r}, not one of {sorted(ports)}")
             if binary:
-                envs, flags = worker_help(binary)
+                command = subcommand(c)
+                envs, flags = worker_help(binary, command)
                 given = {e["name"] for e in c.get("env", [])}
                 for source in c.get("envFrom", []):
                     ref = source.get("configMapRef") or source.get("secretRef")
@@ -303,10 +311,10 @@ def fit(docs: list[tuple[Path, Doc]], binary: Optional[str]) -> list[str]:
                         continue
                     given |= set(found.get("data", {})) | set(found.get("stringData", {}))
                 for var in sorted(given - envs):
-                    problems.append(f"{name}: {var} is not a variable of `a3s-code worker`")
+                    problems.append(f"{name}: {var} is not a variable of `a3s-code {command}`")
                 for arg in c.get("args", []):
                     if arg.startswith("--") and arg[2:].split("=")[0] not in flags:
-                        problems.append(f"{name}: {arg} is not a flag of `a3s-code worker`")
+                        problems.append(f"{name}: {arg} is not a flag of `a3s-code {command}`")
     if binary:
         envs, _ = worker_help(binary)
         example = SYSTEMD_UNIT.parent / "worker.env.example"

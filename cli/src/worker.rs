@@ -39,8 +39,8 @@ pub(crate) struct WorkerArgs {
         default_value = "control,query,execute,generate"
     )]
     lanes: Vec<String>,
-    /// Tasks run at once.
-    #[arg(long, default_value_t = 8)]
+    /// Tasks run at once (its slots).
+    #[arg(long, env = "A3S_CONCURRENCY", default_value_t = 8)]
     concurrency: usize,
     /// Directory the built-in tools are confined to.
     #[arg(long, env = "A3S_WORKSPACE", default_value = ".")]

@@ -198,6 +198,15 @@ async fn worker_slots_needed_rise_with_backlog_and_in_flight_and_fall_to_zero() 
     };
     let (_, idle) = http_get(&format!("{base}/metrics")).await;
     assert_eq!(needed(&idle, ""), Some(0.0), "{idle}");
+    // Labelled with the session's tenant, so a tenant's pool can scale on its own demand.
+    assert_eq!(
+        metric(
+            &idle,
+            "a3s_lane_worker_slots_needed",
+            &[("lane", "execute"), ("tenant", "default")]
+        ),
+        Some(0.0)
+    );
     // Internal lanes need no workers: no series for them.
     assert_eq!(
         metric(&idle, "a3s_lane_worker_slots_needed", &[("lane", "query")]),

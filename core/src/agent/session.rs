@@ -223,6 +223,8 @@ struct SessionInner {
     conversation: Conversation,
     /// `/metrics` and `/healthz`, when asked for; stops with the session.
     metrics_server: Option<crate::observe::MetricsServer>,
+    /// Its tenant (`default` when it names none, and without a broker).
+    tenant: String,
 }
 
 impl Drop for SessionInner {
@@ -273,7 +275,11 @@ impl AgentSession {
         let conversation = Conversation::new(Arc::clone(&agent));
         scheduler.register_handler(GENERATE_COMMAND.into(), conversation.generate_handler());
         #[cfg(not(feature = "nats"))]
-        crate::admin::register(&scheduler, crate::broker::wire::DEFAULT_TENANT);
+        let tenant_name = crate::broker::wire::DEFAULT_TENANT.to_owned();
+        #[cfg(not(feature = "nats"))]
+        crate::admin::register(&scheduler, &tenant_name);
+        #[cfg(feature = "nats")]
+        let mut tenant_name = crate::broker::wire::DEFAULT_TENANT.to_owned();
         #[cfg(feature = "nats")]
         let broker = match nats_config(options.nats, &agent) {
             Some(cfg) => {
@@ -282,6 +288,7 @@ impl AgentSession {
                     None => agent.distribution.tenant()?,
                 };
                 crate::admin::register(&scheduler, tenant.name());
+                tenant_name = tenant.name().to_owned();
                 let broker = crate::broker::nats::session::NatsBroker::start(
                     cfg,
                     tenant,
@@ -306,6 +313,7 @@ impl AgentSession {
             // The server holds the session weakly: dropping the session stops it.
             metrics_server: metrics
                 .map(|bound| bound.serve(Arc::new(SessionExporter(weak.clone())))),
+            tenant: tenant_name,
         });
         Ok(Self { inner })
     }
@@ -581,6 +589,7 @@ impl AgentSession {
         };
         crate::observe::prometheus::render_session(crate::observe::prometheus::SessionSnapshot {
             session_id: self.id().to_owned(),
+            tenant: self.inner.tenant.clone(),
             open: !self.is_closed(),
             broker_ready,
             stats: self.inner.scheduler.stats(),

@@ -18,6 +18,8 @@ pub const CONTENT_TYPE: &str = prometheus_client::encoding::prometheus_text::CON
 #[derive(Debug)]
 pub(crate) struct SessionSnapshot {
     pub(crate) session_id: String,
+    /// Its tenant: a label of the autoscaling gauge (fleets may be scaled per tenant).
+    pub(crate) tenant: String,
     pub(crate) open: bool,
     /// `None` without a broker.
     pub(crate) broker_ready: Option<bool>,
@@ -181,13 +183,15 @@ impl Collector for SessionSnapshot {
         family(
             &mut enc,
             "a3s_lane_worker_slots_needed",
-            "Worker slots an External lane needs now, by required label set: its backlog plus \
-             its tasks out at workers (the autoscaling signal; 0 when idle).",
+            "Worker slots an External lane needs now, by required label set (and the session's \
+             tenant): its backlog plus its tasks out at workers (the autoscaling signal; 0 when \
+             idle).",
             None,
             MetricType::Gauge,
             self.demand.iter().map(|(l, labels, n)| {
                 let mut set = lane(*l);
                 set.push(("labels", labels.clone()));
+                set.push(("tenant", self.tenant.clone()));
                 (set, *n as f64)
             }),
         )?;
