@@ -38,6 +38,7 @@ let failed = false;
 let sessionId;
 let admin; // base URL of the admin dashboard
 let readOnly; // of the read-only one
+let withTokens; // of one that needs a token
 let evil; // a page of another site
 
 // ----- processes ------------------------------------------------------------------------------
@@ -119,11 +120,12 @@ before(async () => {
   const workspace = path.join(dir, 'workspace');
   mkdirSync(workspace);
   const host = start('host', HOST, ['--nats', natsUrl, '--prefix', prefix, '--workspace', workspace], { stdout: true });
-  const [adminPort, readOnlyPort, evilPort] = await Promise.all([freePort(), freePort(), freePort()]);
-  [sessionId, admin, readOnly] = await Promise.all([
+  const [adminPort, readOnlyPort, tokensPort, evilPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
+  [sessionId, admin, readOnly, withTokens] = await Promise.all([
     lineOf(host, /SESSION_ID=(\S+)/),
     dashboard('dashboard', adminPort, []),
     dashboard('dashboard-read-only', readOnlyPort, ['--read-only']),
+    dashboard('dashboard-tokens', tokensPort, ['--token', 'alice=alice-secret-1']),
   ]);
   for (const i of [1, 2]) {
     start(`worker-${i}`, A3S, ['worker', '--nats', natsUrl, '--prefix', prefix, '--session-id', sessionId,
@@ -311,6 +313,20 @@ test('the dashboard shows and steers a live session', { timeout: 240_000 }, asyn
     assert.deepEqual(outcome, { preflighted: 'blocked', simple: 'opaque' });
     const view = await (await fetch(`${admin}/api/sessions/${encodeURIComponent(sessionId)}`)).json();
     assert.equal(view.lanes.find((l) => l.lane === 'query').paused, false, 'nothing paused from elsewhere');
+  }));
+
+  await t.test('with tokens, the page asks for one and names who is logged in', step('tokens', async () => {
+    const login = await context.newPage();
+    await login.goto(`${withTokens}/#/session/${encodeURIComponent(sessionId)}`);
+    await login.locator('form.login input').fill('not-the-secret');
+    await login.locator('form.login button').click();
+    await login.locator('form.login .error-text', { hasText: 'unknown token' }).waitFor({ timeout: WAIT });
+    await login.locator('form.login input').fill('alice-secret-1');
+    await login.locator('form.login button').click();
+    await login.locator('tr[data-lane="query"] button[data-action]').waitFor({ timeout: WAIT });
+    assert.match(await login.locator('#who').textContent(), /alice/);
+    assert.equal((await fetch(`${withTokens}/api/sessions`)).status, 401, 'no token, no data');
+    await login.close();
   }));
 
   assert.deepEqual(errors, [], 'no error in the page');
