@@ -11,7 +11,7 @@
 //! - `--read-only` refuses every action; a viewer credential makes the core refuse them too
 //!   (`PermissionDenied`), after which the page shows no action buttons.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
@@ -42,6 +42,10 @@ const COOKIE: &str = "a3s_dashboard";
 const LOGIN_FOR: Duration = Duration::from_secs(12 * 3600);
 /// Logins kept at once; the oldest go first.
 const MAX_LOGINS: usize = 1024;
+/// Wrong tokens tried in a minute before every try is refused for the rest of it.
+const MAX_WRONG_TOKENS: usize = 20;
+/// The longest string of a payload the live view sends (scripts get whole payloads).
+const MAX_SHOWN_STRING: usize = 2_000;
 /// The header every action request carries.
 const ACTION_HEADER: &str = "x-a3s-dashboard";
 
@@ -55,6 +59,8 @@ pub(crate) struct App {
     pub(crate) admin: AdminClient,
     options: Options,
     logins: Mutex<HashMap<String, (String, Instant)>>,
+    /// When wrong tokens were tried, the last minute's.
+    wrong_tokens: Mutex<VecDeque<Instant>>,
     /// The NATS credential may only read: the core refused an action with `PermissionDenied`.
     viewer: AtomicBool,
     pub(crate) history: History,
@@ -66,6 +72,7 @@ impl App {
             admin,
             options,
             logins: Mutex::default(),
+            wrong_tokens: Mutex::default(),
             viewer: AtomicBool::new(false),
             history: History::default(),
         }
@@ -81,9 +88,7 @@ impl App {
             return Ok("local".to_owned());
         }
         if let Some(secret) = bearer(headers) {
-            return self.token_name(secret).ok_or_else(|| {
-                ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "unknown token")
-            });
+            return self.token_name(secret);
         }
         if let Some(id) = cookie(headers, COOKIE) {
             let mut logins = self.logins.lock();
@@ -102,7 +107,23 @@ impl App {
         ))
     }
 
-    fn token_name(&self, secret: &str) -> Option<String> {
+    /// The name of the token `secret` is; wrong secrets are counted, and past
+    /// [`MAX_WRONG_TOKENS`] a minute every try is refused until the minute is over.
+    fn token_name(&self, secret: &str) -> Result<String, ApiError> {
+        let mut wrong = self.wrong_tokens.lock();
+        while wrong
+            .front()
+            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
+        {
+            wrong.pop_front();
+        }
+        if wrong.len() >= MAX_WRONG_TOKENS {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                "TooManyRequests",
+                "too many wrong tokens: try again in a minute",
+            ));
+        }
         // Every token is compared in full, so the time taken says nothing about the secrets.
         let mut found = None;
         for (name, s) in &self.options.tokens {
@@ -110,7 +131,10 @@ impl App {
                 found = Some(name.clone());
             }
         }
-        found
+        found.ok_or_else(|| {
+            wrong.push_back(Instant::now());
+            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "unknown token")
+        })
     }
 
     fn login(&self, name: String) -> String {
@@ -266,6 +290,25 @@ fn or_error<T: Serialize>(r: Result<T, ApiError>) -> Value {
     match r {
         Ok(v) => serde_json::to_value(v).unwrap_or(Value::Null),
         Err(e) => e.body(),
+    }
+}
+
+/// Cuts every string of `value` longer than [`MAX_SHOWN_STRING`] bytes (a `write` task's
+/// content, ...): the live view pushes pages of tasks every 1.5 s.
+pub(super) fn shorten_strings(value: &mut Value) {
+    match value {
+        Value::String(s) if s.len() > MAX_SHOWN_STRING => {
+            let mut end = MAX_SHOWN_STRING;
+            while !s.is_char_boundary(end) {
+                end -= 1;
+            }
+            let total = s.len();
+            s.truncate(end);
+            let _ = write!(s, "… ({total} bytes)");
+        }
+        Value::Array(items) => items.iter_mut().for_each(shorten_strings),
+        Value::Object(fields) => fields.values_mut().for_each(shorten_strings),
+        _ => {}
     }
 }
 
@@ -446,14 +489,9 @@ async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> 
     same_origin_json(&headers)?;
     let body: LoginBody = serde_json::from_slice(&body)
         .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidPayload", format!("{e}")))?;
-    let Some(name) = app.token_name(body.token.trim()) else {
-        tracing::info!("dashboard login refused: unknown token");
-        return Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "unknown token",
-        ));
-    };
+    let name = app.token_name(body.token.trim()).inspect_err(|e| {
+        tracing::info!(error = %e.message, "dashboard login refused");
+    })?;
     tracing::info!(actor = %name, "dashboard login");
     let id = app.login(name.clone());
     let mut res = json_response(&json!({ "actor": name }));
@@ -732,6 +770,9 @@ impl App {
                             .is_none_or(|t| Some(t) == tenant.as_ref()),
                     })
                     .collect();
+                let (mut tasks, mut letters) = (tasks, letters);
+                shorten_strings(&mut tasks);
+                shorten_strings(&mut letters);
                 json!({
                     "session": or_error(session),
                     "history": self.history.series(id),

@@ -289,3 +289,28 @@ async fn metrics_show_the_fleet_gauge() {
         "{text}"
     );
 }
+
+#[test]
+fn the_live_view_cuts_long_strings() {
+    let long = "é".repeat(3_000);
+    let mut page = json!({ "tasks": [{ "payload": { "content": long, "path": "a.txt" } }] });
+    super::http::shorten_strings(&mut page);
+    let content = page["tasks"][0]["payload"]["content"].as_str().unwrap();
+    assert!(
+        content.len() < 2_100 && content.ends_with("… (6000 bytes)"),
+        "{content}"
+    );
+    assert_eq!(page["tasks"][0]["payload"]["path"], "a.txt");
+}
+
+#[tokio::test]
+async fn guessing_tokens_is_cut_short() {
+    let c = start(tokens()).await;
+    let sessions = format!("{}/api/sessions", c.base);
+    for i in 0..20 {
+        let (status, _) = send(c.http.get(&sessions).bearer_auth(format!("guess-{i}"))).await;
+        assert_eq!(status, 401);
+    }
+    let (status, body) = send(c.http.get(&sessions).bearer_auth("alice-secret-1")).await;
+    assert_eq!((status, code(&body)), (429, "TooManyRequests"), "{body}");
+}

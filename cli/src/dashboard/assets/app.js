@@ -210,7 +210,12 @@ function openStream(params) {
     if (typeof data.can_act === 'boolean' && data.can_act !== info.can_act) loadInfo();
     if (page) page.render(data);
   });
-  source.addEventListener('error', () => setLive('reconnecting'));
+  source.addEventListener('error', async () => {
+    setLive('reconnecting');
+    // A login that expired (or a dashboard restarted with other tokens): ask again.
+    const now = await loadInfo().catch(() => null);
+    if (now && now.login_required && !now.actor) showLogin();
+  });
 }
 
 /** Re-opens the stream, so its next push comes now (after an action). */
