@@ -158,11 +158,12 @@ async function loadInfo() {
 
 function showLogin(message) {
   closeStream();
+  setLive('logged out');
   page = null;
   const input = h('input', { type: 'password', name: 'token', placeholder: 'token secret', autocomplete: 'current-password', required: true });
   const form = h('form', { class: 'login card' },
     h('h2', {}, 'Log in'),
-    h('p', { class: 'muted' }, 'This dashboard needs one of its tokens (--token NAME=SECRET).'),
+    h('p', { class: 'muted' }, 'This dashboard asks for one of its tokens (', h('code', {}, '--token NAME=SECRET'), ').'),
     message ? h('p', { class: 'error-text' }, message) : null,
     input,
     h('button', { class: 'btn primary', type: 'submit' }, 'Log in'));
@@ -188,9 +189,10 @@ async function logout() {
 
 // ----- live data -----------------------------------------------------------------------------
 
+/** The header's pill: `live`, `reconnecting`, `connecting` or `logged out`. */
 function setLive(state) {
   const live = $('#live');
-  live.className = `pill live ${state}`;
+  live.className = `pill status ${state.replace(' ', '-')}`;
   live.querySelector('span').textContent = state;
 }
 
@@ -492,7 +494,7 @@ function sessionPage(sessionId, query) {
         summary.replaceChildren(h('div', { class: `card banner ${gone ? 'warn' : 'error'}` },
           gone ? 'This session is gone (no process hosts it). Its dead letters, if the stream kept any, are shown read-only below.'
             : `${err.code}: ${err.message}`));
-        lanes.replaceChildren(h('p', { class: 'muted' }, '—'));
+        lanes.replaceChildren(h('p', { class: 'empty' }, gone ? 'No lanes: the session is gone.' : '—'));
       } else {
         const pending = view.lanes.reduce((a, l) => a + l.pending, 0);
         const inFlight = view.lanes.reduce((a, l) => a + l.in_flight, 0);
@@ -514,8 +516,10 @@ function sessionPage(sessionId, query) {
         finished: view ? view.finished_kept : null,
         dead: view ? view.dead_letters : (data.letters && data.letters.letters ? data.letters.letters.length : null),
       };
-      tabs.replaceChildren(...STATES.map(([key, label]) => h('a', {
-        class: `tab ${key === tab ? 'active' : ''}`,
+      const shown = err ? 'dead' : tab;
+      tools.hidden = shown === 'dead';
+      tabs.replaceChildren(...STATES.filter(([key]) => !err || key === 'dead').map(([key, label]) => h('a', {
+        class: `tab ${key === shown ? 'active' : ''}`,
         href: '#/session/' + encodeURIComponent(sessionId) + '?tab=' + key,
         dataset: { tab: key },
       }, label, count[key] === null ? '' : h('span', { class: 'count' }, count[key]))));
