@@ -141,6 +141,15 @@ export declare class AgentSession {
   queueMetrics(): Promise<QueueMetrics | null>
   /** The dead-letter queue's content, oldest first (empty unless `enableDlq` is set). */
   deadLetters(): Promise<Array<DeadLetter>>
+  /**
+   * A page of the session's tasks in one state: pending (dispatch order), in flight (oldest
+   * first, with the worker holding each when it sent a "taken" notice) or finished (newest
+   * first; the session keeps `finishedHistory` of them). Continue with `cursor: page.next`.
+   *
+   * Rejects with `InvalidConfig` for an unknown state, a bad cursor or a limit outside
+   * 1..1000.
+   */
+  tasks(query: TaskQuery): Promise<TaskPage>
   /** Removes and returns every dead letter. */
   drainDeadLetters(): Promise<Array<DeadLetter>>
   /**
@@ -535,6 +544,7 @@ export type QueueEvent =
   | { type: 'dead_lettered'; taskId: string; lane: SessionLane; reason: string }
   | { type: 'alert'; kind: AlertKind; lane: SessionLane; value: number; threshold: number }
   | { type: 'output'; taskId: string; stream: string; chunk: string }
+  | { type: 'resubmitted'; taskId: string; retryOf: string; lane: SessionLane }
   | { type: 'unknown'; description: string }
 
 /**
@@ -698,6 +708,11 @@ export interface SessionQueueConfig {
   retryPolicy?: RetryPolicy
   /** Per-lane handler mode and timeout, keyed by lane (`{ query: { mode: 'external' } }`). */
   laneHandlers?: Partial<Record<SessionLane, LaneHandlerConfig>>
+  /**
+   * How many finished tasks the session keeps for `tasks({ state: 'finished' })` and the
+   * dashboard (default 64; 0 keeps none).
+   */
+  finishedHistory?: number
 }
 
 /**
@@ -729,6 +744,50 @@ export declare enum TaskHandlerMode {
   External = 'external',
   /** Run in this process and publish Started / Completed / Failed events. */
   Hybrid = 'hybrid',
+}
+
+/** A page of tasks: `next` is absent on the last page. */
+export interface TaskPage {
+  tasks: Array<TaskView>
+  next?: string
+}
+
+/** Which of a session's tasks to list (`session.tasks(query)`). */
+export interface TaskQuery {
+  /** `pending` (waiting for a slot), `in_flight` (holding one) or `finished` (recently ended). */
+  state: 'pending' | 'in_flight' | 'finished'
+  /** Where the previous page ended (its `next`). */
+  cursor?: string
+  /** At most this many tasks, 1 to 1000 (default 50). */
+  limit?: number
+  /** Only tasks whose id starts with this. */
+  search?: string
+}
+
+/** One task as `session.tasks()` shows it. */
+export interface TaskView {
+  taskId: string
+  lane: SessionLane
+  commandType: string
+  /** `pending`, `in_flight` or `finished`. */
+  state: string
+  /** Milliseconds since the Unix epoch. */
+  submittedAt: number
+  startedAt?: number
+  finishedAt?: number
+  attempt: number
+  mode?: TaskHandlerMode
+  /** The worker holding it (from its "taken" notice) or the one that ran it. */
+  workerId?: string
+  /** `completed`, `failed`, `timed_out` or `cancelled` (finished tasks). */
+  outcome?: string
+  errorCode?: string
+  error?: string
+  /** The dead letter this task retries. */
+  retryOf?: string
+  labels: Record<string, string>
+  /** Pending and in-flight tasks only. */
+  payload?: Record<string, any> | undefined
 }
 
 /** A tool call the model asked for, and the result it was given. */

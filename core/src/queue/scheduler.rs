@@ -234,7 +234,7 @@ struct Entry {
     /// subscriber wants `a3s::task` at DEBUG.
     span: tracing::Span,
     /// The worker that took its current attempt and that attempt (from a "taken" notice).
-    worker: Option<(Box<str>, u32)>,
+    worker: Option<(Arc<str>, u32)>,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]

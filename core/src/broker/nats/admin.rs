@@ -255,12 +255,10 @@ async fn consume_taken(hub: Weak<Hub>, mut sub: async_nats::Subscriber) {
             continue;
         };
         match wire::decode::<TakenNotice>(&msg.payload) {
-            Ok(notice) => {
-                for task in &notice.tasks {
-                    t.scheduler
-                        .taken(&task.task_id, task.attempt, &notice.worker_id);
-                }
-            }
+            Ok(notice) => t.scheduler.taken(
+                notice.tasks.iter().map(|x| (x.task_id.as_str(), x.attempt)),
+                &notice.worker_id,
+            ),
             Err(err) => tracing::debug!(error = %err, "dropping a malformed taken notice"),
         }
     }

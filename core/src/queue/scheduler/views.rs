@@ -18,7 +18,7 @@ pub(super) struct Finished {
     started_at: Option<u64>,
     finished_at: u64,
     attempt: u32,
-    worker: Option<Box<str>>,
+    worker: Option<Arc<str>>,
     outcome: TaskOutcome,
     error: Option<Box<(String, String)>>,
     retry_of: Option<Box<str>>,
@@ -151,17 +151,24 @@ impl Scheduler {
         st.history.push(f);
     }
 
-    /// A worker took `task_id`'s attempt `attempt` (its "taken" notice): shown as the task's
-    /// holder. Notices of ended tasks, foreign ids or older attempts are ignored.
-    pub(crate) fn taken(&self, task_id: &str, attempt: u32, worker_id: &str) {
-        let Ok(seq) = self.seq_of(task_id) else {
-            return;
-        };
+    /// A worker took these tasks' attempts (its "taken" notice): shown as their holder.
+    /// Notices of ended tasks, foreign ids or older attempts are ignored. One lock per notice.
+    pub(crate) fn taken<'a>(
+        &self,
+        tasks: impl IntoIterator<Item = (&'a str, u32)>,
+        worker_id: &str,
+    ) {
+        let worker: Arc<str> = worker_id.into();
         let mut st = self.state.lock();
-        if let Some(e) = st.live.get_mut(&seq)
-            && e.worker.as_ref().is_none_or(|(_, a)| *a <= attempt)
-        {
-            e.worker = Some((worker_id.into(), attempt));
+        for (task_id, attempt) in tasks {
+            let Ok(seq) = self.seq_of(task_id) else {
+                continue;
+            };
+            if let Some(e) = st.live.get_mut(&seq)
+                && e.worker.as_ref().is_none_or(|(_, a)| *a <= attempt)
+            {
+                e.worker = Some((worker.clone(), attempt));
+            }
         }
     }
 
