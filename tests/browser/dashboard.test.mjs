@@ -258,13 +258,18 @@ test('the dashboard shows and steers a live session', { timeout: 240_000 }, asyn
     await page.goto(sessionUrl('?tab=in_flight'));
     const running = page.locator('tr[data-task][data-state="in_flight"]', { hasText: 'sleep 30' }).first();
     await running.waitFor({ timeout: WAIT });
-    await shot(page, 'tasks');
+    await shot(page, 'in-flight');
     const id = await running.getAttribute('data-task');
     await page.locator(`tr[data-task="${id}"] button[data-action="cancel"]`).click();
     await confirm(page);
     await page.locator(`tr[data-task="${id}"]`).waitFor({ state: 'detached', timeout: WAIT });
     await page.goto(sessionUrl(`?tab=finished&search=${encodeURIComponent(id)}`));
     await page.locator(`tr[data-task="${id}"][data-outcome="cancelled"]`).waitFor({ timeout: WAIT });
+    if (SHOTS) {
+      await page.goto(sessionUrl('?tab=finished'));
+      await page.locator('tr[data-outcome="cancelled"]').first().waitFor({ timeout: WAIT });
+      await shot(page, 'tasks');
+    }
   }));
 
   await t.test('read-only: no action buttons, and every action is refused', step('read-only', async () => {

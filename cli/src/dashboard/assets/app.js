@@ -426,8 +426,8 @@ function taskRows(sessionId, tasks, state, canAct) {
       h('td', { class: 'mono muted' }, t.worker_id ? short(t.worker_id, 16) : (t.state === 'in_flight' && t.mode === 'external' ? (info.mode === 'nats' ? 'worker unknown' : 'a worker of this process') : '—')),
       h('td', { class: 'mono', 'data-field': 'retry_of' }, t.retry_of ? h('span', { title: t.retry_of }, '↻ ', short(t.retry_of, 10)) : ''),
       h('td', { class: 'error-text', title: t.error || '' }, t.error_code ? `${t.error_code}: ${short(t.error || '', 60)}` : ''),
-      payloadCell(t.payload),
-      h('td', { class: 'actions' }, cancel));
+      state === 'finished' ? null : payloadCell(t.payload),
+      state === 'finished' ? null : h('td', { class: 'actions' }, cancel));
   });
 }
 
@@ -545,7 +545,8 @@ function sessionPage(sessionId, query) {
     list.replaceChildren(
       h('table', { class: 'tasks' },
         h('thead', {}, h('tr', {},
-          ['Task', 'Lane', 'Command', 'State', 'Submitted', 'Ran', 'Attempt', 'Worker', 'Retry of', 'Error', 'Payload', ''].map((c) => h('th', {}, c)))),
+          ['Task', 'Lane', 'Command', tab === 'finished' ? 'Outcome' : 'State', 'Submitted', 'Ran', 'Attempt', 'Worker', 'Retry of', 'Error']
+            .concat(tab === 'finished' ? [] : ['Payload', '']).map((c) => h('th', {}, c)))),
         h('tbody', {}, rows.length ? rows : h('tr', {}, h('td', { colspan: 12, class: 'empty' }, search ? `No ${tab.replace('_', ' ')} task starts with ${search}.` : `No ${tab.replace('_', ' ')} task.`)))),
       pager(cursor, page.next, () => setQuery({ cursor: '' }), () => setQuery({ cursor: page.next })));
   }
