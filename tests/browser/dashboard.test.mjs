@@ -240,6 +240,14 @@ test('the dashboard shows and steers a live session', { timeout: 240_000 }, asyn
     await row.waitFor({ timeout: WAIT });
     await shot(page, 'dead-letters');
     const letter = await row.getAttribute('data-letter');
+    // An unfolded payload stays unfolded when the live view redraws the table.
+    await page.locator(`tr[data-letter="${letter}"] details summary`).click();
+    await page.evaluate((key) => { document.querySelector(`details[data-key="${key}"]`).drawn = 'before'; }, `letter-${letter}`);
+    await page.waitForFunction((key) => {
+      const d = document.querySelector(`details[data-key="${key}"]`);
+      return d && d.drawn !== 'before';
+    }, `letter-${letter}`, { timeout: WAIT });
+    assert.ok(await page.locator(`details[data-key="letter-${letter}"]`).evaluate((d) => d.open), 'still unfolded');
     await page.locator(`tr[data-letter="${letter}"] button[data-action="retry"]`).click();
     await confirm(page);
     const toast = await page.locator('.toast', { hasText: 'retried as' }).textContent({ timeout: WAIT });

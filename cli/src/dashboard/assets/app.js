@@ -13,6 +13,14 @@ const STATES = [
 let info = {};
 let source = null; // the EventSource of the current page
 let page = null; // {render(data)} of the current page
+const openPayloads = new Set(); // the payloads unfolded by the user (task ids)
+
+document.addEventListener('toggle', (ev) => {
+  const key = ev.target.dataset && ev.target.dataset.key;
+  if (!key) return;
+  if (ev.target.open) openPayloads.add(key);
+  else openPayloads.delete(key);
+}, true);
 
 // ----- small helpers -------------------------------------------------------------------------
 
@@ -81,11 +89,12 @@ function payloadSummary(p) {
   return JSON.stringify(p);
 }
 
-function payloadCell(p) {
+/** A payload, folded; `key` keeps it open across the live view's redraws. */
+function payloadCell(p, key) {
   if (!p) return h('td', { class: 'muted' }, '—');
   const summary = payloadSummary(p);
   return h('td', { class: 'payload' },
-    h('details', {},
+    h('details', { dataset: { key }, open: openPayloads.has(key) },
       h('summary', { title: summary }, short(summary, 48)),
       h('pre', {}, JSON.stringify(p, null, 2))));
 }
@@ -426,7 +435,7 @@ function taskRows(sessionId, tasks, state, canAct) {
       h('td', { class: 'mono muted' }, t.worker_id ? short(t.worker_id, 16) : (t.state === 'in_flight' && t.mode === 'external' ? (info.mode === 'nats' ? 'worker unknown' : 'a worker of this process') : '—')),
       h('td', { class: 'mono', 'data-field': 'retry_of' }, t.retry_of ? h('span', { title: t.retry_of }, '↻ ', short(t.retry_of, 10)) : ''),
       h('td', { class: 'error-text', title: t.error || '' }, t.error_code ? `${t.error_code}: ${short(t.error || '', 60)}` : ''),
-      state === 'finished' ? null : payloadCell(t.payload),
+      state === 'finished' ? null : payloadCell(t.payload, t.task_id),
       state === 'finished' ? null : h('td', { class: 'actions' }, cancel));
   });
 }
@@ -440,7 +449,7 @@ function letterRows(sessionId, letters, canAct) {
     h('td', { class: 'error-text', title: d.error }, short(d.error, 70)),
     h('td', { class: 'num' }, d.attempts),
     h('td', { title: new Date(d.dead_lettered_at).toLocaleString() }, since(d.dead_lettered_at)),
-    payloadCell(d.payload),
+    payloadCell(d.payload, `letter-${d.task_id}`),
     h('td', { class: 'actions' }, canAct ? [
       h('button', {
         class: 'btn small primary', 'data-action': 'retry',
