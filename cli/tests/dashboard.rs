@@ -141,3 +141,55 @@ async fn a_viewer_credential_reads_and_cannot_act() {
     assert!(stats.per_lane[&SessionLane::Query].paused);
     session.close().await;
 }
+
+/// `a3s-code demo DIR --dashboard ADDR`: one command, and its session can be watched and
+/// steered from the page's API while the demo keeps searching.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_demo_serves_its_session() {
+    use std::io::BufRead;
+
+    let dir = tempfile::tempdir().unwrap();
+    for i in 0..20 {
+        std::fs::write(dir.path().join(format!("f{i}.rs")), "fn main() {}\n").unwrap();
+    }
+    let mut child = Command::new(env!("CARGO_BIN_EXE_a3s-code"))
+        .arg("demo")
+        .arg(dir.path())
+        .args(["--dashboard", "127.0.0.1:0"])
+        .env("A3S_LOG", "warn")
+        .stdout(Stdio::piped())
+        .spawn()
+        .expect("spawn a3s-code demo");
+    let stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+    // "dashboard: http://127.0.0.1:PORT/#/session/ID"
+    let mut lines = stdout.lines().map_while(Result::ok);
+    let line = lines
+        .find(|l| l.starts_with("dashboard: "))
+        .expect("the demo prints the dashboard's URL");
+    // The rest of its output is read (and dropped), so that printing never fails.
+    std::thread::spawn(move || lines.for_each(drop));
+    let demo = Dashboard {
+        child,
+        base: line["dashboard: ".len()..]
+            .split("/#")
+            .next()
+            .unwrap()
+            .to_owned(),
+    };
+    let id = line.rsplit('/').next().unwrap().to_owned();
+
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let http = reqwest::Client::new();
+    let view = until_ok(&http, &format!("{}/api/sessions/{id}", demo.base)).await;
+    assert_eq!(view["session_id"], id.as_str());
+    let (status, body) = pause(&http, &demo, &id).await;
+    assert_eq!(status, 200, "{body}");
+    let view = until_ok(&http, &format!("{}/api/sessions/{id}", demo.base)).await;
+    let query = view["lanes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|l| l["lane"] == "query")
+        .unwrap();
+    assert_eq!(query["paused"], true, "{view}");
+}
