@@ -272,8 +272,12 @@ function sessionsPage(query) {
   const cursor = query.get('cursor') || '';
   const tenantsBox = h('div', { class: 'cards' });
   const table = h('div', { class: 'card' });
+  const goTo = h('input', { type: 'search', class: 'search', placeholder: 'go to a session by its id', 'aria-label': 'session id' });
+  goTo.addEventListener('change', () => goTo.value.trim() && go(['session', goTo.value.trim()]));
   $('#main').replaceChildren(
-    h('h1', {}, 'Sessions', tenant ? h('span', { class: 'sub' }, ` · tenant ${tenant}`) : ''),
+    h('div', { class: 'title-row' },
+      h('h1', {}, 'Sessions', tenant ? h('span', { class: 'sub' }, ` · tenant ${tenant}`) : ''),
+      goTo),
     tenantsBox,
     table);
   return {
