@@ -307,3 +307,28 @@ async fn guessing_tokens_is_cut_short() {
     let (status, body) = send(c.http.get(&sessions).bearer_auth("alice-secret-1")).await;
     assert_eq!((status, code(&body)), (429, "TooManyRequests"), "{body}");
 }
+
+#[tokio::test]
+async fn tenant_keeps_other_tenants_out() {
+    let (session, _dir) = session();
+    let c = start(Options {
+        tenant: Some("acme".to_owned()),
+        ..Default::default()
+    })
+    .await;
+    let (status, body) = send(
+        c.http
+            .get(format!("{}/api/sessions/{}", c.base, session.id())),
+    )
+    .await;
+    assert_eq!((status, code(&body)), (404, "SessionNotFound"), "{body}");
+    let tasks = format!("{}/api/sessions/{}/tasks", c.base, session.id());
+    let (status, _) = send(c.http.get(tasks)).await;
+    assert_eq!(status, 404);
+    let pause = json!({ "action": "pause", "lane": "query" });
+    let (status, _) = send(action(&c, session.id(), &pause)).await;
+    assert_eq!(status, 404);
+    let (_, page) = send(c.http.get(format!("{}/api/sessions", c.base))).await;
+    assert_eq!(page["sessions"], json!([]), "{page}");
+    session.close().await;
+}
