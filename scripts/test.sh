@@ -7,7 +7,8 @@
 # demo, then the Python package's tests (scripts/test-python.sh: the wheel installed without Rust
 # into a fresh venv, the spec sample, stubtest, mypy, pytest; the sdist builds) and the Node
 # package's (scripts/test-node.sh: the tarballs installed without Rust or registry, tsc,
-# node --test). Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this
+# node --test), then the dashboard in a real browser (tests/browser: Debian's chromium driven by
+# playwright-core; it starts its own nats-server). Tests that need NATS use $A3S_TEST_NATS_URL when it is set; otherwise this
 # script starts its own `nats-server -js` on a free port with a temporary store, and stops it
 # on exit. (Tests that restart or reconfigure a server start their own.)
 set -euo pipefail
