@@ -2,14 +2,15 @@
 //! screenshots (`tests/browser/`, `scripts/screenshots.sh`).
 //!
 //! ```text
-//! dashboard_host --nats URL [--prefix P] [--tenant T] --workspace DIR
+//! dashboard_host --nats URL [--prefix P] [--tenant T] [--extra-sessions N] --workspace DIR
 //! ```
 //!
 //! Prints `SESSION_ID=<id>` once the broker is ready, then submits without end (until killed
 //! or stdin closes): `read`s on Query (some of a missing file, which fail), short `bash` on
 //! Execute, a `sleep 30` now and then (to cancel), and a `bash` with a timeout shorter than
 //! its run, which dies into the dead-letter queue (and completes when retried, under the lane's
-//! own timeout).
+//! own timeout). `--extra-sessions N` opens N more sessions, of other tenants and with no worker
+//! of their own, whose backlog grows slowly (for the screenshots' sessions page).
 
 use std::time::Duration;
 
@@ -23,6 +24,7 @@ use serde_json::{Value, json};
 async fn main() -> anyhow::Result<()> {
     let mut args = std::env::args().skip(1);
     let (mut nats, mut prefix, mut tenant, mut workspace) = (None, "a3s".to_owned(), None, None);
+    let mut extra_sessions = 0;
     while let Some(flag) = args.next() {
         let value = args
             .next()
@@ -32,6 +34,7 @@ async fn main() -> anyhow::Result<()> {
             "--prefix" => prefix = value,
             "--tenant" => tenant = Some(value),
             "--workspace" => workspace = Some(value),
+            "--extra-sessions" => extra_sessions = value.parse()?,
             _ => anyhow::bail!("unknown option {flag}"),
         }
     }
@@ -62,27 +65,29 @@ async fn main() -> anyhow::Result<()> {
         .into(),
         ..Default::default()
     };
-    let mut options = SessionOptions::new()
-        .with_queue_config(config)
-        .with_nats(NatsConfig::new(&nats).with_prefix(&prefix));
-    if let Some(t) = &tenant {
-        options = options.with_tenant(t, 1.0)?;
-    }
-    let session = Agent::from_config(AgentConfig::default()).session(&workspace, Some(options))?;
+    let open = |tenant: Option<&str>| -> anyhow::Result<AgentSession> {
+        let mut options = SessionOptions::new()
+            .with_queue_config(config.clone())
+            .with_nats(NatsConfig::new(&nats).with_prefix(&prefix));
+        if let Some(t) = tenant {
+            options = options.with_tenant(t, 1.0)?;
+        }
+        Ok(Agent::from_config(AgentConfig::default()).session(&workspace, Some(options))?)
+    };
+    let session = open(tenant.as_deref())?;
     session.broker_ready(Duration::from_secs(20)).await?;
+    let mut others = Vec::new();
+    for i in 0..extra_sessions {
+        let other = open(Some(["acme", "globex", "initech"][i % 3]))?;
+        other.broker_ready(Duration::from_secs(20)).await?;
+        others.push(other);
+    }
     println!("SESSION_ID={}", session.id());
 
     let every = |ms, lane, command: &'static str, payload: Value, timeout_ms: Option<u64>| {
-        let session = session.clone();
-        tokio::spawn(async move {
-            let mut tick = tokio::time::interval(Duration::from_millis(ms));
-            loop {
-                tick.tick().await;
-                submit(&session, lane, command, payload.clone(), timeout_ms).await;
-            }
-        })
+        every_on(session.clone(), ms, lane, command, payload, timeout_ms)
     };
-    let loops = [
+    let mut loops = vec![
         every(
             150,
             SessionLane::Query,
@@ -119,14 +124,46 @@ async fn main() -> anyhow::Result<()> {
             None,
         ),
     ];
+    for (i, other) in others.iter().enumerate() {
+        let path = json!({ "path": "notes.txt" });
+        loops.push(every_on(
+            other.clone(),
+            700 + 300 * i as u64,
+            SessionLane::Query,
+            "read",
+            path,
+            None,
+        ));
+    }
     // Until stdin closes (the test's end) or the process is killed.
     tokio::task::spawn_blocking(|| std::io::copy(&mut std::io::stdin(), &mut std::io::sink()))
         .await??;
     for l in loops {
         l.abort();
     }
+    for s in others {
+        s.close().await;
+    }
     session.close().await;
     Ok(())
+}
+
+/// Submits a task to `session` every `ms` milliseconds.
+fn every_on(
+    session: AgentSession,
+    ms: u64,
+    lane: SessionLane,
+    command: &'static str,
+    payload: Value,
+    timeout_ms: Option<u64>,
+) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let mut tick = tokio::time::interval(Duration::from_millis(ms));
+        loop {
+            tick.tick().await;
+            submit(&session, lane, command, payload.clone(), timeout_ms).await;
+        }
+    })
 }
 
 async fn submit(

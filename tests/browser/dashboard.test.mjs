@@ -119,7 +119,9 @@ before(async () => {
 
   const workspace = path.join(dir, 'workspace');
   mkdirSync(workspace);
-  const host = start('host', HOST, ['--nats', natsUrl, '--prefix', prefix, '--workspace', workspace], { stdout: true });
+  // For the screenshots, a few more sessions (of other tenants) fill the sessions page.
+  const extra = process.env.A3S_SCREENSHOT_WARMUP_S ? ['--extra-sessions', '3'] : [];
+  const host = start('host', HOST, ['--nats', natsUrl, '--prefix', prefix, '--workspace', workspace, ...extra], { stdout: true });
   const [adminPort, readOnlyPort, tokensPort, evilPort] = await Promise.all([freePort(), freePort(), freePort(), freePort()]);
   [sessionId, admin, readOnly, withTokens] = await Promise.all([
     lineOf(host, /SESSION_ID=(\S+)/),
