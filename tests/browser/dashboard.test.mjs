@@ -264,6 +264,23 @@ test('the dashboard shows and steers a live session', { timeout: 240_000 }, asyn
     await shot(page, 'retried');
   }));
 
+  await t.test('a dead letter is deleted, then all are purged', step('delete', async () => {
+    await page.goto(sessionUrl('?tab=dead'));
+    const row = page.locator('tr[data-letter]').first();
+    await row.waitFor({ timeout: WAIT });
+    const letter = await row.getAttribute('data-letter');
+    await page.locator(`tr[data-letter="${letter}"] button[data-action="delete"]`).click();
+    await confirm(page);
+    await page.locator(`tr[data-letter="${letter}"]`).waitFor({ state: 'detached', timeout: WAIT });
+    const left = await page.locator('tr[data-letter]').count();
+    await page.locator('button[data-action="purge"]').click();
+    await confirm(page);
+    const toast = await page.locator('.toast', { hasText: 'purged' }).textContent({ timeout: WAIT });
+    assert.ok(Number.parseInt(toast, 10) >= left, toast);
+    const view = await (await fetch(`${admin}/api/sessions/${encodeURIComponent(sessionId)}`)).json();
+    assert.ok(view.dead_letters <= 1, `purged (a new one may have died since): ${view.dead_letters}`);
+  }));
+
   await t.test('a running bash task is cancelled', step('cancel', async () => {
     await page.goto(sessionUrl('?tab=in_flight'));
     const running = page.locator('tr[data-task][data-state="in_flight"]', { hasText: 'sleep 30' }).first();
