@@ -18,6 +18,42 @@ declare global {
   }
 }
 
+/**
+ * The admin API: `AdminClient.local()` sees this process's sessions (also those without a
+ * broker), `await AdminClient.connect(config)` every session of a NATS deployment (a viewer
+ * credential reads, an admin credential also acts). Rejects with an `Error` whose `code` is
+ * the core's (`SessionNotFound`, `PermissionDenied`, `TaskNotFound`, `InvalidConfig`, ...).
+ */
+export declare class AdminClient {
+  /** The sessions of this process. */
+  static local(): AdminClient
+  /**
+   * Every session of the NATS deployment `config` reaches; `tenant` for a credential
+   * confined to one tenant. Rejects with `BrokerUnavailable`.
+   */
+  static connect(config: NatsConfig, tenant?: string | undefined | null): Promise<AdminClient>
+  /** A page of sessions, ordered by (process, session id). */
+  sessions(tenant?: string | undefined | null, cursor?: string | undefined | null, limit?: number | undefined | null): Promise<SessionPage>
+  /** A session's lanes and figures. */
+  session(sessionId: string): Promise<SessionView>
+  /** A page of a session's tasks in one state. */
+  tasks(sessionId: string, query: TaskQuery): Promise<TaskPage>
+  /** A page of a session's dead letters (from the stream once the session is gone). */
+  deadLetters(sessionId: string, cursor?: string | undefined | null, limit?: number | undefined | null): Promise<DeadLetterPage>
+  /**
+   * Applies an action (`{ action: 'pause', lane: SessionLane.Execute }`,
+   * `{ action: 'cancel', taskId }`, ...); `actor` (default `node`) is logged with it.
+   */
+  act(sessionId: string, action: AdminAction, actor?: string | undefined | null): Promise<ActionOutcome>
+  /** The processes hosting sessions, one entry per process and tenant (none in process). */
+  processes(): Promise<Array<Announcement>>
+  /** Workers, from their presence announcements since this client connected. */
+  workers(): Array<WorkerView>
+  /** Worker slots the fleet needs now, per tenant, lane and label set. */
+  fleetDemand(): Promise<Array<FleetDemandRow>>
+}
+export type JsAdminClient = AdminClient
+
 /** An agent: its configuration, from which sessions are opened. */
 export declare class Agent {
   /** An agent with the default configuration (no `agent.hcl`). */
@@ -273,6 +309,23 @@ export declare class WorkerClient {
 }
 export type JsWorkerClient = WorkerClient
 
+/** What an action did. */
+export interface ActionOutcome {
+  /** The new task (a retried dead letter). */
+  taskId?: string
+  /** How many dead letters a purge deleted. */
+  purged?: number
+}
+
+/** Something to do to a session (`adminClient.act(sessionId, action)`). */
+export interface AdminAction {
+  action: 'cancel' | 'pause' | 'resume' | 'retry_dead_letter' | 'delete_dead_letter' | 'purge_dead_letters'
+  /** For `cancel` and the dead-letter actions. */
+  taskId?: string
+  /** For `pause` and `resume`. */
+  lane?: SessionLane
+}
+
 /** Something that happened during `session.stream(prompt)`. */
 export type AgentEvent =
   | { type: 'text_delta'; text: string }
@@ -298,6 +351,18 @@ export declare enum AlertKind {
   QueueDepth = 'queue_depth',
   /** A task took longer than `latencyAlertThresholdMs`. */
   Latency = 'latency',
+}
+
+/** A process hosting sessions of a tenant, as it announced itself. */
+export interface Announcement {
+  hub: string
+  tenant: string
+  sessions: number
+  demand: Array<Demand>
+  host: string
+  pid: number
+  version: string
+  intervalS: number
 }
 
 /** Options of `executeBuiltin`. */
@@ -347,6 +412,22 @@ export interface DeadLetter {
   attempts: number
   /** When it was dead-lettered, in milliseconds since the Unix epoch. */
   deadLetteredAt: number
+}
+
+/** A page of dead letters, oldest first. */
+export interface DeadLetterPage {
+  letters: Array<DeadLetter>
+  next?: string
+  /** `session` (the session's own DLQ), or `stream` (the session is gone: read only). */
+  source: 'session' | 'stream'
+}
+
+/** Worker slots needed for one lane and label set. */
+export interface Demand {
+  lane: SessionLane
+  /** `k=v,k=v` sorted; empty for none. */
+  labels: string
+  slots: number
 }
 
 /**
@@ -427,6 +508,14 @@ export interface ExternalTaskResult {
   error?: string | null
 }
 
+/** Worker slots a tenant's sessions need for one lane and label set. */
+export interface FleetDemandRow {
+  tenant: string
+  lane: SessionLane
+  labels: string
+  slots: number
+}
+
 /**
  * How one lane handles its tasks and how long each may take. A field left out takes the
  * core's default (`LaneHandlerConfig::default()` in the core's docs).
@@ -480,6 +569,24 @@ export interface LaneStats {
   oldestPendingMs: number
   /** Whether the lane is paused (`session.pauseLane`). */
   paused: boolean
+}
+
+/** One lane of a session. */
+export interface LaneView {
+  lane: SessionLane
+  mode: TaskHandlerMode
+  paused: boolean
+  pending: number
+  oldestPendingMs: number
+  inFlight: number
+  capacity: number
+  timeoutMs: number
+  processed: number
+  failed: number
+  timedOut: number
+  retried: number
+  p50Ms: number
+  p99Ms: number
 }
 
 /**
@@ -671,6 +778,12 @@ export interface SessionOptions {
   tenantMaxInFlight?: number
 }
 
+/** A page of sessions: `next` is absent on the last page. */
+export interface SessionPage {
+  sessions: Array<SessionSummary>
+  next?: string
+}
+
 /**
  * The queue configuration of a session. Every field is optional: one left out takes the
  * core's default (`SessionQueueConfig::default()` in the core's docs; `queueConfig()` returns
@@ -713,6 +826,33 @@ export interface SessionQueueConfig {
    * dashboard (default 64; 0 keeps none).
    */
   finishedHistory?: number
+}
+
+/** A session in a list. */
+export interface SessionSummary {
+  sessionId: string
+  tenant: string
+  /** The process (hub) hosting it, for sessions on NATS. */
+  hub?: string
+  /** Milliseconds since the Unix epoch. */
+  openedAt: number
+  pending: number
+  inFlight: number
+  deadLetters: number
+  paused: Array<SessionLane>
+}
+
+/** A session, in full. */
+export interface SessionView {
+  sessionId: string
+  tenant: string
+  hub?: string
+  openedAt: number
+  /** Whether counters and latencies are recorded (0 if not). */
+  metrics: boolean
+  lanes: Array<LaneView>
+  deadLetters: number
+  finishedKept: number
 }
 
 /**
@@ -830,4 +970,19 @@ export interface WorkerClientOptions {
   labels?: Record<string, string>
   /** Reported with every result (default: a random id). */
   workerId?: string
+}
+
+/** A worker, as its latest presence showed it. */
+export interface WorkerView {
+  workerId: string
+  tenant?: string
+  session?: string
+  lanes: Array<SessionLane>
+  labels: Record<string, string>
+  slots: number
+  busy: number
+  version: string
+  state: 'waiting' | 'serving' | 'draining'
+  intervalS: number
+  lastSeenMs: number
 }

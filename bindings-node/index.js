@@ -835,6 +835,8 @@ function __napiStampBindingTarget(exportsObject, target) {
 // linked import resolves to `undefined`.
 module.exports.__napiBindingTarget = __napiStampBindingTarget(nativeBinding, __napiLoadedBindingTarget)
 module.exports = nativeBinding
+module.exports.AdminClient = nativeBinding.AdminClient
+module.exports.JsAdminClient = nativeBinding.JsAdminClient
 module.exports.Agent = nativeBinding.Agent
 module.exports.JsAgent = nativeBinding.JsAgent
 module.exports.AgentSession = nativeBinding.AgentSession

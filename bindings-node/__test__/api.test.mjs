@@ -92,6 +92,39 @@ test('WorkerClient: every name of api.json; connect is async; RemoteSession is i
   // The async flags of its methods are checked on a live one in nats.test.mjs.
 })
 
+test('AdminClient: every name of api.json, async exactly where it says (in process; connect rejects without NATS)', async () => {
+  const { AdminClient } = code
+  const session = externalSession()
+  const admin = AdminClient.local()
+  const calls = {
+    sessions: [],
+    session: [session.id],
+    tasks: [session.id, { state: 'finished' }],
+    deadLetters: [session.id],
+    act: [session.id, { action: 'resume', lane: code.SessionLane.Query }],
+    processes: [],
+    fleetDemand: [],
+    workers: [],
+  }
+  for (const entry of api.classes.AdminClient) {
+    const name = entry.node
+    if (name === 'local') {
+      assert.ok(admin instanceof AdminClient)
+      assert.equal(entry.async.node, false)
+    } else if (name === 'connect') {
+      const out = AdminClient.connect({ url: 'nats://127.0.0.1:1' })
+      assert.equal(isPromise(out), entry.async.node)
+      await assert.rejects(out, { code: 'BrokerUnavailable' })
+    } else {
+      assert.ok(name in calls, `no call for ${name}`)
+      const out = admin[name](...calls[name])
+      assert.equal(isPromise(out), entry.async.node, `${name} async`)
+      await out
+    }
+  }
+  await session.close()
+})
+
 test('ExternalTask: fields and methods of api.json', async () => {
   const session = externalSession()
   const running = session.tool('read', { path: 'hello.txt' })

@@ -7,6 +7,7 @@
 //! `worker::remote`); `source` holds the worker-side methods `AgentSession` and `WorkerClient`
 //! share (the core's `TaskSource`).
 
+pub mod admin;
 pub mod agent;
 pub mod error;
 pub mod queue;

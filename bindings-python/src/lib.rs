@@ -5,6 +5,7 @@
 //! `runtime` is the one place where async crosses into Python, `error` the one error mapping,
 //! `json` the `dict` ↔ `serde_json::Value` conversion.
 
+mod admin;
 mod agent;
 mod claim;
 mod error;
@@ -20,6 +21,8 @@ use pyo3::prelude::*;
 
 #[pymodule]
 mod _native {
+    #[pymodule_export]
+    use crate::admin::PyAdminClient;
     #[pymodule_export]
     use crate::agent::PyAgent;
     #[pymodule_export]

@@ -471,7 +471,7 @@ impl PyTaskHandle {
 }
 
 /// A JSON value produced on the runtime, converted to Python objects under the GIL.
-struct Json(serde_json::Value);
+pub(crate) struct Json(pub(crate) serde_json::Value);
 
 impl ToPy for Json {
     fn to_py(self, py: Python<'_>) -> PyResult<Bound<'_, PyAny>> {

@@ -107,6 +107,7 @@ async def test_claim_arguments(make_session: SessionFactory) -> None:
 
 async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -> None:
     session = agent.session(tmp_path)  # every lane Internal: tool() and submit() run here
+    watched = agent.session(tmp_path)  # for AdminClient (`session` is closed by then)
     task = ExternalTask("t1", session.id, SessionLane.QUERY, "ls", {}, 5_000)
     # The sync ones return plain values, not awaitables.
     assert a3s_code.Agent.create.__name__ == "create"
@@ -160,6 +161,34 @@ async def test_api_names_and_async_flags(agent: a3s_code.Agent, tmp_path: Any) -
                     assert inspect.iscoroutine(awaitable)
                     with pytest.raises(a3s_code.BrokerUnavailableError):
                         await awaitable
+                checked += 1
+                continue
+            if cls_name == "AdminClient":
+                # In process (local) every call works without NATS; connect is a coroutine.
+                admin = a3s_code.AdminClient.local()
+                admin_calls: Dict[str, Tuple[Any, ...]] = {
+                    "sessions": (),
+                    "session": (watched.id,),
+                    "tasks": (watched.id, "finished"),
+                    "dead_letters": (watched.id,),
+                    "act": (watched.id, {"action": "resume", "lane": "query"}),
+                    "processes": (),
+                    "fleet_demand": (),
+                }
+                if name == "local":
+                    assert not is_async and isinstance(admin, a3s_code.AdminClient)
+                elif name == "connect":
+                    assert is_async
+                    awaitable = cls.connect(a3s_code.NatsConfig("nats://127.0.0.1:1"))
+                    assert inspect.iscoroutine(awaitable)
+                    with pytest.raises(a3s_code.BrokerUnavailableError):
+                        await awaitable
+                elif name == "workers":
+                    assert not is_async and admin.workers() == []
+                else:
+                    awaitable = getattr(admin, name)(*admin_calls[name])
+                    assert inspect.iscoroutine(awaitable) and is_async, f"AdminClient.{name} must be async"
+                    await awaitable
                 checked += 1
                 continue
             if name == "id":

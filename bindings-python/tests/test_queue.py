@@ -427,7 +427,7 @@ async def test_a_dead_letter_is_retried_as_a_new_task_or_deleted(make_session: S
     assert [t["task_id"] for t in rest["tasks"]] == [ids[1], ids[0]] and "next" not in rest
     assert (await session.tasks("pending"))["tasks"] == []
     with pytest.raises(InvalidConfigError):
-        await session.tasks("running")
+        await session.tasks("running")  # type: ignore[arg-type]
     await session.delete_dead_letter(ids[1])
     assert await session.dead_letters() == []
     with pytest.raises(TaskNotFoundError):

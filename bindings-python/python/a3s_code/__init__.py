@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 from ._native import (
     A3sError,
     A3sIoError,
+    AdminClient,
     Agent,
     AgentSession,
     AgentStream,
@@ -67,6 +68,7 @@ from ._native import (
 __all__ = [
     "A3sError",
     "A3sIoError",
+    "AdminClient",
     "Agent",
     "AgentSession",
     "AgentStream",

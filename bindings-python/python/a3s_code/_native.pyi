@@ -10,6 +10,7 @@ from os import PathLike
 __all__ = [
     "A3sError",
     "A3sIoError",
+    "AdminClient",
     "Agent",
     "AgentSession",
     "AgentStream",
@@ -510,6 +511,33 @@ class NatsConfig:
     def duplicate_window_ms(self) -> int: ...
     @property
     def inbox_prefix(self) -> str: ...
+
+# The admin API (docs/protocol.md §13): this process's sessions, or a NATS deployment's.
+@final
+class AdminClient:
+    @staticmethod
+    def local() -> AdminClient: ...
+    @staticmethod
+    async def connect(config: NatsConfig, tenant: Optional[str] = None) -> AdminClient: ...
+    async def sessions(
+        self, tenant: Optional[str] = None, cursor: Optional[str] = None, limit: int = 50
+    ) -> Dict[str, _Json]: ...
+    async def session(self, session_id: str) -> Dict[str, _Json]: ...
+    async def tasks(
+        self,
+        session_id: str,
+        state: Literal["pending", "in_flight", "finished"],
+        cursor: Optional[str] = None,
+        limit: int = 50,
+        search: Optional[str] = None,
+    ) -> Dict[str, _Json]: ...
+    async def dead_letters(
+        self, session_id: str, cursor: Optional[str] = None, limit: int = 50
+    ) -> Dict[str, _Json]: ...
+    async def act(self, session_id: str, action: Dict[str, _Json], actor: str = "python") -> Dict[str, _Json]: ...
+    async def processes(self) -> List[Dict[str, _Json]]: ...
+    def workers(self) -> List[Dict[str, _Json]]: ...
+    async def fleet_demand(self) -> List[Dict[str, _Json]]: ...
 
 # The worker's side of a session over NATS (`RemoteSession` is its deprecated old name, served
 # by the a3s_code package).
