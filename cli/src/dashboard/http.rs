@@ -814,19 +814,21 @@ impl App {
     }
 }
 
-async fn stream(
-    State(app): State<Arc<App>>,
-    Query(q): Query<StreamQuery>,
-) -> Sse<impl futures_util::Stream<Item = Result<Event, Infallible>>> {
+async fn stream(State(app): State<Arc<App>>, Query(q): Query<StreamQuery>) -> Response {
     let updates = futures_util::stream::unfold((app, q, true), |(app, q, first)| async move {
         if !first {
             tokio::time::sleep(PUSH_EVERY).await;
         }
         let data = app.view(&q).await.to_string();
         let event = Event::default().event("update").data(data);
-        Some((Ok(event), (app, q, false)))
+        Some((Ok::<_, Infallible>(event), (app, q, false)))
     });
-    Sse::new(updates).keep_alive(KeepAlive::default())
+    // A reverse proxy (nginx) passes each event on at once instead of buffering the stream.
+    (
+        [("x-accel-buffering", "no")],
+        Sse::new(updates).keep_alive(KeepAlive::default()),
+    )
+        .into_response()
 }
 
 // ----- actions -------------------------------------------------------------------------------
