@@ -1,53 +1,35 @@
-//! The dashboard's HTTP side: the page, its JSON API, the event stream, `/metrics`, and the
-//! rules of who may do what.
-//!
-//! - Without `--token`, the listener is a loopback address and requests must name a loopback
-//!   host (what a DNS-rebinding page cannot do); the actor is `local`.
-//! - With tokens, every API call needs one: `Authorization: Bearer SECRET`, or the HttpOnly
-//!   SameSite=Strict cookie `POST /api/login` sets. The actor is the token's name.
-//! - Actions are `POST` with a JSON body, the header `X-A3S-Dashboard: 1` (a page of another
-//!   site cannot send it without CORS, which this server never grants), and, when the browser
-//!   sends them, an `Origin` equal to this host and `Sec-Fetch-Site: same-origin`.
-//! - `--read-only` refuses every action; a viewer credential makes the core refuse them too
-//!   (`PermissionDenied`), after which the page shows no action buttons.
+//! The dashboard's HTTP side: the page, its JSON API and the event stream of what a page
+//! shows. Who may call it is [`guard`]'s; `--read-only` refuses every action here, and a
+//! viewer credential makes the sessions refuse them (`PermissionDenied`), after which the page
+//! shows no action buttons.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::BTreeMap;
 use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use a3s_code_core::admin::{Action, AdminClient, MAX_PAGE, SessionView, TaskQuery, TaskState};
 use axum::body::Bytes;
-use axum::extract::{Path, Query, Request, State};
-use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::middleware;
 use axum::response::sse::{Event, KeepAlive, Sse};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Extension, Router};
-use parking_lot::Mutex;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 
 use super::Options;
+use super::guard::{self, Actor, Guard};
 use super::history::History;
 
 /// How often the event stream pushes the viewed data.
 const PUSH_EVERY: Duration = Duration::from_millis(1500);
-/// The login cookie.
-const COOKIE: &str = "a3s_dashboard";
-/// How long a login lasts.
-const LOGIN_FOR: Duration = Duration::from_secs(12 * 3600);
-/// Logins kept at once; the oldest go first.
-const MAX_LOGINS: usize = 1024;
-/// Wrong tokens tried in a minute before every try is refused for the rest of it.
-const MAX_WRONG_TOKENS: usize = 20;
 /// The longest string of a payload the live view sends (scripts get whole payloads).
 const MAX_SHOWN_STRING: usize = 2_000;
-/// The header every action request carries.
-const ACTION_HEADER: &str = "x-a3s-dashboard";
 
 const INDEX_HTML: &str = include_str!("assets/index.html");
 const APP_JS: &str = include_str!("assets/app.js");
@@ -57,10 +39,9 @@ const FAVICON_SVG: &str = include_str!("assets/favicon.svg");
 /// The dashboard's state.
 pub(crate) struct App {
     pub(crate) admin: AdminClient,
-    options: Options,
-    logins: Mutex<HashMap<String, (String, Instant)>>,
-    /// When wrong tokens were tried, the last minute's.
-    wrong_tokens: Mutex<VecDeque<Instant>>,
+    pub(super) options: Options,
+    /// Who may use it.
+    pub(super) guard: Guard,
     /// The NATS credential may only read: the core refused an action with `PermissionDenied`.
     viewer: AtomicBool,
     pub(crate) history: History,
@@ -70,9 +51,8 @@ impl App {
     pub(crate) fn new(admin: AdminClient, options: Options) -> Self {
         Self {
             admin,
+            guard: Guard::new(options.tokens.clone()),
             options,
-            logins: Mutex::default(),
-            wrong_tokens: Mutex::default(),
             viewer: AtomicBool::new(false),
             history: History::default(),
         }
@@ -80,77 +60,6 @@ impl App {
 
     fn can_act(&self) -> bool {
         !self.options.read_only && !self.viewer.load(Ordering::Relaxed)
-    }
-
-    /// Who is asking: the token's name, `local` without tokens.
-    fn who(&self, headers: &HeaderMap) -> Result<String, ApiError> {
-        if self.options.tokens.is_empty() {
-            return Ok("local".to_owned());
-        }
-        if let Some(secret) = bearer(headers) {
-            return self.token_name(secret);
-        }
-        if let Some(id) = cookie(headers, COOKIE) {
-            let mut logins = self.logins.lock();
-            match logins.get(id) {
-                Some((name, at)) if at.elapsed() < LOGIN_FOR => return Ok(name.clone()),
-                Some(_) => {
-                    logins.remove(id);
-                }
-                None => {}
-            }
-        }
-        Err(ApiError::new(
-            StatusCode::UNAUTHORIZED,
-            "Unauthorized",
-            "log in with a dashboard token (Authorization: Bearer SECRET)",
-        ))
-    }
-
-    /// The name of the token `secret` is; wrong secrets are counted, and past
-    /// [`MAX_WRONG_TOKENS`] a minute every try is refused until the minute is over.
-    fn token_name(&self, secret: &str) -> Result<String, ApiError> {
-        let mut wrong = self.wrong_tokens.lock();
-        while wrong
-            .front()
-            .is_some_and(|at| at.elapsed() > Duration::from_secs(60))
-        {
-            wrong.pop_front();
-        }
-        if wrong.len() >= MAX_WRONG_TOKENS {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                "TooManyRequests",
-                "too many wrong tokens: try again in a minute",
-            ));
-        }
-        // Every token is compared in full, so the time taken says nothing about the secrets.
-        let mut found = None;
-        for (name, s) in &self.options.tokens {
-            if equal_in_constant_time(s.as_bytes(), secret.as_bytes()) {
-                found = Some(name.clone());
-            }
-        }
-        found.ok_or_else(|| {
-            wrong.push_back(Instant::now());
-            ApiError::new(StatusCode::UNAUTHORIZED, "Unauthorized", "unknown token")
-        })
-    }
-
-    fn login(&self, name: String) -> String {
-        let id = uuid::Uuid::new_v4().simple().to_string();
-        let mut logins = self.logins.lock();
-        logins.retain(|_, (_, at)| at.elapsed() < LOGIN_FOR);
-        if logins.len() >= MAX_LOGINS
-            && let Some(oldest) = logins
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(k, _)| k.clone())
-        {
-            logins.remove(&oldest);
-        }
-        logins.insert(id.clone(), (name, Instant::now()));
-        id
     }
 
     /// `session_id`'s view; a session of another tenant than `--tenant` is not found.
@@ -188,8 +97,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/workers", get(workers))
         .route("/api/processes", get(processes))
         .route("/api/stream", get(stream))
-        .route("/metrics", get(metrics))
-        .route_layer(middleware::from_fn_with_state(app.clone(), authenticate));
+        .route("/metrics", get(super::metrics::metrics))
+        .route_layer(middleware::from_fn_with_state(
+            app.clone(),
+            guard::authenticate,
+        ));
     let open = Router::new()
         .route("/", get(|| asset("text/html; charset=utf-8", INDEX_HTML)))
         .route(
@@ -205,13 +117,16 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             get(|| asset("image/svg+xml", FAVICON_SVG)),
         )
         .route("/api/info", get(info))
-        .route("/api/login", post(login))
-        .route("/api/logout", post(logout));
+        .route("/api/login", post(guard::login))
+        .route("/api/logout", post(guard::logout));
     api.merge(open)
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "NotFound", "no such page") })
-        .layer(middleware::from_fn_with_state(app.clone(), guard_host))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            guard::guard_host,
+        ))
         .route("/healthz", get(|| async { "ok\n" }))
-        .layer(middleware::map_response(security_headers))
+        .layer(middleware::map_response(guard::security_headers))
         .with_state(app)
 }
 
@@ -222,11 +137,11 @@ pub(crate) fn router(app: Arc<App>) -> Router {
 pub(crate) struct ApiError {
     status: StatusCode,
     code: String,
-    message: String,
+    pub(super) message: String,
 }
 
 impl ApiError {
-    fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn new(status: StatusCode, code: &str, message: impl Into<String>) -> Self {
         Self {
             status,
             code: code.to_owned(),
@@ -234,7 +149,7 @@ impl ApiError {
         }
     }
 
-    fn forbidden(code: &str, message: impl Into<String>) -> Self {
+    pub(super) fn forbidden(code: &str, message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, code, message)
     }
 }
@@ -271,9 +186,9 @@ impl IntoResponse for ApiError {
     }
 }
 
-type ApiResult = Result<Response, ApiError>;
+pub(super) type ApiResult = Result<Response, ApiError>;
 
-fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
+pub(super) fn json_response<T: Serialize + ?Sized>(value: &T) -> Response {
     let body = serde_json::to_vec(value).unwrap_or_default();
     (
         [
@@ -312,145 +227,6 @@ pub(super) fn shorten_strings(value: &mut Value) {
     }
 }
 
-// ----- the rules -----------------------------------------------------------------------------
-
-async fn security_headers(mut res: Response) -> Response {
-    let h = res.headers_mut();
-    for (name, value) in [
-        (
-            header::CONTENT_SECURITY_POLICY,
-            "default-src 'self'; img-src 'self' data:; frame-ancestors 'none'; base-uri 'none'; form-action 'self'",
-        ),
-        (header::X_FRAME_OPTIONS, "DENY"),
-        (header::X_CONTENT_TYPE_OPTIONS, "nosniff"),
-        (header::REFERRER_POLICY, "no-referrer"),
-    ] {
-        h.insert(name, HeaderValue::from_static(value));
-    }
-    res
-}
-
-/// Without tokens, only requests that name a loopback host: a page of another site that
-/// rebinds its DNS name to 127.0.0.1 still sends its own name.
-async fn guard_host(State(app): State<Arc<App>>, req: Request, next: Next) -> Response {
-    if app.options.tokens.is_empty()
-        && let Some(host) = req.headers().get(header::HOST)
-        && !host.to_str().is_ok_and(is_loopback_host)
-    {
-        return ApiError::forbidden(
-            "Forbidden",
-            "without --token the dashboard answers only to localhost names",
-        )
-        .into_response();
-    }
-    next.run(req).await
-}
-
-/// Who is asking, for the routes behind it.
-#[derive(Clone)]
-struct Actor(String);
-
-async fn authenticate(State(app): State<Arc<App>>, mut req: Request, next: Next) -> Response {
-    match app.who(req.headers()) {
-        Ok(actor) => {
-            req.extensions_mut().insert(Actor(actor));
-            next.run(req).await
-        }
-        Err(e) => e.into_response(),
-    }
-}
-
-/// A state-changing request must come from this dashboard's own page (or a script that
-/// says so): the custom header, a same-origin `Origin` and `Sec-Fetch-Site` when present, a
-/// JSON body.
-fn same_origin_json(headers: &HeaderMap) -> Result<(), ApiError> {
-    let value = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
-    // A header sent twice counts with each of its values.
-    let values = |name: &str| {
-        headers
-            .get_all(name)
-            .iter()
-            .map(|v| v.to_str().unwrap_or("?"))
-            .collect::<Vec<_>>()
-    };
-    if value(ACTION_HEADER) != Some("1") {
-        return Err(ApiError::forbidden(
-            "CrossSiteRequest",
-            "actions need the header X-A3S-Dashboard: 1",
-        ));
-    }
-    if let Some(site) = values("sec-fetch-site")
-        .into_iter()
-        .find(|site| !matches!(*site, "same-origin" | "none"))
-    {
-        return Err(ApiError::forbidden(
-            "CrossSiteRequest",
-            format!("refused a {site} request"),
-        ));
-    }
-    for origin in values("origin") {
-        let host = value("host").unwrap_or_default();
-        let origin_host = origin
-            .strip_prefix("http://")
-            .or_else(|| origin.strip_prefix("https://"));
-        if host.is_empty() || origin_host != Some(host) {
-            return Err(ApiError::forbidden(
-                "CrossSiteRequest",
-                format!("refused a request from {origin}"),
-            ));
-        }
-    }
-    let json = value("content-type").is_some_and(|ct| {
-        ct.split(';')
-            .next()
-            .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
-    });
-    if !json {
-        return Err(ApiError::new(
-            StatusCode::UNSUPPORTED_MEDIA_TYPE,
-            "UnsupportedMediaType",
-            "actions take a JSON body (Content-Type: application/json)",
-        ));
-    }
-    Ok(())
-}
-
-fn is_loopback_host(host: &str) -> bool {
-    let name = match host.strip_prefix('[') {
-        Some(rest) => rest.split(']').next().unwrap_or_default(),
-        None => host.rsplit_once(':').map_or(host, |(name, _)| name),
-    };
-    let name = name.to_ascii_lowercase();
-    name == "localhost"
-        || name.ends_with(".localhost")
-        || name
-            .parse::<std::net::IpAddr>()
-            .is_ok_and(|ip| ip.is_loopback())
-}
-
-fn bearer(headers: &HeaderMap) -> Option<&str> {
-    let value = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
-    let (scheme, secret) = value.split_once(' ')?;
-    scheme
-        .eq_ignore_ascii_case("bearer")
-        .then_some(secret.trim())
-}
-
-fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    headers
-        .get_all(header::COOKIE)
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .flat_map(|v| v.split(';'))
-        .filter_map(|c| c.trim().split_once('='))
-        .find(|(k, _)| *k == name)
-        .map(|(_, v)| v)
-}
-
-fn equal_in_constant_time(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |diff, (x, y)| diff | (x ^ y)) == 0
-}
-
 // ----- the page ------------------------------------------------------------------------------
 
 async fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -465,7 +241,7 @@ async fn asset(content_type: &'static str, body: &'static str) -> Response {
 }
 
 async fn info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
-    let actor = app.who(&headers).ok();
+    let actor = app.guard.who(&headers).ok();
     json_response(&json!({
         "mode": if app.options.remote { "nats" } else { "local" },
         "source": app.options.source,
@@ -478,48 +254,6 @@ async fn info(State(app): State<Arc<App>>, headers: HeaderMap) -> Response {
         "version": env!("CARGO_PKG_VERSION"),
         "push_every_ms": PUSH_EVERY.as_millis() as u64,
     }))
-}
-
-#[derive(Deserialize)]
-struct LoginBody {
-    token: String,
-}
-
-async fn login(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> ApiResult {
-    same_origin_json(&headers)?;
-    let body: LoginBody = serde_json::from_slice(&body)
-        .map_err(|e| ApiError::new(StatusCode::BAD_REQUEST, "InvalidPayload", format!("{e}")))?;
-    let name = app.token_name(body.token.trim()).inspect_err(|e| {
-        tracing::info!(error = %e.message, "dashboard login refused");
-    })?;
-    tracing::info!(actor = %name, "dashboard login");
-    let id = app.login(name.clone());
-    let mut res = json_response(&json!({ "actor": name }));
-    let cookie = format!(
-        "{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={}",
-        LOGIN_FOR.as_secs()
-    );
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&cookie).expect("an ASCII cookie"),
-    );
-    Ok(res)
-}
-
-async fn logout(State(app): State<Arc<App>>, headers: HeaderMap) -> ApiResult {
-    same_origin_json(&headers)?;
-    if let Some(id) = cookie(&headers, COOKIE) {
-        app.logins.lock().remove(id);
-    }
-    let mut res = json_response(&json!({}));
-    res.headers_mut().insert(
-        header::SET_COOKIE,
-        HeaderValue::from_str(&format!(
-            "{COOKIE}=; HttpOnly; SameSite=Strict; Path=/; Max-Age=0"
-        ))
-        .expect("an ASCII cookie"),
-    );
-    Ok(res)
 }
 
 // ----- reads ---------------------------------------------------------------------------------
@@ -626,7 +360,7 @@ impl App {
             .collect())
     }
 
-    fn workers(&self) -> Vec<a3s_code_core::admin::WorkerView> {
+    pub(super) fn workers(&self) -> Vec<a3s_code_core::admin::WorkerView> {
         let mut workers = self.admin.workers();
         if let Some(t) = &self.options.tenant {
             workers.retain(|w| w.presence.tenant.as_ref().is_none_or(|wt| wt == t));
@@ -846,7 +580,7 @@ async fn act(
             "this dashboard is read-only (--read-only)",
         ));
     }
-    same_origin_json(&headers)?;
+    guard::same_origin_json(&headers)?;
     let action: Action = serde_json::from_slice(&body).map_err(|e| {
         ApiError::new(
             StatusCode::BAD_REQUEST,
@@ -882,85 +616,4 @@ async fn act(
             Err(err.into())
         }
     }
-}
-
-// ----- /metrics ------------------------------------------------------------------------------
-
-async fn metrics(State(app): State<Arc<App>>) -> ApiResult {
-    let mut demand = app.admin.fleet_demand().await?;
-    if let Some(t) = &app.options.tenant {
-        demand.retain(|d| d.tenant == *t);
-    }
-    let workers = app.workers();
-    let mut out = String::new();
-    out.push_str(
-        "# HELP a3s_fleet_worker_slots_needed Worker slots the fleet's sessions need now \
-         (backlog plus tasks out at workers, External lanes), from the processes' announcements.\n\
-         # TYPE a3s_fleet_worker_slots_needed gauge\n",
-    );
-    for d in &demand {
-        let _ = writeln!(
-            out,
-            "a3s_fleet_worker_slots_needed{{tenant=\"{}\",lane=\"{}\",labels=\"{}\"}} {}",
-            escape(&d.tenant),
-            d.lane.as_str(),
-            escape(&d.labels),
-            d.slots
-        );
-    }
-    let mut slots: BTreeMap<(String, String), (u64, u64, u64)> = BTreeMap::new();
-    for w in &workers {
-        let p = &w.presence;
-        let tenant = p.tenant.clone().unwrap_or_else(|| "*".to_owned());
-        let state = serde_json::to_value(p.state)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_owned))
-            .unwrap_or_default();
-        let e = slots.entry((tenant, state)).or_default();
-        e.0 += 1;
-        e.1 += p.slots;
-        e.2 += p.busy;
-    }
-    for (i, (name, help)) in [
-        (
-            "a3s_fleet_workers",
-            "Workers announcing themselves, by tenant served (* for every tenant) and state.",
-        ),
-        (
-            "a3s_fleet_worker_slots",
-            "Their slots (tasks they can run at once).",
-        ),
-        (
-            "a3s_fleet_worker_slots_busy",
-            "Their slots running a task now.",
-        ),
-    ]
-    .into_iter()
-    .enumerate()
-    {
-        let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge");
-        for ((tenant, state), figures) in &slots {
-            let value = [figures.0, figures.1, figures.2][i];
-            let _ = writeln!(
-                out,
-                "{name}{{tenant=\"{}\",state=\"{state}\"}} {value}",
-                escape(tenant)
-            );
-        }
-    }
-    Ok((
-        [(
-            header::CONTENT_TYPE,
-            "text/plain; version=0.0.4; charset=utf-8",
-        )],
-        out,
-    )
-        .into_response())
-}
-
-fn escape(label: &str) -> String {
-    label
-        .replace('\\', "\\\\")
-        .replace('"', "\\\"")
-        .replace('\n', "\\n")
 }

@@ -3,11 +3,13 @@
 //!
 //! One listener serves the page (plain HTML/JS/CSS embedded in the binary), its JSON API, a
 //! server-sent event stream of the viewed data, `/metrics` (the fleet's worker demand) and
-//! `/healthz`. The rules that keep it safe live in [`http`]: who may act (tokens, read-only,
-//! viewer credentials), and no action from another site.
+//! `/healthz`. Who may call it (tokens, loopback names, no request from another site) is
+//! [`guard`]'s; which actions are refused (`--read-only`, viewer credentials) is [`http`]'s.
 
+mod guard;
 mod history;
 mod http;
+mod metrics;
 mod nats_args;
 
 use std::net::SocketAddr;
