@@ -161,7 +161,6 @@ async function loadInfo() {
   if (info.login_required && info.actor) {
     $('#who').append(info.actor, ' ', h('button', { class: 'link', onclick: logout }, 'log out'));
   }
-  document.body.classList.toggle('can-act', !!info.can_act);
   return info;
 }
 
