@@ -97,7 +97,6 @@ pub(crate) fn router(app: Arc<App>) -> Router {
         .route("/api/workers", get(workers))
         .route("/api/processes", get(processes))
         .route("/api/stream", get(stream))
-        .route("/metrics", get(super::metrics::metrics))
         .route_layer(middleware::from_fn_with_state(
             app.clone(),
             guard::authenticate,
@@ -116,6 +115,9 @@ pub(crate) fn router(app: Arc<App>) -> Router {
             "/assets/favicon.svg",
             get(|| asset("image/svg+xml", FAVICON_SVG)),
         )
+        // Open like the sessions' and workers' own /metrics: Prometheus scrapes it without a
+        // token (it shows tenants, lanes and slot counts, no task).
+        .route("/metrics", get(super::metrics::metrics))
         .route("/api/info", get(info))
         .route("/api/login", post(guard::login))
         .route("/api/logout", post(guard::logout));
