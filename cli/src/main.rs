@@ -7,6 +7,7 @@ mod bench;
 mod conformance;
 mod dashboard;
 mod demo;
+mod nats_args;
 #[cfg(feature = "otel")]
 mod otel;
 mod run;

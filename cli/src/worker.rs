@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
-use a3s_code_core::broker::{NatsConfig, NatsTls};
+use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::queue::SessionLane;
 use a3s_code_core::tools::Workspace;
 use a3s_code_core::worker::{
@@ -27,10 +27,6 @@ pub(crate) struct WorkerArgs {
     /// requires (otherwise learned from the session).
     #[arg(long, env = "A3S_TENANT")]
     tenant: Option<String>,
-    /// The prefix of this worker's reply inboxes (what `a3s-code auth permissions` prints for
-    /// its credential; default `_INBOX`).
-    #[arg(long, env = "A3S_NATS_INBOX_PREFIX")]
-    inbox_prefix: Option<String>,
     /// Lanes to serve, comma-separated (control, query, execute, generate).
     #[arg(
         long,
@@ -72,27 +68,8 @@ pub(crate) struct WorkerArgs {
     /// Token authentication.
     #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// User for user/password authentication.
-    #[arg(long, env = "A3S_NATS_USER")]
-    user: Option<String>,
-    /// Password for user/password authentication.
-    #[arg(long, env = "A3S_NATS_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// NKey seed authentication.
-    #[arg(long, env = "A3S_NATS_NKEY", hide_env_values = true)]
-    nkey: Option<String>,
-    /// A .creds file (JWT + NKey).
-    #[arg(long, env = "A3S_NATS_CREDS")]
-    creds: Option<PathBuf>,
-    /// CA certificates (PEM) to trust for TLS.
-    #[arg(long, env = "A3S_NATS_CA")]
-    tls_ca: Option<PathBuf>,
-    /// Client certificate (PEM) for TLS.
-    #[arg(long, env = "A3S_NATS_CERT")]
-    tls_cert: Option<PathBuf>,
-    /// Client key (PEM) for TLS.
-    #[arg(long, env = "A3S_NATS_KEY")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    auth: crate::nats_args::NatsAuthArgs,
     /// Serve /metrics (Prometheus) and /healthz (200 while connected to NATS, waiting for work
     /// included; the body says `waiting`, `serving` or `draining`) on this address,
     /// e.g. 0.0.0.0:9465.
@@ -106,34 +83,14 @@ pub(crate) struct WorkerArgs {
 
 impl WorkerArgs {
     fn nats_config(&self) -> anyhow::Result<NatsConfig> {
-        let mut cfg = NatsConfig::new(&self.nats)
+        let cfg = NatsConfig::new(&self.nats)
             .with_prefix(&self.prefix)
             .with_lease(Duration::from_millis(self.lease_ms))
             .with_name(format!(
                 "a3s-code worker {}",
                 self.worker_id.as_deref().unwrap_or("")
             ));
-        match (&self.token, &self.user, &self.nkey, &self.creds) {
-            (Some(t), ..) => cfg = cfg.with_token(t),
-            (_, Some(u), ..) => {
-                cfg = cfg.with_user_password(u, self.password.clone().unwrap_or_default())
-            }
-            (_, _, Some(k), _) => cfg = cfg.with_nkey(k),
-            (.., Some(c)) => cfg = cfg.with_credentials_file(c),
-            _ => {}
-        }
-        if self.tls_ca.is_some() || self.tls_cert.is_some() {
-            cfg = cfg.with_tls(NatsTls {
-                ca_file: self.tls_ca.clone(),
-                client_cert: self.tls_cert.clone(),
-                client_key: self.tls_key.clone(),
-            });
-        }
-        if let Some(p) = &self.inbox_prefix {
-            cfg = cfg.with_inbox_prefix(p);
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        self.auth.apply(cfg, self.token.as_deref())
     }
 
     fn remote_options(&self) -> anyhow::Result<WorkerClientOptions> {

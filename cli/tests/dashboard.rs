@@ -86,14 +86,8 @@ async fn a_viewer_credential_reads_and_cannot_act() {
         .zip(["session", "viewer", "admin"])
         .map(|(role, user)| (user, Permissions::for_role(role, &prefix, None).unwrap()))
         .collect();
-    let conf = format!(
-        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
-        users
-            .iter()
-            .map(|(u, p)| p.to_nats_config(u, "pw"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let entries: Vec<_> = users.iter().map(|(u, p)| (*u, "pw", p)).collect();
+    let conf = Permissions::authorization(&entries);
     let server = test_support::NatsServer::start_with_config(&conf);
     let dir = tempfile::tempdir().unwrap();
     let nats = NatsConfig::new(server.url())

@@ -91,14 +91,8 @@ async fn every_read_and_action_and_every_refusal() {
             Permissions::for_role(Role::Monitor, p, None).unwrap(),
         ),
     ];
-    let conf = format!(
-        "authorization {{\n  users = [\n{}\n  ]\n}}\n",
-        users
-            .iter()
-            .map(|(u, perms)| perms.to_nats_config(u, "pw"))
-            .collect::<Vec<_>>()
-            .join("\n")
-    );
+    let entries: Vec<_> = users.iter().map(|(u, perms)| (*u, "pw", perms)).collect();
+    let conf = Permissions::authorization(&entries);
     let server = test_support::NatsServer::start_with_config(&conf);
     let nats = NatsConfig::new(server.url()).with_prefix(&prefix);
     let as_user = |user: &str| {

@@ -360,11 +360,10 @@ async fn a_least_privilege_worker_with_the_object_store_permissions_handles_larg
     use a3s_code_core::broker::permissions::{Permissions, Role};
     let session_perms = Permissions::for_role(Role::Session, p, None).unwrap();
     let worker_perms = Permissions::for_role(Role::Worker, p, Some("default")).unwrap();
-    let conf = format!(
-        "authorization {{\n  users = [\n{}\n{}\n  ]\n}}\n",
-        session_perms.to_nats_config("session", "s1"),
-        worker_perms.to_nats_config("worker", "w1"),
-    );
+    let conf = Permissions::authorization(&[
+        ("session", "s1", &session_perms),
+        ("worker", "w1", &worker_perms),
+    ]);
     let server = test_support::NatsServer::start_with_config(&conf);
     let nats = config(&server.url(), &prefix);
     let (session, _dir) = nats_session(nats.clone().with_user_password("session", "s1")).await;

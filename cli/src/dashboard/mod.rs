@@ -10,7 +10,6 @@ mod guard;
 mod history;
 mod http;
 mod metrics;
-mod nats_args;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -18,7 +17,7 @@ use std::sync::Arc;
 use a3s_code_core::admin::AdminClient;
 use anyhow::{Context, bail};
 
-pub(crate) use nats_args::NatsArgs;
+use crate::nats_args::NatsArgs;
 
 #[derive(clap::Args)]
 pub(crate) struct DashboardArgs {

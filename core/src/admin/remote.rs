@@ -26,6 +26,10 @@ use crate::error::{Error, Result};
 /// How long a roll call collects answers.
 const ROLL_CALL: Duration = Duration::from_millis(300);
 
+/// How long a roll call's answers are reused (a dashboard refreshing every second or two asks
+/// once per refresh, not once per request).
+const ROLL_CALL_REUSE: Duration = Duration::from_secs(1);
+
 /// How long a request waits for its answer.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -42,6 +46,8 @@ pub(crate) struct Remote {
     workers: Arc<Mutex<HashMap<String, (Presence, Instant)>>>,
     violations: Violations,
     background: JoinHandle<()>,
+    /// The latest roll call's answers, and when it ended; one roll call at a time.
+    roll: tokio::sync::Mutex<Option<(Instant, Vec<Announcement>)>>,
 }
 
 impl Drop for Remote {
@@ -84,11 +90,25 @@ impl Remote {
             workers,
             violations,
             background,
+            roll: tokio::sync::Mutex::new(None),
         }))
     }
 
-    /// Every process's announcements, fresh (a roll call).
+    /// Every process's announcements: a roll call, or the latest one's answers when it ended
+    /// less than [`ROLL_CALL_REUSE`] ago.
     pub(crate) async fn processes(&self) -> Result<Vec<Announcement>> {
+        let mut roll = self.roll.lock().await;
+        if let Some((at, answers)) = roll.as_ref()
+            && at.elapsed() < ROLL_CALL_REUSE
+        {
+            return Ok(answers.clone());
+        }
+        let answers = self.roll_call().await?;
+        *roll = Some((Instant::now(), answers.clone()));
+        Ok(answers)
+    }
+
+    async fn roll_call(&self) -> Result<Vec<Announcement>> {
         let inbox = self.client.new_inbox();
         let mut sub = self
             .client

@@ -252,6 +252,26 @@ impl Permissions {
         Ok(out)
     }
 
+    /// The `authorization { users = [...] }` block of a nats-server configuration: each user
+    /// (name, password) with its permissions.
+    ///
+    /// ```
+    /// use a3s_code_core::broker::permissions::{Permissions, Role};
+    /// let worker = Permissions::for_role(Role::Worker, "a3s", Some("acme")).unwrap();
+    /// let conf = Permissions::authorization(&[("w", "pw", &worker)]);
+    /// assert!(conf.starts_with("authorization {") && conf.contains("a3s.result.acme.>"));
+    /// ```
+    pub fn authorization(users: &[(&str, &str, &Permissions)]) -> String {
+        let entries: Vec<String> = users
+            .iter()
+            .map(|(user, password, perms)| perms.to_nats_config(user, password))
+            .collect();
+        format!(
+            "authorization {{\n  users = [\n{}\n  ]\n}}\n",
+            entries.join("\n")
+        )
+    }
+
     /// A `users` entry of a nats-server configuration with these permissions.
     pub fn to_nats_config(&self, user: &str, password: &str) -> String {
         let list = |v: &[String]| {

@@ -1,25 +1,17 @@
-//! The NATS connection options of a client that reads and acts on sessions (the dashboard):
-//! URL, prefix and credentials, as `a3s-code auth permissions` describes them.
+//! The NATS credential and TLS options every command that connects shares (`worker`,
+//! `dashboard`), as `a3s-code auth permissions` describes them. Each command adds its URL,
+//! prefix and token flags itself (the dashboard's `--token` is its own access token).
 
 use std::path::PathBuf;
 
 use a3s_code_core::broker::{NatsConfig, NatsTls};
 
 #[derive(clap::Args, Debug, Clone)]
-pub(crate) struct NatsArgs {
-    /// NATS server URL(s), comma-separated.
-    #[arg(long = "nats", env = "A3S_NATS_URL", value_name = "URL")]
-    url: String,
-    /// Subject and stream prefix (must match the sessions').
-    #[arg(long, env = "A3S_NATS_PREFIX", default_value = "a3s")]
-    prefix: String,
+pub(crate) struct NatsAuthArgs {
     /// The prefix of reply inboxes (what `a3s-code auth permissions` prints for the
     /// credential; default `_INBOX`).
     #[arg(long, env = "A3S_NATS_INBOX_PREFIX")]
     inbox_prefix: Option<String>,
-    /// NATS token authentication.
-    #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
-    nats_token: Option<String>,
     /// User for user/password authentication.
     #[arg(long, env = "A3S_NATS_USER")]
     user: Option<String>,
@@ -43,18 +35,14 @@ pub(crate) struct NatsArgs {
     tls_key: Option<PathBuf>,
 }
 
-impl NatsArgs {
-    /// The server URL(s).
-    pub(crate) fn url(&self) -> &str {
-        &self.url
-    }
-
-    /// The connection's configuration, named `name` on the server.
-    pub(crate) fn config(&self, name: &str) -> anyhow::Result<NatsConfig> {
-        let mut cfg = NatsConfig::new(&self.url)
-            .with_prefix(&self.prefix)
-            .with_name(name);
-        cfg = match (&self.nats_token, &self.user, &self.nkey, &self.creds) {
+impl NatsAuthArgs {
+    /// `cfg` with these credentials (a `token` wins over them), TLS and inbox prefix, checked.
+    pub(crate) fn apply(
+        &self,
+        mut cfg: NatsConfig,
+        token: Option<&str>,
+    ) -> anyhow::Result<NatsConfig> {
+        cfg = match (token, &self.user, &self.nkey, &self.creds) {
             (Some(t), ..) => cfg.with_token(t),
             (_, Some(u), ..) => {
                 cfg.with_user_password(u, self.password.clone().unwrap_or_default())
@@ -75,5 +63,37 @@ impl NatsArgs {
         }
         cfg.validate()?;
         Ok(cfg)
+    }
+}
+
+/// The NATS options of a client that reads and acts on sessions (the dashboard): URL, prefix,
+/// token (`--nats-token`) and the shared credentials.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct NatsArgs {
+    /// NATS server URL(s), comma-separated.
+    #[arg(long = "nats", env = "A3S_NATS_URL", value_name = "URL")]
+    url: String,
+    /// Subject and stream prefix (must match the sessions').
+    #[arg(long, env = "A3S_NATS_PREFIX", default_value = "a3s")]
+    prefix: String,
+    /// NATS token authentication.
+    #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
+    nats_token: Option<String>,
+    #[command(flatten)]
+    auth: NatsAuthArgs,
+}
+
+impl NatsArgs {
+    /// The server URL(s).
+    pub(crate) fn url(&self) -> &str {
+        &self.url
+    }
+
+    /// The connection's configuration, named `name` on the server.
+    pub(crate) fn config(&self, name: &str) -> anyhow::Result<NatsConfig> {
+        let cfg = NatsConfig::new(&self.url)
+            .with_prefix(&self.prefix)
+            .with_name(name);
+        self.auth.apply(cfg, self.nats_token.as_deref())
     }
 }
