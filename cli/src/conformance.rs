@@ -699,17 +699,14 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
     std::fs::write(run.root().join("b.txt"), "a needle here\n")?;
     let session = run.session.id().to_owned();
     kit.start_worker(&mut run, &session, &[])?;
-    let start = Instant::now();
 
     // Sequential reads: each one's acknowledgement must follow its result.
     let mut order_ok = true;
     let mut order_why = String::new();
     let mut served_read = None;
-    let mut sequential = Vec::new();
     for i in 0..5 {
         let t0 = Instant::now();
         let (id, out) = run.call("read", json!({"path": "a.txt"})).await?;
-        sequential.push(id.clone());
         if let TaskEnd::Lost = out {
             anyhow::bail!(
                 "a read was not answered within {} s{}",
@@ -784,37 +781,6 @@ async fn basic(kit: &Kit) -> anyhow::Result<()> {
         );
     } else {
         kit.pass("one-result-per-delivery");
-    }
-
-    // Taken notices (a SHOULD): each of the sequential reads named, with attempt 1 and the
-    // worker's id (§13.4).
-    let taken = |id: &str| {
-        run.watch.since(start).into_iter().find_map(|s| match s {
-            Seen::Taken {
-                task_id,
-                attempt,
-                worker_id,
-            } if task_id == id => Some((attempt, worker_id)),
-            _ => None,
-        })
-    };
-    let named: Vec<_> = sequential.iter().map(|id| (id, taken(id))).collect();
-    match named.iter().find(|(_, t)| t.is_none()) {
-        Some((id, _)) if named.iter().all(|(_, t)| t.is_none()) => kit.fail(
-            "taken-notice",
-            format!("no taken notice on {}.taken.> (e.g. for task {id})", run.prefix),
-        ),
-        Some((id, _)) => kit.fail("taken-notice", format!("task {id} was never named taken")),
-        None => match named.iter().find(|(_, t)| {
-            t.as_ref()
-                .is_some_and(|(attempt, worker)| *attempt != 1 || worker.is_empty())
-        }) {
-            Some((id, t)) => kit.fail(
-                "taken-notice",
-                format!("task {id} was named taken with (attempt, worker_id) {t:?}, expected attempt 1 and the worker's id"),
-            ),
-            None => kit.pass("taken-notice"),
-        },
     }
 
     tools(kit, &run, served_read).await?;
@@ -1046,6 +1012,7 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
         kit.not_applicable("tool-bash", "the worker does not serve bash");
         kit.not_applicable("lease-renewal", why);
         kit.not_applicable("cancel", why);
+        kit.not_applicable("taken-notice", why);
         return Ok(());
     }
     let ok = matches!(&out, TaskEnd::Done(r) if !r.success && r.result["exit_code"] == 3 && r.result["stdout"] == "hi\n");
@@ -1073,6 +1040,34 @@ async fn long_tasks(kit: &Kit) -> anyhow::Result<()> {
         .iter()
         .filter(|s| matches!(s, Seen::Ack { kind } if kind == "+WPI"))
         .count();
+    // Taken notices (a SHOULD, §13.4): a task held for 3 s is named, with attempt 1 and the
+    // worker's id, before its result.
+    let seen = run.watch.since(t0);
+    let named = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Taken { task_id, .. } if *task_id == id));
+    let answered = seen
+        .iter()
+        .position(|s| matches!(s, Seen::Result { task_id, .. } if *task_id == id));
+    match named.map(|at| (at, &seen[at])) {
+        None => kit.fail(
+            "taken-notice",
+            format!("task {id}, held for 3 s, was never named on {}.taken.>", run.prefix),
+        ),
+        Some((at, _)) if answered.is_some_and(|r| r < at) => kit.fail(
+            "taken-notice",
+            format!("task {id} was named taken only after its result"),
+        ),
+        Some((_, Seen::Taken { attempt, worker_id, .. })) if *attempt != 1 || worker_id.is_empty() => {
+            kit.fail(
+                "taken-notice",
+                format!(
+                    "task {id} was named with attempt {attempt} and worker id {worker_id:?}, expected 1 and the worker's id"
+                ),
+            )
+        }
+        Some(_) => kit.pass("taken-notice"),
+    }
     let results = run.watch.results_for(&id);
     match &out {
         TaskEnd::Done(r) if r.success && r.result["stdout"] == "done\n" => {

@@ -219,7 +219,14 @@ struct Inner {
     slots: AtomicU64,
     busy: AtomicU64,
     presence_changed: Notify,
+    /// Tasks taken since the last taken notices went out (at most every [`TAKEN_EVERY`]).
+    taken: Mutex<Vec<String>>,
+    taken_added: Arc<Notify>,
 }
+
+/// How long taken notices are gathered before they go out: a task that ends sooner needs none
+/// (under load most do), and each session gets one message per interval, not per claim.
+const TAKEN_EVERY: Duration = Duration::from_millis(50);
 
 impl Inner {
     /// Sends an acknowledgement of `kind` for a delivery (fire and forget).
@@ -424,6 +431,8 @@ impl WorkerClient {
             slots: AtomicU64::new(0),
             busy: AtomicU64::new(0),
             presence_changed: Notify::new(),
+            taken: Mutex::new(Vec::new()),
+            taken_added: Arc::new(Notify::new()),
             options,
         });
         // A tenant's pool worker knows its sources from the start.
@@ -444,6 +453,7 @@ impl WorkerClient {
             tokio::spawn(heartbeat(weak.clone())),
             tokio::spawn(publish_output(client.clone(), output_rx)),
             tokio::spawn(announce(weak.clone())),
+            tokio::spawn(send_taken(weak.clone(), inner.taken_added.clone())),
         ];
         match &inner.options.session_id {
             Some(sid) => {
@@ -568,7 +578,7 @@ impl WorkerClient {
                 }
             };
             if !tasks.is_empty() {
-                self.announce_taken(&tasks).await;
+                self.note_taken(&tasks);
                 return Ok(tasks);
             }
             let now = Instant::now();
@@ -591,41 +601,13 @@ impl WorkerClient {
         }
     }
 
-    /// Tells each session which of its tasks this worker took (one core NATS message per
-    /// session and batch: the admin API shows who holds what; a SHOULD of the protocol).
-    async fn announce_taken(&self, tasks: &[ExternalTask]) {
-        let mut by_session: BTreeMap<String, Vec<wire::Taken>> = BTreeMap::new();
-        {
-            let claims = self.inner.claims.lock();
-            for task in tasks {
-                if let Some(c) = claims.get(&task.task_id) {
-                    let t = &c.target;
-                    by_session
-                        .entry(
-                            self.inner
-                                .names
-                                .taken_subject(&t.tenant, &t.hub, &t.session),
-                        )
-                        .or_default()
-                        .push(wire::Taken {
-                            task_id: task.task_id.clone(),
-                            attempt: c.attempt,
-                        });
-                }
-            }
-        }
-        for (subject, tasks) in by_session {
-            let notice = wire::TakenNotice {
-                v: PROTOCOL_VERSION,
-                worker_id: self.inner.options.worker_id.clone(),
-                tasks,
-            };
-            let _ = self
-                .inner
-                .client
-                .publish(subject, wire::encode(&notice).into())
-                .await;
-        }
+    /// Notes tasks this worker took, for its next taken notices ([`send_taken`]).
+    fn note_taken(&self, tasks: &[ExternalTask]) {
+        self.inner
+            .taken
+            .lock()
+            .extend(tasks.iter().map(|t| t.task_id.clone()));
+        self.inner.taken_added.notify_one();
     }
 
     fn take_ready(&self, max: usize) -> Vec<ExternalTask> {
@@ -1754,6 +1736,54 @@ async fn attach(inner: std::sync::Weak<Inner>, session_id: String) {
 }
 
 /// Announces the worker's presence every [`PRESENCE_INTERVAL`] and whenever its state changes.
+/// Tells each session which of its tasks this worker took and still holds (protocol.md §13.4):
+/// what was taken within [`TAKEN_EVERY`] goes out as one notice per session; tasks already
+/// ended are left out (the session knows who ran them from their results).
+async fn send_taken(inner: std::sync::Weak<Inner>, added: Arc<Notify>) {
+    loop {
+        let note = added.notified();
+        tokio::pin!(note);
+        note.as_mut().enable();
+        let Some(i) = inner.upgrade() else { return };
+        let idle = i.taken.lock().is_empty();
+        drop(i);
+        if idle {
+            note.await;
+            continue;
+        }
+        tokio::time::sleep(TAKEN_EVERY).await;
+        let Some(i) = inner.upgrade() else { return };
+        let taken = std::mem::take(&mut *i.taken.lock());
+        let mut by_session: BTreeMap<String, Vec<wire::Taken>> = BTreeMap::new();
+        {
+            let claims = i.claims.lock();
+            for task_id in taken {
+                if let Some(c) = claims.get(&task_id) {
+                    let t = &c.target;
+                    by_session
+                        .entry(i.names.taken_subject(&t.tenant, &t.hub, &t.session))
+                        .or_default()
+                        .push(wire::Taken {
+                            task_id,
+                            attempt: c.attempt,
+                        });
+                }
+            }
+        }
+        for (subject, tasks) in by_session {
+            let notice = wire::TakenNotice {
+                v: PROTOCOL_VERSION,
+                worker_id: i.options.worker_id.clone(),
+                tasks,
+            };
+            let _ = i
+                .client
+                .publish(subject, wire::encode(&notice).into())
+                .await;
+        }
+    }
+}
+
 async fn announce(inner: std::sync::Weak<Inner>) {
     let mut said_waiting = false;
     loop {
