@@ -815,6 +815,7 @@ impl From<ResultEnvelope> for crate::queue::dispatch::RemoteResult {
             attempt: env.attempt,
             exhausted: env.kind == ResultKind::Exhausted,
             result: env.result,
+            worker_id: env.worker_id,
         }
     }
 }

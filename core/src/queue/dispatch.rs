@@ -48,4 +48,6 @@ pub(crate) struct RemoteResult {
     pub(crate) exhausted: bool,
     /// What the worker reported.
     pub(crate) result: ExternalTaskResult,
+    /// Who ran it (empty when the worker did not say).
+    pub(crate) worker_id: String,
 }

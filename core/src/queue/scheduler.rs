@@ -459,6 +459,12 @@ impl Scheduler {
             false => {
                 if let Some(e) = st.live.get_mut(&seq) {
                     e.attempt = e.attempt.max(env.attempt);
+                    // Who ran it, for the finished ring (a taken notice may not have come).
+                    if !env.worker_id.is_empty()
+                        && e.worker.as_ref().is_none_or(|(w, _)| **w != *env.worker_id)
+                    {
+                        e.worker = Some((env.worker_id.as_str().into(), env.attempt));
+                    }
                     let lane = e.lane;
                     if published && let Some(m) = &mut st.metrics {
                         for _ in 1..env.attempt {
