@@ -94,11 +94,18 @@ impl Remote {
         }))
     }
 
-    /// Every process's announcements: a roll call, or the latest one's answers when it ended
-    /// less than [`ROLL_CALL_REUSE`] ago.
+    /// Every process's announcements, fresh (a roll call).
     pub(crate) async fn processes(&self) -> Result<Vec<Announcement>> {
+        self.roll(true).await
+    }
+
+    /// A roll call's answers: a new one, or (`fresh` false) the latest one's when it ended less
+    /// than [`ROLL_CALL_REUSE`] ago (listing pages; a session not found in them is looked for
+    /// again with a new roll call).
+    async fn roll(&self, fresh: bool) -> Result<Vec<Announcement>> {
         let mut roll = self.roll.lock().await;
-        if let Some((at, answers)) = roll.as_ref()
+        if !fresh
+            && let Some((at, answers)) = roll.as_ref()
             && at.elapsed() < ROLL_CALL_REUSE
         {
             return Ok(answers.clone());
@@ -207,12 +214,20 @@ impl Remote {
         }
     }
 
-    /// Where a session is: (tenant, hub), asking every process that hosts sessions.
+    /// Where a session is: (tenant, hub), asking every process that hosts sessions (those of
+    /// a recent roll call first, then of a new one).
     async fn locate(&self, session_id: &str, fresh: bool) -> Result<(String, String)> {
         if !fresh && let Some(at) = self.located.lock().get(session_id).cloned() {
             return Ok(at);
         }
-        let processes = self.processes().await?;
+        match self.find(session_id, false).await {
+            Err(Error::SessionNotFound { .. }) => self.find(session_id, true).await,
+            other => other,
+        }
+    }
+
+    async fn find(&self, session_id: &str, fresh: bool) -> Result<(String, String)> {
+        let processes = self.roll(fresh).await?;
         let asks = processes
             .iter()
             .filter(|a| a.sessions > 0)
@@ -281,7 +296,7 @@ impl Remote {
             }
         };
         let mut processes: Vec<Announcement> = self
-            .processes()
+            .roll(false)
             .await?
             .into_iter()
             .filter(|a| a.sessions > 0 && tenant.is_none_or(|t| a.tenant == t))
