@@ -842,16 +842,8 @@ pub struct TaskQuery {
 
 impl TaskQuery {
     pub(crate) fn into_core(self) -> core::Result<core::admin::TaskQuery> {
-        let state = serde_json::from_value(Value::String(self.state.clone())).map_err(|_| {
-            core::Error::InvalidConfig {
-                reason: format!(
-                    "unknown task state {:?} (expected pending, in_flight or finished)",
-                    self.state
-                ),
-            }
-        })?;
         Ok(core::admin::TaskQuery {
-            state,
+            state: self.state.parse()?,
             cursor: self.cursor,
             limit: self.limit.map_or(50, |l| l as usize),
             search: self.search,

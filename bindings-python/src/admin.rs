@@ -32,10 +32,6 @@ fn to_json<T: serde::Serialize>(value: T) -> Json {
     Json(serde_json::to_value(value).expect("admin answers serialize"))
 }
 
-fn invalid(reason: String) -> PyErr {
-    CoreError(Error::InvalidConfig { reason }).into()
-}
-
 #[pymethods]
 impl PyAdminClient {
     /// The sessions of this process.
@@ -103,12 +99,7 @@ impl PyAdminClient {
         limit: usize,
         search: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let state: TaskState = serde_json::from_value(serde_json::Value::String(state.clone()))
-            .map_err(|_| {
-                invalid(format!(
-                    "unknown task state {state:?} (expected pending, in_flight or finished)"
-                ))
-            })?;
+        let state: TaskState = state.parse().map_err(CoreError)?;
         let query = TaskQuery {
             state,
             cursor,

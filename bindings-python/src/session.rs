@@ -217,14 +217,7 @@ impl PyAgentSession {
         limit: usize,
         search: Option<String>,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let state: a3s_code_core::admin::TaskState =
-            serde_json::from_value(serde_json::Value::String(state.clone())).map_err(|_| {
-                CoreError(a3s_code_core::Error::InvalidConfig {
-                    reason: format!(
-                        "unknown task state {state:?} (expected pending, in_flight or finished)"
-                    ),
-                })
-            })?;
+        let state: a3s_code_core::admin::TaskState = state.parse().map_err(CoreError)?;
         let query = a3s_code_core::admin::TaskQuery {
             state,
             cursor,

@@ -32,6 +32,22 @@ pub enum TaskState {
     Finished,
 }
 
+impl std::str::FromStr for TaskState {
+    type Err = Error;
+
+    /// `pending`, `in_flight` or `finished`.
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "pending" => Ok(TaskState::Pending),
+            "in_flight" => Ok(TaskState::InFlight),
+            "finished" => Ok(TaskState::Finished),
+            _ => Err(Error::invalid_config(format!(
+                "unknown task state {s:?} (expected pending, in_flight or finished)"
+            ))),
+        }
+    }
+}
+
 /// How a finished task ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
