@@ -225,43 +225,20 @@ fn announcement(a: a::Announcement) -> Announcement {
 }
 
 impl AdminAction {
+    /// The core's action, parsed by the core (the same rules and messages as in Python).
     fn into_core(self) -> core::Result<a::Action> {
-        let task_id = || {
-            self.task_id
-                .clone()
-                .ok_or_else(|| core::Error::InvalidPayload {
-                    reason: format!("action {:?} needs a taskId", self.action),
-                })
-        };
-        let lane = || {
-            self.lane
-                .map(Into::into)
-                .ok_or_else(|| core::Error::InvalidPayload {
-                    reason: format!("action {:?} needs a lane", self.action),
-                })
-        };
-        Ok(match self.action.as_str() {
-            "cancel" => a::Action::Cancel {
-                task_id: task_id()?,
-            },
-            "pause" => a::Action::Pause { lane: lane()? },
-            "resume" => a::Action::Resume { lane: lane()? },
-            "retry_dead_letter" => a::Action::RetryDeadLetter {
-                task_id: task_id()?,
-            },
-            "delete_dead_letter" => a::Action::DeleteDeadLetter {
-                task_id: task_id()?,
-            },
-            "purge_dead_letters" => a::Action::PurgeDeadLetters,
-            other => {
-                return Err(core::Error::InvalidPayload {
-                    reason: format!(
-                        "unknown action {other:?} (expected cancel, pause, resume, \
-                         retry_dead_letter, delete_dead_letter or purge_dead_letters)"
-                    ),
-                });
-            }
-        })
+        let mut fields = serde_json::Map::new();
+        fields.insert("action".into(), self.action.into());
+        if let Some(task_id) = self.task_id {
+            fields.insert("task_id".into(), task_id.into());
+        }
+        if let Some(lane) = self.lane {
+            fields.insert(
+                "lane".into(),
+                core::queue::SessionLane::from(lane).as_str().into(),
+            );
+        }
+        a::Action::from_json(fields.into())
     }
 }
 

@@ -2,7 +2,6 @@
 //! deployment's. Answers are the core's types as plain dicts (`docs/protocol.md` §13 gives their
 //! fields).
 
-use a3s_code_core::Error;
 use a3s_code_core::admin::{Action, AdminClient, TaskQuery, TaskState};
 use pyo3::prelude::*;
 
@@ -147,12 +146,7 @@ impl PyAdminClient {
         action: &Bound<'py, PyAny>,
         actor: &str,
     ) -> PyResult<Bound<'py, PyAny>> {
-        let action: Action =
-            serde_json::from_value(json::to_value(action, "action")?).map_err(|e| {
-                CoreError(Error::InvalidPayload {
-                    reason: format!("action: {e}"),
-                })
-            })?;
+        let action = Action::from_json(json::to_value(action, "action")?).map_err(CoreError)?;
         let (admin, actor) = (self.inner.clone(), actor.to_owned());
         runtime::awaitable(py, async move {
             let out = admin

@@ -525,7 +525,16 @@ enum Seen {
 struct Watch {
     seen: Arc<Mutex<Vec<(Instant, Seen)>>>,
     client: async_nats::Client,
-    _task: tokio::task::JoinHandle<()>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Watch {
+    /// Ends the subscription with the run: left open, it would keep watching the next runs, and
+    /// its interest in every subject would keep the server sending to the inboxes of workers
+    /// long gone (it drops a pull request nobody listens to).
+    fn drop(&mut self) {
+        self.task.abort();
+    }
 }
 
 impl Watch {
@@ -537,7 +546,9 @@ impl Watch {
         // One subscription for everything, so what it records is in the order the server sent
         // it: a worker's acknowledgement and its result published right after land in that
         // order (one connection's messages are delivered in order), which separate
-        // subscriptions would not keep. The kit's runs are short and use their own prefix.
+        // subscriptions would not keep. The kit's runs are short and use their own prefix. (Its
+        // interest in every inbox keeps a vanished worker's open pull requests alive for the
+        // run, where a real server would drop them: a worker must not leave any behind.)
         let mut all = client.subscribe(">").await?;
         client.flush().await?;
         let seen: Arc<Mutex<Vec<(Instant, Seen)>>> = Arc::default();
@@ -605,11 +616,7 @@ impl Watch {
                 }
             }
         });
-        Ok(Self {
-            seen,
-            client,
-            _task: task,
-        })
+        Ok(Self { seen, client, task })
     }
 
     fn since(&self, t: Instant) -> Vec<Seen> {

@@ -1,5 +1,5 @@
 //! The NATS credential and TLS options every command that connects shares (`worker`,
-//! `dashboard`), as `a3s-code auth permissions` describes them. Each command adds its URL,
+//! `dashboard`, `stats`), as `a3s-code auth permissions` describes them. Each command adds its URL,
 //! prefix and token flags itself (the dashboard's `--token` is its own access token).
 
 use std::path::PathBuf;

@@ -2,10 +2,9 @@
 //! endpoints (`--metrics URL`, repeatable) and/or from the broker (`--nats URL --session-id ID`).
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
-use a3s_code_core::broker::{NatsConfig, NatsTls};
+use a3s_code_core::broker::NatsConfig;
 use a3s_code_core::observe::{BrokerInspector, BrokerSessionStats};
 use a3s_code_core::queue::SessionLane;
 use anyhow::{Context, bail};
@@ -33,18 +32,8 @@ pub(crate) struct StatsArgs {
     /// Token authentication.
     #[arg(long, env = "A3S_NATS_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// User for user/password authentication.
-    #[arg(long, env = "A3S_NATS_USER")]
-    user: Option<String>,
-    /// Password for user/password authentication.
-    #[arg(long, env = "A3S_NATS_PASSWORD", hide_env_values = true)]
-    password: Option<String>,
-    /// A .creds file (JWT + NKey).
-    #[arg(long, env = "A3S_NATS_CREDS")]
-    creds: Option<PathBuf>,
-    /// CA certificates (PEM) to trust for TLS.
-    #[arg(long, env = "A3S_NATS_CA")]
-    tls_ca: Option<PathBuf>,
+    #[command(flatten)]
+    auth: crate::nats_args::NatsAuthArgs,
     /// Refresh period in milliseconds.
     #[arg(long, default_value_t = 1000)]
     interval_ms: u64,
@@ -58,26 +47,10 @@ pub(crate) struct StatsArgs {
 
 impl StatsArgs {
     fn nats_config(&self, url: &str) -> anyhow::Result<NatsConfig> {
-        let mut cfg = NatsConfig::new(url)
+        let cfg = NatsConfig::new(url)
             .with_prefix(&self.prefix)
             .with_name("a3s-code stats");
-        match (&self.token, &self.user, &self.creds) {
-            (Some(t), ..) => cfg = cfg.with_token(t),
-            (_, Some(u), _) => {
-                cfg = cfg.with_user_password(u, self.password.clone().unwrap_or_default())
-            }
-            (.., Some(c)) => cfg = cfg.with_credentials_file(c),
-            _ => {}
-        }
-        if let Some(ca) = &self.tls_ca {
-            cfg = cfg.with_tls(NatsTls {
-                ca_file: Some(ca.clone()),
-                client_cert: None,
-                client_key: None,
-            });
-        }
-        cfg.validate()?;
-        Ok(cfg)
+        self.auth.apply(cfg, self.token.as_deref())
     }
 }
 

@@ -39,6 +39,8 @@ const CATCH_UP: Duration = Duration::from_secs(10);
 /// The tasks submitted so far, with their handles (the task's number gives its file).
 struct Load<'a> {
     session: &'a AgentSession,
+    /// The deployment's subject and stream prefix.
+    prefix: String,
     handles: Vec<(usize, TaskHandle)>,
     /// `Submitted` events the event counter has seen.
     seen: Arc<AtomicUsize>,
@@ -172,18 +174,37 @@ async fn processed(session: &AgentSession) -> u64 {
     session.queue_metrics().await.unwrap().total_processed
 }
 
-/// Waits until the session has completed `n` tasks: they flow.
-async fn wait_processed(session: &AgentSession, n: u64, within: Duration, what: &str) {
+/// Waits until the session has completed `n` tasks: they flow. When they do not, says what
+/// the session, the workers and the task consumers looked like.
+async fn wait_processed(
+    cluster: &NatsCluster,
+    load: &Load<'_>,
+    workers: &[WorkerProc],
+    n: u64,
+    within: Duration,
+    what: &str,
+) {
+    let session = load.session;
     let start = Instant::now();
     loop {
         let done = processed(session).await;
         if done >= n {
             return;
         }
-        assert!(
-            start.elapsed() < within,
-            "{what}: {done} of {n} tasks done after {within:?}"
-        );
+        if start.elapsed() >= within {
+            let mut claimed = Vec::new();
+            for w in workers {
+                claimed.push(w.claimed().await);
+            }
+            let m = session.queue_metrics().await.unwrap();
+            let stream = Names::new(&load.prefix).unwrap().tasks_stream(TENANT);
+            panic!(
+                "{what}: {done} of {n} tasks done after {within:?}\n\
+                 submitted {}; workers claimed {claimed:?}; session: {m:?}\n{}",
+                load.len(),
+                cluster.consumers_report(&stream)
+            );
+        }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
@@ -195,16 +216,17 @@ async fn wait_processed(session: &AgentSession, n: u64, within: Duration, what: 
 /// nothing, and its new leader may come late in the step), more tasks are submitted for
 /// [`CATCH_UP`], so that the worker asking last still finds some.
 ///
-/// A worker that fetches on doorbells instead is not checked: open requests are served first,
-/// so it may rightly get few tasks.
+/// A worker that fetches on doorbells instead (the last of `workers`) is not checked: open
+/// requests are served first, so it may rightly get few tasks.
 async fn lose_and_restore(
     cluster: &mut NatsCluster,
     load: &mut Load<'_>,
-    pullers: &[WorkerProc],
+    workers: &[WorkerProc],
     i: usize,
     why: &str,
 ) {
     let session = load.session;
+    let pullers = &workers[..workers.len() - 1];
     // Enough tasks for the step (the previous steps may have taken more than theirs).
     let shortfall = (processed(session).await + 3 * STEP).saturating_sub(load.len());
     load.submit(shortfall as usize).await;
@@ -215,12 +237,14 @@ async fn lose_and_restore(
     for w in pullers {
         before.push(w.claimed().await);
     }
-    wait_processed(session, at + STEP, STALL, &format!("without n{i}")).await;
+    let without = format!("without n{i}");
+    wait_processed(cluster, load, workers, at + STEP, STALL, &without).await;
     let stalled = started.elapsed();
     cluster.restart(i);
     let restarted = started.elapsed();
     let end = (at + 2 * STEP).min(load.len());
-    wait_processed(session, end, STALL, &format!("after restarting n{i}")).await;
+    let after = format!("after restarting n{i}");
+    wait_processed(cluster, load, workers, end, STALL, &after).await;
     let deadline = Instant::now() + CATCH_UP;
     loop {
         let mut claimed = Vec::new();
@@ -303,7 +327,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     });
     // Two workers serve the query lane alone (they keep pull requests open on its consumer),
     // one serves every lane (it fetches on doorbells).
-    let pullers = [
+    let workers = [
         WorkerProc::spawn_with(
             &url,
             &prefix,
@@ -318,24 +342,26 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
             dir.path(),
             &["--lanes", "query"],
         ),
+        WorkerProc::spawn(&url, &prefix, session.id(), dir.path()),
     ];
-    let _fetcher = WorkerProc::spawn(&url, &prefix, session.id(), dir.path());
 
     let mut load = Load {
         session: &session,
+        prefix: prefix.clone(),
         handles: Vec::with_capacity(TASKS),
         seen: submitted,
     };
     load.submit(TASKS).await;
 
-    wait_processed(&session, STEP, Duration::from_secs(60), "before any loss").await;
+    let first = Duration::from_secs(60);
+    wait_processed(&cluster, &load, &workers, STEP, first, "before any loss").await;
     let leader = cluster
         .stream_leader(&names.tasks_stream(TENANT))
         .expect("the tasks stream has a leader");
     lose_and_restore(
         &mut cluster,
         &mut load,
-        &pullers,
+        &workers,
         leader,
         "tasks stream leader",
     )
@@ -348,7 +374,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     lose_and_restore(
         &mut cluster,
         &mut load,
-        &pullers,
+        &workers,
         leader,
         "task consumer leader",
     )
@@ -359,7 +385,7 @@ async fn losing_leaders_mid_run_loses_and_doubles_nothing() {
     lose_and_restore(
         &mut cluster,
         &mut load,
-        &pullers,
+        &workers,
         leader,
         "results consumer leader",
     )

@@ -254,3 +254,67 @@ async fn results_reported_together_travel_in_one_message_and_each_completes_its_
     session.close().await;
     worker.close().await;
 }
+
+/// A worker with one source keeps pull requests open for its free slots only: a task delivered
+/// while a claim is looking (its request's credit spent, the task not yet ready) is not asked
+/// for again. A second request would outlive the claim, and, when the worker vanishes, take the
+/// task's next delivery with it (the conformance kit saw attempt 3 where 2 was due).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_asks_once_for_one_free_slot() {
+    use futures_util::StreamExt;
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let (session, _dir) =
+        nats_session(&url, &prefix, external(&[SessionLane::Query], 30_000)).await;
+    let names = a3s_code_core::broker::wire::Names::new(&prefix).unwrap();
+    let next = format!(
+        "$JS.API.CONSUMER.MSG.NEXT.{}.{}",
+        names.tasks_stream(a3s_code_core::broker::wire::DEFAULT_TENANT),
+        names.session_consumer(
+            session.id(),
+            SessionLane::Query,
+            a3s_code_core::broker::wire::ANY_ROUTE
+        )
+    );
+    // Every pull request the workers send, as the server receives it.
+    let spy = async_nats::connect(&url).await.unwrap();
+    let mut requests = spy.subscribe(next).await.unwrap();
+    spy.flush().await.unwrap();
+    const CLAIMS: u64 = 40;
+    for i in 0..CLAIMS {
+        // Like the conformance kit: the task is stored before a new worker attaches and asks.
+        let h = session
+            .submit(SessionLane::Query, "read", json!({ "i": i }))
+            .await
+            .unwrap();
+        let worker = WorkerClient::connect_with(
+            NatsConfig::new(&url).with_prefix(&prefix),
+            WorkerClientOptions::session(session.id()).with_lanes([SessionLane::Query]),
+        )
+        .await
+        .unwrap();
+        let t = worker
+            .claim_external_tasks(1, Duration::from_secs(10))
+            .await
+            .unwrap()
+            .remove(0);
+        worker
+            .complete_external_task(&t.task_id, ExternalTaskResult::ok(json!({})))
+            .await
+            .unwrap();
+        h.await.unwrap();
+        worker.close().await;
+    }
+    // A second request follows the first within a millisecond or two; give stragglers time.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let mut asked = 0;
+    while let Ok(Some(m)) = tokio::time::timeout(Duration::from_millis(50), requests.next()).await {
+        let body: serde_json::Value = serde_json::from_slice(&m.payload).unwrap();
+        asked += body["batch"].as_u64().unwrap();
+    }
+    assert_eq!(
+        asked, CLAIMS,
+        "tasks asked for by {CLAIMS} claims of one task"
+    );
+    session.close().await;
+}

@@ -244,6 +244,54 @@ impl NatsCluster {
         (0..self.nodes.len()).find(|&i| self.server_name(i) == leader)
     }
 
+    /// What each running node says of `stream`'s consumers, one line per node and consumer
+    /// (leader, pending, waiting for an ack, open pull requests, redelivered): for the message
+    /// of a test that saw work stall.
+    pub fn consumers_report(&self, stream: &str) -> String {
+        let path = "/jsz?accounts=true&streams=true&consumers=true";
+        let mut lines = Vec::new();
+        for (i, n) in self.nodes.iter().enumerate() {
+            if n.process.child.is_none() {
+                lines.push(format!("n{i}: down"));
+                continue;
+            }
+            let Some(jsz) = n.monitor(path) else {
+                lines.push(format!("n{i}: no answer"));
+                continue;
+            };
+            let meta = jsz["meta_cluster"]["leader"]
+                .as_str()
+                .unwrap_or("?")
+                .to_owned();
+            let consumers: Vec<serde_json::Value> = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten())
+                .filter(|s| s["name"] == stream)
+                .flat_map(|s| s["consumer_detail"].as_array().cloned().unwrap_or_default())
+                .collect();
+            if consumers.is_empty() {
+                lines.push(format!(
+                    "n{i} (meta leader {meta}): no consumers of {stream}"
+                ));
+            }
+            for c in consumers {
+                lines.push(format!(
+                    "n{i} (meta leader {meta}): {} leader={} pending={} ack_pending={} \
+                     waiting={} redelivered={}",
+                    c["name"].as_str().unwrap_or("?"),
+                    c["cluster"]["leader"].as_str().unwrap_or("none"),
+                    c["num_pending"],
+                    c["num_ack_pending"],
+                    c["num_waiting"],
+                    c["num_redelivered"],
+                ));
+            }
+        }
+        lines.join("\n")
+    }
+
     /// The node that is the JetStream meta leader, as the running nodes see it.
     pub fn meta_leader(&self) -> Option<usize> {
         let leader = self.running().find_map(ClusterNode::meta_leader)?;

@@ -323,6 +323,26 @@ pub enum Action {
 }
 
 impl Action {
+    /// An action from its JSON form (`{"action": "pause", "lane": "query"}`,
+    /// `{"action": "cancel", "task_id": "..."}`): what the bindings and the dashboard receive.
+    /// A missing field or an unknown action is an [`Error::InvalidPayload`] naming it.
+    ///
+    /// ```
+    /// use a3s_code_core::admin::Action;
+    /// let a = Action::from_json(serde_json::json!({"action": "purge_dead_letters"})).unwrap();
+    /// assert_eq!(a, Action::PurgeDeadLetters);
+    /// let err = Action::from_json(serde_json::json!({"action": "cancel"})).unwrap_err();
+    /// assert_eq!(err.code(), "InvalidPayload");
+    /// ```
+    pub fn from_json(value: Value) -> Result<Action> {
+        serde_json::from_value(value).map_err(|e| Error::InvalidPayload {
+            reason: format!(
+                "action: {e} (actions: cancel and the dead-letter actions need a task_id, pause \
+                 and resume a lane; purge_dead_letters needs nothing)"
+            ),
+        })
+    }
+
     /// The action's name as on the wire (`cancel`, `pause`, ...).
     pub fn name(&self) -> &'static str {
         match self {

@@ -362,8 +362,9 @@ impl NatsConfig {
         Ok(self.connect_watched().await?.0)
     }
 
-    /// Connects, with a counter that moves on every (re)connection: subscriptions survive a
-    /// reconnect, but pull requests the server held are gone and must be asked again.
+    /// Connects, with a counter that moves on every reconnection (not on the first connection):
+    /// subscriptions survive a reconnect, but pull requests the server held are gone and must be
+    /// asked again.
     pub(crate) async fn connect_watched(
         &self,
     ) -> Result<(async_nats::Client, tokio::sync::watch::Receiver<u64>)> {
@@ -414,7 +415,14 @@ impl NatsConfig {
             .max_reconnects(None)
             .event_callback(move |event| {
                 match &event {
-                    async_nats::Event::Connected => connected_tx.send_modify(|n| *n += 1),
+                    // The first connection's event may come after `connect` returned and the
+                    // caller looked: only reconnections move the counter its callers see.
+                    async_nats::Event::Connected => {
+                        connected_tx.send_if_modified(|n| {
+                            *n += 1;
+                            *n > 1
+                        });
+                    }
                     async_nats::Event::ServerError(err) => {
                         let text = err.to_string();
                         if let Some(v) = &violations

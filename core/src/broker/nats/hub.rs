@@ -88,7 +88,7 @@ pub(crate) struct Hub {
     /// Doorbells to ring on the next turn of the ringer.
     ring: Mutex<HashSet<RingKey>>,
     labels: Mutex<HashMap<String, BTreeMap<String, String>>>,
-    ringer: Notify,
+    ringer: Arc<Notify>,
     background: Mutex<Vec<JoinHandle<()>>>,
 }
 
@@ -252,7 +252,7 @@ impl Hub {
             consumers: Mutex::new(HashMap::new()),
             ring: Mutex::new(HashSet::new()),
             labels: Mutex::new(HashMap::new()),
-            ringer: Notify::new(),
+            ringer: Arc::new(Notify::new()),
             background: Mutex::new(Vec::new()),
         });
         let weak = Arc::downgrade(&hub);
@@ -486,32 +486,30 @@ impl Hub {
 
 /// Rings the doorbells asked for, at most once per key and [`RING_INTERVAL`].
 async fn ring_doorbells(hub: Weak<Hub>) {
+    // Waits on the bell alone: holding the hub while idle would keep it (and this task) alive
+    // after everything else let it go.
+    let Some(ringer) = hub.upgrade().map(|h| h.ringer.clone()) else {
+        return;
+    };
     loop {
-        let notified = match hub.upgrade() {
-            Some(h) => {
-                let keys: Vec<RingKey> = h.ring.lock().drain().collect();
-                for (tenant, lane, route, session) in keys {
-                    let bell = Doorbell {
-                        v: PROTOCOL_VERSION,
-                        lane,
-                        labels: h.labels.lock().get(&route).cloned().unwrap_or_default(),
-                        route,
-                        session,
-                        weight: h.weight(&tenant),
-                    };
-                    let _ = h
-                        .client
-                        .publish(h.names.ready_subject(&tenant), wire::encode(&bell).into())
-                        .await;
-                }
-                // Wait for the next ask without holding the hub.
-                let h2 = h.clone();
-                drop(h);
-                async move { h2.ringer.notified().await }
-            }
-            None => return,
-        };
-        notified.await;
+        let Some(h) = hub.upgrade() else { return };
+        let keys: Vec<RingKey> = h.ring.lock().drain().collect();
+        for (tenant, lane, route, session) in keys {
+            let bell = Doorbell {
+                v: PROTOCOL_VERSION,
+                lane,
+                labels: h.labels.lock().get(&route).cloned().unwrap_or_default(),
+                route,
+                session,
+                weight: h.weight(&tenant),
+            };
+            let _ = h
+                .client
+                .publish(h.names.ready_subject(&tenant), wire::encode(&bell).into())
+                .await;
+        }
+        drop(h);
+        ringer.notified().await;
         tokio::time::sleep(RING_INTERVAL).await;
     }
 }

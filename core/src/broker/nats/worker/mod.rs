@@ -559,14 +559,18 @@ impl WorkerClient {
             tokio::pin!(arrived);
             arrived.as_mut().enable();
             bell.borrow_and_update();
+            // A delivery moves from an open request's credit to `fetching` (being accepted, or
+            // its payload read) to `ready`. Read against that direction, one that moves
+            // meanwhile is counted twice (asked for on the next turn), never missed: a miss
+            // would ask for it again, and that request could outlive this worker.
+            let owed = self.inner.direct.as_ref().map_or(0, Credit::outstanding);
+            let in_transit = self.inner.fetching.load(Ordering::SeqCst) as usize;
             let mut tasks = self.take_ready(max);
-            // Tasks whose payload is being read count against the free slots.
-            let in_transit = self.inner.fetching.load(Ordering::Relaxed) as usize;
             let free = max.saturating_sub(tasks.len() + in_transit);
             let wake = match &self.inner.direct {
                 Some(d) => {
                     if free > 0 {
-                        self.ask(d, free).await?;
+                        self.ask(d, Credit::want(free, owed)).await?;
                     }
                     d.silence_deadline()
                 }
@@ -616,19 +620,16 @@ impl WorkerClient {
         ready.drain(..n).collect()
     }
 
-    /// Asks the single source for the free slots not yet covered by open requests.
-    async fn ask(&self, d: &Credit, free: usize) -> Result<()> {
-        if Instant::now() < d.paused_until() {
+    /// Asks the single source for `want` more tasks (the free slots not yet covered by open
+    /// requests, [`Credit::want`]).
+    async fn ask(&self, d: &Credit, want: usize) -> Result<()> {
+        if want == 0 || Instant::now() < d.paused_until() {
             return Ok(());
         }
         let Some(next) = d.next_subject.lock().clone() else {
             // A worker of one session whose session has not answered yet.
             return Ok(());
         };
-        let want = d.want(free);
-        if want == 0 {
-            return Ok(());
-        }
         tracing::trace!(want, "asking for tasks");
         d.asked(want);
         self.inner
@@ -973,7 +974,7 @@ impl WorkerClient {
             None => self.claimed(task, claim).await,
             Some(r) => {
                 // Read in the background: one slow object must not hold up other deliveries.
-                self.inner.fetching.fetch_add(1, Ordering::Relaxed);
+                self.inner.fetching.fetch_add(1, Ordering::SeqCst);
                 let me = self.clone();
                 tokio::spawn(async move {
                     let mut task = task;
@@ -982,10 +983,11 @@ impl WorkerClient {
                         true => me.claimed(task, claim).await,
                         false => None,
                     };
-                    me.inner.fetching.fetch_sub(1, Ordering::Relaxed);
+                    // Ready before no longer in transit (see claim_external_tasks).
                     if let Some(task) = task {
                         me.inner.ready.lock().push_back(task);
                     }
+                    me.inner.fetching.fetch_sub(1, Ordering::SeqCst);
                     me.inner.arrived.notify_waiters();
                 });
                 None
@@ -1609,6 +1611,9 @@ async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::S
             }
             None => {
                 d.heard();
+                // In transit from the request's credit to the ready queue: counted before the
+                // credit is consumed and until the task is ready (see claim_external_tasks).
+                inner.fetching.fetch_add(1, Ordering::SeqCst);
                 d.consume(false);
                 inner.serving();
             }
@@ -1618,8 +1623,9 @@ async fn direct_deliveries(inner: std::sync::Weak<Inner>, mut sub: async_nats::S
         };
         if let Some(task) = client.accept(msg).await {
             inner.ready.lock().push_back(task);
-            inner.arrived.notify_waiters();
         }
+        inner.fetching.fetch_sub(1, Ordering::SeqCst);
+        inner.arrived.notify_waiters();
     }
 }
 

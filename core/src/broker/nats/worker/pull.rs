@@ -80,10 +80,10 @@ impl Credit {
         credit.iter().map(|(_, n)| n).sum()
     }
 
-    /// How many tasks to ask for now, given `free` slots: none while enough is owed (a request
-    /// per freed slot would cost the server as much as the task itself), else the difference.
-    pub(super) fn want(&self, free: usize) -> usize {
-        let owed = self.outstanding();
+    /// How many tasks to ask for now, given `free` slots and what open requests still owe
+    /// ([`outstanding`](Self::outstanding)): none while enough is owed (a request per freed slot
+    /// would cost the server as much as the task itself), else the difference.
+    pub(super) fn want(free: usize, owed: usize) -> usize {
         if owed == 0 || owed * 2 <= free {
             free.saturating_sub(owed)
         } else {
@@ -160,17 +160,17 @@ mod tests {
     #[tokio::test(start_paused = true)]
     async fn credit_is_asked_consumed_and_forgotten() {
         let c = Credit::new(Some("next".into()));
-        assert_eq!(c.want(8), 8);
+        assert_eq!(Credit::want(8, c.outstanding()), 8);
         c.asked(8);
         assert_eq!(c.outstanding(), 8);
         // Enough is owed: no new request for a slot or two.
-        assert_eq!(c.want(8), 0);
+        assert_eq!(Credit::want(8, c.outstanding()), 0);
         for _ in 0..5 {
             c.consume(false);
         }
         assert_eq!(c.outstanding(), 3);
         // Half the free slots are uncovered: ask for the rest.
-        assert_eq!(c.want(8), 5);
+        assert_eq!(Credit::want(8, c.outstanding()), 5);
         c.ended(Ending::Expired);
         assert_eq!(c.outstanding(), 0);
         assert!(c.paused_until() <= Instant::now());
