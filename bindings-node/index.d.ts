@@ -304,6 +304,16 @@ export declare class WorkerClient {
    * or reported exhausted when it has no attempts left. Rejects with `TaskNotFound`.
    */
   abandonExternalTask(taskId: string, reason: string): Promise<void>
+  /**
+   * Whether the session this worker serves said it closed (always `false` for a pool
+   * worker).
+   */
+  get isSessionClosed(): boolean
+  /**
+   * Resolves once the session this worker serves says it closed (never for a pool worker;
+   * a session whose process died says nothing).
+   */
+  sessionClosed(): Promise<void>
   /** Gives back every task still claimed (delivered again at once elsewhere) and disconnects. */
   close(): Promise<void>
 }

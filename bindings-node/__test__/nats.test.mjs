@@ -90,11 +90,22 @@ test('WorkerClient: claims with limit and wait, batches, gives back, and rejects
   assert.equal(remote.workerId, 'node-worker-1')
 
   // Async exactly where api.json says.
+  let sessionClosed
   for (const entry of api.classes.WorkerClient) {
     const name = entry.node.split('(')[0]
     if (name === 'connect' || name === 'close') continue
     if (name === 'workerId') {
       assert.equal(typeof remote.workerId, 'string')
+      continue
+    }
+    if (name === 'isSessionClosed') {
+      assert.equal(remote.isSessionClosed, false)
+      continue
+    }
+    if (name === 'sessionClosed') {
+      // Resolves when the session closes, at the end of this test.
+      sessionClosed = remote.sessionClosed()
+      assert.equal(sessionClosed instanceof Promise, entry.async.node, `${entry.node} async`)
       continue
     }
     const args = {
@@ -143,8 +154,11 @@ test('WorkerClient: claims with limit and wait, batches, gives back, and rejects
     WorkerClient.connect(url, session.id, { config: { url, prefix: 'not.a.token' } }),
     { code: 'InvalidConfig' },
   )
-  await remote.close()
+  // A worker of one session hears it close.
   await session.close()
+  await sessionClosed
+  assert.equal(remote.isSessionClosed, true)
+  await remote.close()
 })
 
 test('a payload and a result larger than a NATS message travel through the object store', async () => {

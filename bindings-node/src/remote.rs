@@ -240,6 +240,24 @@ impl JsWorkerClient {
         source::abandon(env, &self.inner, task_id, reason)
     }
 
+    /// Whether the session this worker serves said it closed (always `false` for a pool
+    /// worker).
+    #[napi(getter)]
+    pub fn is_session_closed(&self) -> bool {
+        self.inner.is_session_closed()
+    }
+
+    /// Resolves once the session this worker serves says it closed (never for a pool worker;
+    /// a session whose process died says nothing).
+    #[napi(ts_return_type = "Promise<void>")]
+    pub fn session_closed(&self, env: &Env) -> napi::Result<Promise<()>> {
+        let remote = self.inner.clone();
+        promise(env, async move {
+            remote.session_closed().await;
+            Ok(())
+        })
+    }
+
     /// Gives back every task still claimed (delivered again at once elsewhere) and disconnects.
     #[napi(ts_return_type = "Promise<void>")]
     pub fn close(&self, env: &Env) -> napi::Result<Promise<()>> {

@@ -222,6 +222,23 @@ impl PyWorkerClient {
         claim::abandon(py, &self.inner, task_id, reason)
     }
 
+    /// Whether the session this worker serves said it closed (always `False` for a pool
+    /// worker).
+    #[getter]
+    fn is_session_closed(&self) -> bool {
+        self.inner.is_session_closed()
+    }
+
+    /// Resolves once the session this worker serves says it closed (never for a pool worker; a
+    /// session whose process died says nothing).
+    fn session_closed<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
+        let remote = self.inner.clone();
+        runtime::awaitable(py, async move {
+            remote.session_closed().await;
+            Ok(())
+        })
+    }
+
     /// Gives back every claimed task and disconnects.
     fn close<'py>(&self, py: Python<'py>) -> PyResult<Bound<'py, PyAny>> {
         let remote = self.inner.clone();

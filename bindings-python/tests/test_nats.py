@@ -147,7 +147,8 @@ async def test_a_python_worker_client_works_the_spec_loop(agent: Agent, tmp_path
                                         lanes=[SessionLane.QUERY])
 
     async def worker_loop() -> None:
-        while True:
+        # The spec's worker of one session, ending with it.
+        while not remote.is_session_closed:
             tasks = await remote.pending_external_tasks(limit=16, wait_ms=1_000)
             await remote.complete_external_tasks(
                 [(t.task_id, ExternalTaskResult(success=True, result={"content": t.payload["path"]})) for t in tasks])
@@ -165,6 +166,12 @@ async def test_a_python_worker_client_works_the_spec_loop(agent: Agent, tmp_path
             await remote.pending_external_tasks(wait=0.1, wait_ms=100)
         with pytest.warns(DeprecationWarning, match="wait_ms"):
             assert await remote.pending_external_tasks(limit=1, wait=0.01) == []
+        # The session closes: its worker hears it, and the loop ends by itself.
+        assert remote.is_session_closed is False
+        await session.close()
+        await asyncio.wait_for(remote.session_closed(), 10)
+        assert remote.is_session_closed is True
+        await asyncio.wait_for(loop, 10)
     finally:
         loop.cancel()
         await remote.close()

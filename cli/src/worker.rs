@@ -75,6 +75,14 @@ pub(crate) struct WorkerArgs {
     /// e.g. 0.0.0.0:9465.
     #[arg(long, env = "A3S_METRICS_ADDR")]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Drain and exit 0 when the session says it closed (with one --session-id: a container or
+    /// Job per session ends with its session). A session whose process died says nothing.
+    #[arg(
+        long,
+        env = "A3S_EXIT_WHEN_CLOSED",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    exit_when_closed: bool,
     /// Complete every task at once with an empty result instead of running it (for measuring
     /// the transport).
     #[arg(long, hide = true)]
@@ -125,6 +133,12 @@ impl WorkerArgs {
 }
 
 pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
+    if args.exit_when_closed && args.session_id == "*" {
+        bail!(
+            "--exit-when-closed needs one --session-id: a pool worker ('*') serves sessions that \
+             open and close all the time"
+        );
+    }
     let workspace = Workspace::new(&args.workspace)
         .with_context(|| format!("workspace {}", args.workspace.display()))?
         .with_bash(args.allow_bash)
@@ -169,7 +183,16 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         }
         None => None,
     };
-    shutdown_signal().await;
+    let session_closed = async {
+        match args.exit_when_closed {
+            true => remote.session_closed().await,
+            false => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        () = shutdown_signal() => {}
+        () = session_closed => tracing::info!(session = %args.session_id, "the session closed"),
+    }
     tracing::info!("draining: finishing running tasks, taking no new ones");
     let stats = worker.shutdown().await;
     remote.close().await;

@@ -367,3 +367,66 @@ async fn tasks_that_require_a_region_run_only_on_pool_workers_of_that_region() {
 async fn tasks_that_require_a_region_run_only_on_attached_workers_of_that_region() {
     tasks_that_require_a_region_run_only_on_workers_of_that_region(false).await;
 }
+
+/// The spec's per-session worker (`docker run -e SESSION_ID=abc123 myapp/worker`) with
+/// `A3S_EXIT_WHEN_CLOSED=1` ends with its session: it drains and exits 0 once the session
+/// closes; while the session is open it serves. A pool worker refuses the flag.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_one_session_exits_when_the_session_closes() {
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("a.txt"), "a").unwrap();
+    let session = session(&url, &prefix, dir.path(), SessionLane::Query, 30_000);
+    session.broker_ready(Duration::from_secs(10)).await.unwrap();
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_a3s-code"));
+    cmd.args(["worker", "--nats", &url, "--prefix", &prefix])
+        .arg("--workspace")
+        .arg(dir.path())
+        .env("SESSION_ID", session.id())
+        .env("A3S_EXIT_WHEN_CLOSED", "1")
+        .env("A3S_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit());
+    let mut worker = WorkerProc(cmd.spawn().expect("spawn a3s-code worker"));
+    let out = session
+        .submit(SessionLane::Query, "read", json!({"path": "a.txt"}))
+        .await
+        .unwrap()
+        .await
+        .unwrap();
+    assert!(out.success, "{out:?}");
+    assert!(
+        worker.0.try_wait().unwrap().is_none(),
+        "it serves while the session is open"
+    );
+    session.close().await;
+    let mut status = None;
+    for _ in 0..200 {
+        status = worker.0.try_wait().unwrap();
+        if status.is_some() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let status = status.expect("the worker exited within 10 s of the session closing");
+    assert!(status.success(), "{status:?}");
+
+    let pool = Command::new(env!("CARGO_BIN_EXE_a3s-code"))
+        .args([
+            "worker",
+            "--nats",
+            &url,
+            "--session-id",
+            "*",
+            "--exit-when-closed",
+        ])
+        .output()
+        .unwrap();
+    assert!(!pool.status.success());
+    let err = String::from_utf8_lossy(&pool.stderr);
+    assert!(
+        err.contains("--exit-when-closed needs one --session-id"),
+        "{err}"
+    );
+}

@@ -293,16 +293,7 @@ async fn a_worker_asks_once_for_one_free_slot() {
         )
         .await
         .unwrap();
-        let t = worker
-            .claim_external_tasks(1, Duration::from_secs(10))
-            .await
-            .unwrap()
-            .remove(0);
-        worker
-            .complete_external_task(&t.task_id, ExternalTaskResult::ok(json!({})))
-            .await
-            .unwrap();
-        h.await.unwrap();
+        serve_one(&worker, h).await;
         worker.close().await;
     }
     // A second request follows the first within a millisecond or two; give stragglers time.
@@ -317,4 +308,53 @@ async fn a_worker_asks_once_for_one_free_slot() {
         "tasks asked for by {CLAIMS} claims of one task"
     );
     session.close().await;
+}
+
+/// A closing session tells its workers (`SessionClosed` on the cancel subject): a worker of
+/// that session hears it, a pool worker is not concerned.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_of_one_session_hears_it_close() {
+    let (url, _server) = test_support::nats();
+    let prefix = test_support::unique_prefix();
+    let (session, _dir, worker) =
+        session_and_worker(&url, &prefix, external(&[SessionLane::Query], 30_000)).await;
+    let pool = WorkerClient::connect_with(
+        NatsConfig::new(&url).with_prefix(&prefix),
+        WorkerClientOptions::pool(),
+    )
+    .await
+    .unwrap();
+    // A task served: the worker is attached (it listens to the session's tenant from then on).
+    let h = session
+        .submit(SessionLane::Query, "read", json!({}))
+        .await
+        .unwrap();
+    serve_one(&worker, h).await;
+    assert!(!worker.is_session_closed());
+    session.close().await;
+    tokio::time::timeout(Duration::from_secs(10), worker.session_closed())
+        .await
+        .expect("the worker heard its session close");
+    assert!(worker.is_session_closed());
+    assert!(
+        !pool.is_session_closed(),
+        "a pool worker serves no one session"
+    );
+    worker.close().await;
+    pool.close().await;
+}
+
+/// `worker` claims the one task waiting, completes it, and `handle` sees it done.
+async fn serve_one(worker: &WorkerClient, handle: a3s_code_core::TaskHandle) {
+    let t = worker
+        .claim_external_tasks(1, Duration::from_secs(10))
+        .await
+        .unwrap()
+        .remove(0);
+    assert_eq!(t.task_id, handle.task_id());
+    worker
+        .complete_external_task(&t.task_id, ExternalTaskResult::ok(json!({})))
+        .await
+        .unwrap();
+    handle.await.unwrap();
 }

@@ -108,6 +108,11 @@ fn wire_envelopes_decode_and_encode_canonically() {
     let bell: Doorbell = round_trip("doorbell_session.json");
     assert!(bell.session.is_some() && bell.weight == 3.0);
     round_trip::<CancelNotice>("cancel.json");
+    let closed: wire::SessionClosed = round_trip("session_closed.json");
+    assert_eq!(closed.event, wire::SessionClosed::EVENT);
+    // A worker that reads only cancels ignores it: it is not one.
+    let bytes = serde_json::to_vec(&fixture("wire/session_closed.json")).unwrap();
+    assert!(wire::decode::<CancelNotice>(&bytes).is_err());
     round_trip::<OutputChunk>("output_chunk.json");
     round_trip::<AttachRequest>("attach_request.json");
     round_trip::<AttachReply>("attach_reply.json");

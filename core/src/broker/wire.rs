@@ -506,6 +506,33 @@ pub struct CancelNotice {
     pub reason: String,
 }
 
+/// The session closed, on [`Names::cancel_subject`] after the cancels of its tasks: a worker
+/// serving that session alone has nothing more to do (`a3s-code worker --exit-when-closed`
+/// exits). It has no `task_id`, so a worker that reads only cancels ignores it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SessionClosed {
+    /// Protocol major version: 2.
+    pub v: u32,
+    /// Always [`SessionClosed::EVENT`].
+    pub event: String,
+    /// The session.
+    pub session_id: String,
+}
+
+impl SessionClosed {
+    /// The `event` of a session-closed notice.
+    pub const EVENT: &'static str = "session_closed";
+
+    /// The notice that `session_id` closed.
+    pub fn new(session_id: &str) -> Self {
+        Self {
+            v: PROTOCOL_VERSION,
+            event: Self::EVENT.to_owned(),
+            session_id: session_id.to_owned(),
+        }
+    }
+}
+
 /// An output chunk on [`Names::output_subject`].
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OutputChunk {
@@ -682,6 +709,7 @@ envelopes!(
     ResultBatch,
     Doorbell,
     CancelNotice,
+    SessionClosed,
     OutputChunk,
     AttachRequest,
     AttachReply,

@@ -923,6 +923,15 @@ async fn shutdown(st: &State, conn: &Conn) {
         let _ = conn.tenant.tasks.delete_consumer(name).await;
         conn.hub.forget_consumer(st.tenant.name(), name);
     }
+    // Last: workers of this session alone may stop (protocol.md §5.2).
+    let _ = conn
+        .hub
+        .client
+        .publish(
+            conn.hub.names.cancel_subject(st.tenant.name()),
+            wire::encode(&wire::SessionClosed::new(&st.session_id)).into(),
+        )
+        .await;
     let _ = conn.hub.client.flush().await;
 }
 

@@ -222,6 +222,8 @@ struct Inner {
     /// Tasks taken since the last taken notices went out (at most every [`TAKEN_EVERY`]).
     taken: Mutex<Vec<String>>,
     taken_added: Arc<Notify>,
+    /// The session this worker serves said it closed (reset when it attaches again).
+    session_closed: watch::Sender<bool>,
 }
 
 /// How long taken notices are gathered before they go out: a task that ends sooner needs none
@@ -433,6 +435,7 @@ impl WorkerClient {
             presence_changed: Notify::new(),
             taken: Mutex::new(Vec::new()),
             taken_added: Arc::new(Notify::new()),
+            session_closed: watch::channel(false).0,
             options,
         });
         // A tenant's pool worker knows its sources from the start.
@@ -484,6 +487,20 @@ impl WorkerClient {
         let me = Self { inner };
         me.sweep();
         Ok(me)
+    }
+
+    /// Resolves once the session this worker serves ([`WorkerClientOptions::session`]) says it
+    /// closed (a [`SessionClosed`](wire::SessionClosed) notice); never for a pool worker. A
+    /// session whose process died without closing says nothing: its worker keeps waiting (for
+    /// the session to open again).
+    pub async fn session_closed(&self) {
+        let mut closed = self.inner.session_closed.subscribe();
+        let _ = closed.wait_for(|c| *c).await;
+    }
+
+    /// Whether the session this worker serves said it closed (and has not attached it since).
+    pub fn is_session_closed(&self) -> bool {
+        *self.inner.session_closed.borrow()
     }
 
     /// This worker's id, reported with its results.
@@ -1534,8 +1551,18 @@ async fn listen_doorbells(inner: std::sync::Weak<Inner>, mut sub: async_nats::Su
 async fn listen_cancels(inner: std::sync::Weak<Inner>, mut sub: async_nats::Subscriber) {
     while let Some(msg) = sub.next().await {
         let Some(inner) = inner.upgrade() else { return };
-        let Ok(notice) = wire::decode::<CancelNotice>(&msg.payload) else {
-            continue;
+        let notice = match wire::decode::<CancelNotice>(&msg.payload) {
+            Ok(notice) => notice,
+            Err(_) => {
+                if let Ok(closed) = wire::decode::<wire::SessionClosed>(&msg.payload)
+                    && closed.event == wire::SessionClosed::EVENT
+                    && inner.options.session_id.as_deref() == Some(closed.session_id.as_str())
+                {
+                    tracing::info!(session = closed.session_id, "the session closed");
+                    inner.session_closed.send_replace(true);
+                }
+                continue;
+            }
         };
         let claim = {
             let mut claims = inner.claims.lock();
@@ -1718,6 +1745,8 @@ async fn attach(inner: std::sync::Weak<Inner>, session_id: String) {
                     ));
                 }
                 i.attached.send_replace(Some(r));
+                // Open again (its process restarted, or it was resumed).
+                i.session_closed.send_replace(false);
                 i.serving();
                 i.bell.send_modify(|n| *n += 1);
                 i.arrived.notify_waiters();
