@@ -519,3 +519,25 @@ async fn every_read_and_action_and_every_refusal() {
     );
     worker.close().await;
 }
+
+/// A session that just closed, the last of its process (whose connection outlives it for a
+/// while): asked about at once, with its location still remembered, it is `SessionNotFound`,
+/// never a request left to time out; listing pages leave it out.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_that_just_closed_is_not_found_at_once() {
+    let (url, _server) = test_support::nats();
+    let nats = NatsConfig::new(&url).with_prefix(test_support::unique_prefix());
+    let admin = AdminClient::connect(nats.clone()).await.unwrap();
+    for _ in 0..5 {
+        let (s, _dir) = session(nats.clone(), "default");
+        s.broker_ready(Duration::from_secs(10)).await.unwrap();
+        let id = s.id().to_owned();
+        admin.session(&id).await.unwrap();
+        s.close().await;
+        drop(s);
+        let err = admin.session(&id).await.unwrap_err();
+        assert_eq!(err.code(), "SessionNotFound", "{err}");
+        let page = admin.sessions(None, None, 10).await.unwrap();
+        assert!(page.sessions.iter().all(|p| p.session_id != id), "{page:?}");
+    }
+}

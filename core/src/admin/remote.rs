@@ -158,11 +158,10 @@ impl Remote {
             v: PROTOCOL_VERSION,
             op,
         });
-        let gone = || match session {
-            Some(s) => Error::SessionNotFound {
-                session_id: s.to_owned(),
-            },
-            None => unavailable("listing sessions", format!("process {hub} is gone")),
+        // No one answers the process's subject: it closed, and with it its sessions (a listing,
+        // `session` None, skips it).
+        let gone = || Error::SessionNotFound {
+            session_id: session.unwrap_or_default().to_owned(),
         };
         let denied = || {
             self.violations
@@ -314,7 +313,7 @@ impl Remote {
                 _ => None,
             };
             let want = limit - out.sessions.len();
-            let page: SessionPage = self
+            let asked = self
                 .request(
                     &a.tenant,
                     &a.hub,
@@ -324,7 +323,13 @@ impl Remote {
                     },
                     None,
                 )
-                .await?;
+                .await;
+            let page: SessionPage = match asked {
+                Ok(page) => page,
+                // The process closed since the roll call: none of its sessions is left.
+                Err(Error::SessionNotFound { .. }) => continue,
+                Err(e) => return Err(e),
+            };
             {
                 let mut located = self.located.lock();
                 for s in &page.sessions {

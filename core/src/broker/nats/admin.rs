@@ -39,8 +39,8 @@ pub(crate) async fn start(
     let taken = sub(n.hub_taken_filter(&hub.id)).await?;
     let weak = Arc::downgrade(hub);
     Ok(vec![
-        Box::pin(serve(weak.clone(), views, false)),
-        Box::pin(serve(weak.clone(), actions, true)),
+        Box::pin(serve(weak.clone(), hub.client.clone(), views, false)),
+        Box::pin(serve(weak.clone(), hub.client.clone(), actions, true)),
         Box::pin(serve_hello(weak.clone(), hello)),
         Box::pin(consume_taken(weak.clone(), taken)),
         Box::pin(announce(weak)),
@@ -48,15 +48,24 @@ pub(crate) async fn start(
 }
 
 /// Answers requests on `<P>.view.<tenant>.<hub>` (`act == false`) or `<P>.admin.<tenant>.<hub>`.
-async fn serve(hub: Weak<Hub>, mut sub: async_nats::Subscriber, act: bool) {
+/// A request that arrives while the hub closes (its last session gone, its subscriptions not
+/// yet) is answered as by a hub without sessions, not left to time out.
+async fn serve(
+    hub: Weak<Hub>,
+    client: async_nats::Client,
+    mut sub: async_nats::Subscriber,
+    act: bool,
+) {
     while let Some(msg) = sub.next().await {
-        let Some(h) = hub.upgrade() else { return };
         let Some(reply) = msg.reply.clone() else {
             continue;
         };
         let tenant = msg.subject.split('.').nth(2).unwrap_or_default().to_owned();
-        let answer = wire::decode::<AdminRequest>(&msg.payload)
-            .and_then(|req| answer(&h, &tenant, req.op, act));
+        let h = hub.upgrade();
+        let answer = wire::decode::<AdminRequest>(&msg.payload).and_then(|req| match &h {
+            Some(h) => answer(h, &tenant, req.op, act),
+            None => closed(req.op),
+        });
         let body = match answer {
             Ok(ok) => AdminReply {
                 v: PROTOCOL_VERSION,
@@ -72,7 +81,24 @@ async fn serve(hub: Weak<Hub>, mut sub: async_nats::Subscriber, act: bool) {
                 }),
             },
         };
-        let _ = h.client.publish(reply, wire::encode(&body).into()).await;
+        let _ = client.publish(reply, wire::encode(&body).into()).await;
+        if h.is_none() {
+            return;
+        }
+    }
+}
+
+/// What a hub that closed answers: no sessions.
+fn closed(op: AdminOp) -> Result<serde_json::Value> {
+    match op {
+        AdminOp::Sessions { .. } => json(SessionPage {
+            sessions: Vec::new(),
+            next: None,
+        }),
+        AdminOp::Session { session_id }
+        | AdminOp::Tasks { session_id, .. }
+        | AdminOp::DeadLetters { session_id, .. }
+        | AdminOp::Act { session_id, .. } => Err(Error::SessionNotFound { session_id }),
     }
 }
 

@@ -8,7 +8,7 @@
 //! broker keeps no state per idle session.
 //!
 //! Hubs are found by connection identity (servers, credentials, prefix, inbox prefix) in a
-//! process-wide registry, and dropped with their last session.
+//! process-wide registry, and dropped [`HUB_LINGER`] after their last session closed.
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, OnceLock, Weak};
@@ -31,6 +31,12 @@ use crate::error::{Error, Result};
 use crate::lane::SessionLane;
 use crate::queue::inspect::Target;
 use crate::queue::scheduler::Scheduler;
+
+/// How long a hub outlives its last session: a session that opens soon after reuses its
+/// connection, consumers and id, and the admin API, asked about a session that just closed,
+/// finds a hub that answers (`SessionNotFound`) rather than one half gone (its subscriptions
+/// ending while a request is on its way, which would go unanswered).
+const HUB_LINGER: Duration = Duration::from_secs(30);
 
 /// How long a pull request for results stays open.
 const RESULTS_PULL_EXPIRES: Duration = Duration::from_secs(10);
@@ -154,6 +160,14 @@ impl HubSlot {
         });
         hubs.insert(key, Arc::downgrade(&slot));
         slot
+    }
+
+    /// Keeps the slot (and its hub) for [`HUB_LINGER`] more: called by a session that closes.
+    pub(crate) fn linger(self: Arc<Self>) {
+        tokio::spawn(async move {
+            tokio::time::sleep(HUB_LINGER).await;
+            drop(self);
+        });
     }
 
     /// The hub, connecting it first if no session did yet.

@@ -334,6 +334,7 @@ async fn run(
                             if let Cmd::Close(done) = cmd {
                                 shutdown(&st, &conn).await;
                                 conn.hub.unregister(&st.session_id);
+                                slot.linger();
                                 let _ = status.send(BrokerStatus::Closed);
                                 let _ = done.send(());
                                 return;
@@ -384,6 +385,9 @@ async fn run(
                     }
                 }
     }
+    // The session was dropped without closing.
+    conn.hub.unregister(&st.session_id);
+    slot.linger();
 }
 
 /// Joins the hub and makes sure the tenant's streams exist.
