@@ -174,8 +174,11 @@ async fn processed(session: &AgentSession) -> u64 {
     session.queue_metrics().await.unwrap().total_processed
 }
 
-/// Waits until the session has completed `n` tasks: they flow. When they do not, says what
-/// the session, the workers and the task consumers looked like.
+/// Waits until the session has completed `n` tasks: they flow. Only time while every stream
+/// and consumer of the test has a leader counts against `within`: without one, no client can go
+/// on (nats-server 2.9 sometimes takes long to elect a consumer's new leader), and that is the
+/// server's liveness, not the clients'; it gets [`LEADERLESS`] at most. When tasks do not
+/// flow, says what the session, the workers and the task consumers looked like.
 async fn wait_processed(
     cluster: &NatsCluster,
     load: &Load<'_>,
@@ -185,13 +188,37 @@ async fn wait_processed(
     what: &str,
 ) {
     let session = load.session;
-    let start = Instant::now();
+    let prefix = load.prefix.to_uppercase();
+    let (mut counted, mut leaderless) = (Duration::ZERO, Duration::ZERO);
+    let mut last = Instant::now();
+    let mut led = true;
+    let mut checked = Instant::now();
     loop {
         let done = processed(session).await;
         if done >= n {
+            if leaderless > Duration::ZERO {
+                eprintln!(
+                    "{what}: the cluster had no leader for some of its groups for {leaderless:?}"
+                );
+            }
             return;
         }
-        if start.elapsed() >= within {
+        let now = Instant::now();
+        match led {
+            true => counted += now - last,
+            false => leaderless += now - last,
+        }
+        last = now;
+        if now - checked >= Duration::from_secs(1) {
+            checked = now;
+            let missing = cluster.leaderless(&prefix);
+            led = missing.is_empty();
+            assert!(
+                leaderless < LEADERLESS,
+                "{what}: no leader for {missing:?} for {LEADERLESS:?} (the server's liveness)"
+            );
+        }
+        if counted >= within {
             let mut claimed = Vec::new();
             for w in workers {
                 claimed.push(w.claimed().await);
@@ -199,8 +226,9 @@ async fn wait_processed(
             let m = session.queue_metrics().await.unwrap();
             let stream = Names::new(&load.prefix).unwrap().tasks_stream(TENANT);
             panic!(
-                "{what}: {done} of {n} tasks done after {within:?}\n\
-                 submitted {}; workers claimed {claimed:?}; session: {m:?}\n{}",
+                "{what}: {done} of {n} tasks done after {within:?} with every group led \
+                 ({leaderless:?} without)\nsubmitted {}; workers claimed {claimed:?}; \
+                 session: {m:?}\n{}",
                 load.len(),
                 cluster.consumers_report(&stream)
             );
@@ -208,6 +236,9 @@ async fn wait_processed(
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+/// The longest the test waits for the cluster to elect leaders it lost.
+const LEADERLESS: Duration = Duration::from_secs(120);
 
 /// Kills node `i`, checks that tasks keep completing without it, restarts it, and checks that
 /// tasks keep completing and that every worker keeping pull requests open takes part (none

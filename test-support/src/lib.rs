@@ -12,6 +12,7 @@ pub mod netns;
 #[path = "../../cli/src/stats/prometheus_text.rs"]
 mod prometheus_text;
 
+use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -242,6 +243,51 @@ impl NatsCluster {
             (!leader.is_empty()).then(|| leader.to_owned())
         })?;
         (0..self.nodes.len()).find(|&i| self.server_name(i) == leader)
+    }
+
+    /// The streams whose name contains `name_part`, and their consumers, that have no leader
+    /// every running node agrees on and that is itself running (`stream` or `stream/consumer`):
+    /// while one is listed, no client can use it, whatever it does.
+    pub fn leaderless(&self, name_part: &str) -> Vec<String> {
+        let path = "/jsz?accounts=true&streams=true&consumers=true";
+        // group -> the leader each running node names ("" for none)
+        let mut seen: BTreeMap<String, Vec<String>> = BTreeMap::new();
+        for n in self.running() {
+            let Some(jsz) = n.monitor(path) else { continue };
+            let streams = jsz["account_details"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .flat_map(|a| a["stream_detail"].as_array().into_iter().flatten());
+            for st in streams {
+                let name = st["name"].as_str().unwrap_or_default();
+                if !name.contains(name_part) {
+                    continue;
+                }
+                let leader = |v: &serde_json::Value| {
+                    v["cluster"]["leader"]
+                        .as_str()
+                        .unwrap_or_default()
+                        .to_owned()
+                };
+                seen.entry(name.to_owned()).or_default().push(leader(st));
+                for c in st["consumer_detail"].as_array().into_iter().flatten() {
+                    let group = format!("{name}/{}", c["name"].as_str().unwrap_or_default());
+                    seen.entry(group).or_default().push(leader(c));
+                }
+            }
+        }
+        let running: Vec<String> = (0..self.nodes.len())
+            .filter(|&i| self.nodes[i].process.child.is_some())
+            .map(|i| self.server_name(i))
+            .collect();
+        seen.into_iter()
+            .filter(|(_, leaders)| {
+                let first = &leaders[0];
+                !(running.contains(first) && leaders.iter().all(|l| l == first))
+            })
+            .map(|(group, _)| group)
+            .collect()
     }
 
     /// What each running node says of `stream`'s consumers, one line per node and consumer
